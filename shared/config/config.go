@@ -1,0 +1,98 @@
+// Package config holds the cluster configuration shared by every ccm binary:
+// the JSON schema of /etc/convex/cluster.json, its defaults, its flag and
+// environment overrides and its validation.
+package config
+
+import "time"
+
+// DefaultPath is where daemons and the CLI look for the configuration file.
+const DefaultPath = "/etc/convex/cluster.json"
+
+// EnvPrefix prefixes every environment variable that overrides a setting,
+// e.g. CCM_ELECTION_LEADER_TTL_MS.
+const EnvPrefix = "CCM"
+
+// Config is one node's view of the cluster configuration.
+type Config struct {
+	ClusterID string   `json:"clusterId"`
+	NodeID    string   `json:"nodeId"`
+	NATS      NATS     `json:"nats"`
+	VIP       VIP      `json:"vip"`
+	Election  Election `json:"election"`
+	WAL       WAL      `json:"wal"`
+	Backend   Backend  `json:"backend"`
+}
+
+// NATS says how to reach the NATS cluster that carries all coordination.
+type NATS struct {
+	Servers     []string `json:"servers"`
+	Credentials string   `json:"credentials"`
+	TLS         TLS      `json:"tls"`
+	// Replicas is the JetStream replica count of ccm's buckets and streams;
+	// it should equal the number of NATS servers (3 in production).
+	Replicas int `json:"replicas"`
+}
+
+// TLS names the PEM files for a TLS connection to NATS; all empty means plain TCP
+// unless a server URL uses the tls:// scheme.
+type TLS struct {
+	CAFile   string `json:"caFile"`
+	CertFile string `json:"certFile"`
+	KeyFile  string `json:"keyFile"`
+}
+
+// VIP is the floating address that follows the leader.
+type VIP struct {
+	Address   string `json:"address"`
+	Netmask   int    `json:"netmask"`
+	Interface string `json:"interface"`
+}
+
+// Election tunes the leader lease.
+type Election struct {
+	LeaderTTLMs         int `json:"leaderTtlMs"`
+	HeartbeatIntervalMs int `json:"heartbeatIntervalMs"`
+	// SafetyMarginMs is how long before the lease can expire on the server
+	// that a leader which could not renew steps down locally.
+	SafetyMarginMs int `json:"safetyMarginMs"`
+}
+
+// WAL configures replication.
+type WAL struct {
+	StreamRetention    string `json:"streamRetention"`
+	SnapshotIntervalMs int    `json:"snapshotIntervalMs"`
+	ReplicaPath        string `json:"replicaPath"`
+}
+
+// Backend describes the Convex backend unit that the leader runs.
+type Backend struct {
+	ServiceName    string `json:"serviceName"`
+	HealthEndpoint string `json:"healthEndpoint"`
+	DataPath       string `json:"dataPath"`
+}
+
+// Default returns the configuration with every default filled in.
+func Default() Config {
+	return Config{
+		NATS:     NATS{Servers: []string{"nats://127.0.0.1:4222"}, Replicas: 1},
+		VIP:      VIP{Netmask: 24, Interface: "eth0"},
+		Election: Election{LeaderTTLMs: 10000, HeartbeatIntervalMs: 3000, SafetyMarginMs: 1000},
+		WAL:      WAL{StreamRetention: "24h", SnapshotIntervalMs: 3600000, ReplicaPath: "/var/lib/convex/replica"},
+		Backend: Backend{
+			ServiceName:    "convex-backend",
+			HealthEndpoint: "http://localhost:3210/version",
+			DataPath:       "/var/lib/convex/data",
+		},
+	}
+}
+
+// LeaderTTL is the lifetime of the leader key without renewal.
+func (e Election) LeaderTTL() time.Duration { return ms(e.LeaderTTLMs) }
+
+// Heartbeat is the interval at which the leader renews its lease.
+func (e Election) Heartbeat() time.Duration { return ms(e.HeartbeatIntervalMs) }
+
+// SafetyMargin is how long before server-side expiry a leader fences itself.
+func (e Election) SafetyMargin() time.Duration { return ms(e.SafetyMarginMs) }
+
+func ms(n int) time.Duration { return time.Duration(n) * time.Millisecond }

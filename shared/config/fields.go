@@ -1,0 +1,66 @@
+package config
+
+import (
+	"strings"
+	"unicode"
+)
+
+// field is one leaf of the JSON schema, addressable by its dotted JSON path
+// and bound to a flag named after that path.
+type field struct {
+	path  string // JSON path, e.g. "election.leaderTtlMs"
+	usage string
+	str   *string
+	num   *int
+	list  *[]string
+}
+
+// flagName turns a JSON path into a flag name: "election.leaderTtlMs" becomes
+// "election-leader-ttl-ms" (and so env CCM_ELECTION_LEADER_TTL_MS).
+func (f field) flagName() string {
+	var b strings.Builder
+	prevLower := false
+	for _, r := range f.path {
+		switch {
+		case r == '.':
+			b.WriteByte('-')
+			prevLower = false
+		case unicode.IsUpper(r):
+			if prevLower {
+				b.WriteByte('-')
+			}
+			b.WriteRune(unicode.ToLower(r))
+			prevLower = false
+		default:
+			b.WriteRune(r)
+			prevLower = unicode.IsLower(r) || unicode.IsDigit(r)
+		}
+	}
+	return b.String()
+}
+
+// fields lists every setting of c, in schema order.
+func (c *Config) fields() []field {
+	return []field{
+		{path: "clusterId", str: &c.ClusterID, usage: "cluster ID (letters, digits, '-' and '_')"},
+		{path: "nodeId", str: &c.NodeID, usage: "this node's ID (letters, digits, '-' and '_')"},
+		{path: "nats.servers", list: &c.NATS.Servers, usage: "NATS server URLs, comma-separated"},
+		{path: "nats.credentials", str: &c.NATS.Credentials, usage: "NATS credentials (.creds) file"},
+		{path: "nats.tls.caFile", str: &c.NATS.TLS.CAFile, usage: "CA bundle to verify NATS servers"},
+		{path: "nats.tls.certFile", str: &c.NATS.TLS.CertFile, usage: "client certificate for NATS"},
+		{path: "nats.tls.keyFile", str: &c.NATS.TLS.KeyFile, usage: "client key for NATS"},
+		{path: "nats.replicas", num: &c.NATS.Replicas, usage: "JetStream replicas for ccm's buckets and streams (1-5)"},
+		{path: "vip.address", str: &c.VIP.Address, usage: "floating IPv4 address (empty: no VIP)"},
+		{path: "vip.netmask", num: &c.VIP.Netmask, usage: "VIP prefix length (1-32)"},
+		{path: "vip.interface", str: &c.VIP.Interface, usage: "interface that carries the VIP"},
+		{path: "election.leaderTtlMs", num: &c.Election.LeaderTTLMs, usage: "leader lease TTL in ms"},
+		{path: "election.heartbeatIntervalMs", num: &c.Election.HeartbeatIntervalMs, usage: "lease renewal interval in ms"},
+		{path: "election.safetyMarginMs", num: &c.Election.SafetyMarginMs, usage: "a leader that cannot renew steps down this long before the lease expires, in ms"},
+		{path: "wal.streamRetention", str: &c.WAL.StreamRetention, usage: "how long the WAL stream keeps changes (Go duration)"},
+		{path: "wal.snapshotIntervalMs", num: &c.WAL.SnapshotIntervalMs, usage: "interval between full snapshots in ms"},
+		{path: "wal.replicaPath", str: &c.WAL.ReplicaPath, usage: "directory of the shadow database on passives"},
+		{path: "backend.serviceName", str: &c.Backend.ServiceName, usage: "systemd unit of the Convex backend"},
+		{path: "backend.healthEndpoint", str: &c.Backend.HealthEndpoint, usage: "backend health URL"},
+		{path: "backend.dataPath", str: &c.Backend.DataPath, usage: "backend data directory"},
+	}
+}

@@ -1,0 +1,133 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// FieldError is a setting with a value that is not allowed.
+type FieldError struct {
+	Path    string // JSON path, e.g. "vip.netmask"
+	Value   any
+	Allowed string
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("%s: invalid value %#v: %s", e.Path, e.Value, e.Allowed)
+}
+
+var (
+	idPattern   = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+	unitPattern = regexp.MustCompile(`^[A-Za-z0-9:_.\\@-]+$`)
+)
+
+// ValidID reports whether s can be a cluster or node ID: it must be usable as a
+// NATS subject token and in KV bucket and stream names.
+func ValidID(s string) bool { return idPattern.MatchString(s) }
+
+// IDRule describes what ValidID accepts.
+const IDRule = "1-64 characters from A-Z a-z 0-9 '-' '_'"
+
+// Validate checks every setting and returns all problems found, each a *FieldError.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(path string, v any, allowed string, args ...any) {
+		errs = append(errs, &FieldError{Path: path, Value: v, Allowed: fmt.Sprintf(allowed, args...)})
+	}
+
+	if !ValidID(c.ClusterID) {
+		bad("clusterId", c.ClusterID, "required, %s", IDRule)
+	}
+	if !ValidID(c.NodeID) {
+		bad("nodeId", c.NodeID, "required, %s", IDRule)
+	}
+
+	if len(c.NATS.Servers) == 0 {
+		bad("nats.servers", c.NATS.Servers, "at least one server URL is required")
+	}
+	for i, s := range c.NATS.Servers {
+		if err := checkURL(s, "nats", "tls", "ws", "wss"); err != "" {
+			bad(fmt.Sprintf("nats.servers[%d]", i), s, "%s", err)
+		}
+	}
+	if (c.NATS.TLS.CertFile == "") != (c.NATS.TLS.KeyFile == "") {
+		bad("nats.tls.keyFile", c.NATS.TLS.KeyFile, "certFile and keyFile must be given together")
+	}
+	if c.NATS.Replicas < 1 || c.NATS.Replicas > 5 {
+		bad("nats.replicas", c.NATS.Replicas, "must be 1 to 5")
+	}
+
+	if c.VIP.Address != "" {
+		a, err := netip.ParseAddr(c.VIP.Address)
+		if err != nil || !a.Is4() {
+			bad("vip.address", c.VIP.Address, "must be an IPv4 address such as 10.0.0.100, or empty for no VIP")
+		}
+		if !validInterface(c.VIP.Interface) {
+			bad("vip.interface", c.VIP.Interface, "must be a network interface name (1-15 characters, no '/', ':' or spaces)")
+		}
+	}
+	if c.VIP.Netmask < 1 || c.VIP.Netmask > 32 {
+		bad("vip.netmask", c.VIP.Netmask, "must be a prefix length from 1 to 32")
+	}
+
+	e := c.Election
+	if e.HeartbeatIntervalMs < 100 {
+		bad("election.heartbeatIntervalMs", e.HeartbeatIntervalMs, "must be at least 100")
+	}
+	if e.SafetyMarginMs < 100 {
+		bad("election.safetyMarginMs", e.SafetyMarginMs, "must be at least 100")
+	}
+	if min := 2*e.HeartbeatIntervalMs + e.SafetyMarginMs; e.LeaderTTLMs < min || e.LeaderTTLMs < 1000 {
+		bad("election.leaderTtlMs", e.LeaderTTLMs,
+			"must be at least 1000 and at least 2×heartbeatIntervalMs + safetyMarginMs (%d), so a leader gets two renewal attempts before it must fence itself", min)
+	}
+
+	if d, err := time.ParseDuration(c.WAL.StreamRetention); err != nil || d < time.Minute {
+		bad("wal.streamRetention", c.WAL.StreamRetention, "must be a Go duration of at least 1m, such as 24h")
+	}
+	if c.WAL.SnapshotIntervalMs < 1000 {
+		bad("wal.snapshotIntervalMs", c.WAL.SnapshotIntervalMs, "must be at least 1000")
+	}
+	if !filepath.IsAbs(c.WAL.ReplicaPath) {
+		bad("wal.replicaPath", c.WAL.ReplicaPath, "must be an absolute path")
+	}
+
+	if !unitPattern.MatchString(c.Backend.ServiceName) {
+		bad("backend.serviceName", c.Backend.ServiceName, "must be a systemd unit name such as convex-backend or convex-backend.service")
+	}
+	if err := checkURL(c.Backend.HealthEndpoint, "http", "https"); err != "" {
+		bad("backend.healthEndpoint", c.Backend.HealthEndpoint, "%s", err)
+	}
+	if !filepath.IsAbs(c.Backend.DataPath) {
+		bad("backend.dataPath", c.Backend.DataPath, "must be an absolute path")
+	}
+	if filepath.IsAbs(c.WAL.ReplicaPath) && filepath.Clean(c.WAL.ReplicaPath) == filepath.Clean(c.Backend.DataPath) {
+		bad("wal.replicaPath", c.WAL.ReplicaPath, "must differ from backend.dataPath")
+	}
+	return errors.Join(errs...)
+}
+
+// checkURL returns why s is not a URL with one of schemes and a host, or "".
+func checkURL(s string, schemes ...string) string {
+	want := "a URL such as " + schemes[0] + "://host:port"
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return "must be " + want
+	}
+	for _, sc := range schemes {
+		if u.Scheme == sc {
+			return ""
+		}
+	}
+	return fmt.Sprintf("scheme %q is not one of %s", u.Scheme, strings.Join(schemes, ", "))
+}
+
+func validInterface(s string) bool {
+	return s != "" && len(s) <= 15 && !strings.ContainsAny(s, "/: \t\n") && s != "." && s != ".."
+}
