@@ -48,7 +48,9 @@ func TestValidate(t *testing.T) {
 		{"ttl equal heartbeat", func(c *Config) { c.Election.LeaderTTLMs = 3000 }, "election.leaderTtlMs"},
 		{"ttl just below margin", func(c *Config) { c.Election.LeaderTTLMs = 6999 }, "election.leaderTtlMs"},
 		{"ttl exactly enough", func(c *Config) { c.Election.LeaderTTLMs = 7000 }, ""},
-		{"short ttl", func(c *Config) { c.Election = Election{LeaderTTLMs: 3000, HeartbeatIntervalMs: 1000, SafetyMarginMs: 1000} }, ""},
+		{"short ttl", func(c *Config) {
+			c.Election = Election{LeaderTTLMs: 3000, HeartbeatIntervalMs: 1000, SafetyMarginMs: 1000}
+		}, ""},
 		{"retention not duration", func(c *Config) { c.WAL.StreamRetention = "1 day" }, "wal.streamRetention"},
 		{"retention too short", func(c *Config) { c.WAL.StreamRetention = "10s" }, "wal.streamRetention"},
 		{"snapshot interval", func(c *Config) { c.WAL.SnapshotIntervalMs = 10 }, "wal.snapshotIntervalMs"},

@@ -1,0 +1,139 @@
+package elector
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// State is the node's role as its elector sees it. The elector's loop owns
+// it and changes it only through Next.
+type State struct {
+	Role   schema.Role
+	Epoch  uint64 // epoch this node leads, or the newest epoch seen
+	Leader string // node believed to lead, "" when the key is vacant
+	// Deadline, on a leader, is when it must have stopped serving unless it
+	// renews first: last renewal sent + TTL - safety margin.
+	Deadline time.Time
+	Reason   string // why the role last changed
+}
+
+// EventKind is what happened to the elector.
+type EventKind int
+
+// Events the role state machine reacts to.
+const (
+	Synced   EventKind = iota + 1 // first view of the leader key (Node/Epoch, or vacant)
+	Won                           // this node took the key at Epoch, request sent At
+	Renewed                       // compare-and-set renewal sent At succeeded
+	Lost                          // a compare-and-set failed: someone else changed the key
+	Expired                       // the local deadline may have passed (checked against At)
+	Resigned                      // demote requested; Node is the handover target or ""
+	Observed                      // the key or a role event says Node leads Epoch
+	Vacated                       // the key was deleted, expired or is being handed over
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case Synced:
+		return "synced"
+	case Won:
+		return "won"
+	case Renewed:
+		return "renewed"
+	case Lost:
+		return "lost"
+	case Expired:
+		return "expired"
+	case Resigned:
+		return "resigned"
+	case Observed:
+		return "observed"
+	case Vacated:
+		return "vacated"
+	}
+	return fmt.Sprintf("event(%d)", int(k))
+}
+
+// Event is one input of the state machine.
+type Event struct {
+	Kind   EventKind
+	Node   string
+	Epoch  uint64
+	At     time.Time
+	Reason string
+}
+
+// Next returns the state after ev for the node self, whose lease lasts
+// lease (TTL minus safety margin) from the moment a renewal is sent. Events
+// that do not apply to the current role, and anything from an epoch older
+// than the newest seen, leave the state unchanged.
+func Next(s State, ev Event, self string, lease time.Duration) State {
+	switch ev.Kind {
+	case Synced:
+		if s.Role != schema.RoleStarting {
+			return s
+		}
+		s.Role, s.Leader, s.Reason = schema.RolePassive, ev.Node, "synced"
+		s.Epoch = max(s.Epoch, ev.Epoch)
+		return s
+	case Won:
+		if s.Role == schema.RoleLeader || ev.Epoch < s.Epoch {
+			return s
+		}
+		return State{Role: schema.RoleLeader, Epoch: ev.Epoch, Leader: self, Deadline: ev.At.Add(lease), Reason: reasonOr(ev, "won")}
+	case Renewed:
+		if s.Role == schema.RoleLeader {
+			if d := ev.At.Add(lease); d.After(s.Deadline) {
+				s.Deadline = d
+			}
+		}
+		return s
+	case Lost:
+		if s.Role != schema.RoleLeader {
+			return s
+		}
+		return stepDown(s, "", reasonOr(ev, "lost the leader key"))
+	case Expired:
+		if s.Role != schema.RoleLeader || ev.At.Before(s.Deadline) {
+			return s
+		}
+		return stepDown(s, "", "self-fenced: lease not renewed before its deadline")
+	case Resigned:
+		if s.Role != schema.RoleLeader {
+			return s
+		}
+		return stepDown(s, "", reasonOr(ev, "resigned"))
+	case Observed:
+		if ev.Epoch < s.Epoch {
+			return s // stale
+		}
+		if s.Role == schema.RoleLeader {
+			if ev.Node == self && ev.Epoch == s.Epoch {
+				return s
+			}
+			s = stepDown(s, ev.Node, fmt.Sprintf("deposed: %s leads epoch %d", ev.Node, ev.Epoch))
+		}
+		s.Leader, s.Epoch = ev.Node, ev.Epoch
+		return s
+	case Vacated:
+		if s.Role == schema.RoleLeader {
+			return stepDown(s, "", reasonOr(ev, "leader key removed"))
+		}
+		s.Leader = ""
+		return s
+	}
+	return s
+}
+
+func stepDown(s State, leader, reason string) State {
+	return State{Role: schema.RolePassive, Epoch: s.Epoch, Leader: leader, Reason: reason}
+}
+
+func reasonOr(ev Event, def string) string {
+	if ev.Reason != "" {
+		return ev.Reason
+	}
+	return def
+}

@@ -1,0 +1,131 @@
+// Package daemon is the service runtime shared by every ccm daemon: flags and
+// configuration, logging, the NATS connection, the micro service with its
+// status endpoint, sd_notify readiness and watchdog, and Prometheus metrics,
+// all owned by one errgroup.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// Daemon is the job of one ccm binary.
+type Daemon interface {
+	// Run does the job until ctx is cancelled.
+	Run(ctx context.Context) error
+	// Ready is closed once the daemon can do its job (sd_notify READY=1).
+	Ready() <-chan struct{}
+	// Healthy returns nil while the daemon works; the watchdog is fed only then.
+	Healthy() error
+	// Status is the reply of the status endpoint.
+	Status() any
+	// StatusLine is a one-line summary for systemctl status.
+	StatusLine() string
+	// AddEndpoints adds the daemon's own micro endpoints to its group.
+	AddEndpoints(g micro.Group) error
+}
+
+// Env is what the runtime gives a daemon.
+type Env struct {
+	Name    string
+	Version string
+	Config  config.Config
+	Log     *slog.Logger
+	NC      *nats.Conn
+	Metrics prometheus.Registerer
+}
+
+// Spec describes a daemon binary.
+type Spec struct {
+	Name        string // binary and micro service name, e.g. "ccm-elector"
+	Description string
+	MetricsAddr string // default -metrics-addr; "" disables metrics
+	New         func(Env) (Daemon, error)
+}
+
+// Main runs the daemon described by spec with command-line args until ctx is
+// cancelled. It returns flag.ErrHelp for -h.
+func Main(ctx context.Context, spec Spec, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet(spec.Name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		logLevel    = fs.String("log-level", "info", "log level: debug, info, warn, error")
+		logFormat   = fs.String("log-format", "text", "log format: text or json")
+		metricsAddr = fs.String("metrics-addr", spec.MetricsAddr, "listen address for /metrics and /healthz (empty: off)")
+	)
+	flags := config.Bind(fs)
+	cfg, err := flags.Parse(args)
+	if err != nil {
+		return err
+	}
+	log, err := NewLogger(stderr, *logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	log = log.With("service", spec.Name, "cluster", cfg.ClusterID, "node", cfg.NodeID)
+	return Run(ctx, spec, cfg, log, *metricsAddr)
+}
+
+// Run runs the daemon with an already parsed configuration; tests call it
+// in-process and stop it by cancelling ctx.
+func Run(ctx context.Context, spec Spec, cfg config.Config, log *slog.Logger, metricsAddr string) (err error) {
+	version := Version()
+	nc, err := natsconn.Daemon(cfg.NATS, fmt.Sprintf("%s@%s", spec.Name, cfg.NodeID), log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+
+	reg := prometheus.NewRegistry()
+	registerProcessMetrics(reg, spec.Name, version)
+	d, err := spec.New(Env{Name: spec.Name, Version: version, Config: cfg, Log: log, NC: nc, Metrics: reg})
+	if err != nil {
+		return fmt.Errorf("init %s: %w", spec.Name, err)
+	}
+
+	svc, err := micro.AddService(nc, micro.Config{
+		Name:        spec.Name,
+		Version:     version,
+		Description: spec.Description,
+		Metadata:    map[string]string{"cluster": cfg.ClusterID, "node": cfg.NodeID},
+	})
+	if err != nil {
+		return fmt.Errorf("register micro service: %w", err)
+	}
+	defer svc.Stop()
+	g := svc.AddGroup(schema.EndpointGroup(cfg.ClusterID, cfg.NodeID, spec.Name))
+	if err := g.AddEndpoint("status", statusHandler(d)); err != nil {
+		return fmt.Errorf("add status endpoint: %w", err)
+	}
+	if err := d.AddEndpoints(g); err != nil {
+		return fmt.Errorf("add endpoints: %w", err)
+	}
+
+	log.Info("starting", "version", version)
+	defer notify(log, "STOPPING=1")
+	eg, ctx := errgroup.WithContext(ctx)
+	eg.Go(func() error { return d.Run(ctx) })
+	eg.Go(func() error { return supervise(ctx, d, log) })
+	if metricsAddr != "" {
+		eg.Go(func() error { return serveMetrics(ctx, metricsAddr, reg, d, log) })
+	}
+	err = eg.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	log.Info("stopped", "err", err)
+	return err
+}

@@ -1,0 +1,55 @@
+// Package schema defines what ccm's binaries say to each other over NATS:
+// subject, bucket and key names, and the JSON records and events they carry.
+package schema
+
+import "fmt"
+
+// Daemon names; each is also the micro service name and the last but one
+// token of the daemon's endpoint subjects.
+const (
+	ServiceElector = "ccm-elector"
+)
+
+// KeyLeader is the KV key holding the LeaderRecord.
+const KeyLeader = "leader"
+
+// nodeKeyPrefix prefixes the KV keys holding each node's NodeStatus.
+const nodeKeyPrefix = "nodes."
+
+// Bucket is the KV bucket of a cluster (leader key and node status).
+func Bucket(cluster string) string { return "ccm_" + cluster }
+
+// NodeKey is the KV key of a node's status.
+func NodeKey(node string) string { return nodeKeyPrefix + node }
+
+// NodeKeys matches every node status key.
+const NodeKeys = nodeKeyPrefix + "*"
+
+// NodeFromKey returns the node ID of a status key, or "" if key is not one.
+func NodeFromKey(key string) string {
+	if len(key) <= len(nodeKeyPrefix) || key[:len(nodeKeyPrefix)] != nodeKeyPrefix {
+		return ""
+	}
+	return key[len(nodeKeyPrefix):]
+}
+
+// RoleSubject carries RoleEvents of every node of a cluster.
+func RoleSubject(cluster string) string { return fmt.Sprintf("ccm.%s.events.role", cluster) }
+
+// EndpointGroup is the subject prefix of a daemon's micro endpoints:
+// ccm.<cluster>.<node>.<service> where service is the daemon name without "ccm-".
+func EndpointGroup(cluster, node, daemon string) string {
+	return fmt.Sprintf("ccm.%s.%s.%s", cluster, node, shortName(daemon))
+}
+
+// Endpoint is the subject of one micro endpoint of a daemon.
+func Endpoint(cluster, node, daemon, verb string) string {
+	return EndpointGroup(cluster, node, daemon) + "." + verb
+}
+
+func shortName(daemon string) string {
+	if len(daemon) > 4 && daemon[:4] == "ccm-" {
+		return daemon[4:]
+	}
+	return daemon
+}

@@ -1,0 +1,64 @@
+package schema
+
+import "time"
+
+// Role is what a node currently is in its cluster.
+type Role string
+
+// Roles a node can have.
+const (
+	RoleStarting Role = "starting" // not yet synchronised with the leader key
+	RolePassive  Role = "passive"
+	RoleLeader   Role = "leader"
+)
+
+// LeaderRecord is the value of the leader key.
+type LeaderRecord struct {
+	Node string `json:"node"`
+	// Epoch is the KV revision at which Node took the key. It is 0 in the
+	// write that takes the key, whose own revision is then the epoch; see EpochAt.
+	Epoch       uint64    `json:"epoch,omitempty"`
+	Since       time.Time `json:"since"`
+	RenewedAt   time.Time `json:"renewedAt"`
+	LeaderTTLMs int64     `json:"leaderTtlMs"`
+	// HandoverTo, when set, names the node that may take the key next by a
+	// compare-and-set on this revision; Node has already stepped down.
+	HandoverTo string `json:"handoverTo,omitempty"`
+}
+
+// EpochAt returns the record's epoch given the KV revision it was read at.
+func (r LeaderRecord) EpochAt(revision uint64) uint64 {
+	if r.Epoch == 0 {
+		return revision
+	}
+	return r.Epoch
+}
+
+// Serving reports whether Node is acting as leader (not handing over).
+func (r LeaderRecord) Serving() bool { return r.Node != "" && r.HandoverTo == "" }
+
+// NodeStatus is the value of a node's status key, rewritten every heartbeat.
+type NodeStatus struct {
+	Node      string    `json:"node"`
+	Role      Role      `json:"role"`
+	Epoch     uint64    `json:"epoch,omitempty"`
+	Leader    string    `json:"leader,omitempty"`
+	Version   string    `json:"version"`
+	StartedAt time.Time `json:"startedAt"`
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// RoleEvent is published on RoleSubject on every role change and renewal.
+type RoleEvent struct {
+	Cluster string `json:"cluster"`
+	Node    string `json:"node"`
+	Role    Role   `json:"role"`
+	Epoch   uint64 `json:"epoch"`
+	// Leader is the node the sender believes leads epoch Epoch ("" if none).
+	Leader string `json:"leader,omitempty"`
+	// Deadline is when a leader must have stopped serving unless it publishes
+	// a newer event first: the dead-man switch for the node's other daemons.
+	Deadline time.Time `json:"deadline,omitzero"`
+	Reason   string    `json:"reason,omitempty"`
+	At       time.Time `json:"at"`
+}
