@@ -32,7 +32,11 @@ func TestNext(t *testing.T) {
 		{"synced again ignored", passive, Event{Kind: Synced, Node: "c", Epoch: 9}, schema.RolePassive,
 			func(t *testing.T, s State) { eq(t, s.Leader, "b") }},
 		{"passive wins", vacant, Event{Kind: Won, Epoch: 8, At: t0}, schema.RoleLeader,
-			func(t *testing.T, s State) { eq(t, s.Epoch, uint64(8)); eq(t, s.Leader, self); eq(t, s.Deadline, t0.Add(lease)) }},
+			func(t *testing.T, s State) {
+				eq(t, s.Epoch, uint64(8))
+				eq(t, s.Leader, self)
+				eq(t, s.Deadline, t0.Add(lease))
+			}},
 		{"passive wins older epoch ignored", vacant, Event{Kind: Won, Epoch: 3, At: t0}, schema.RolePassive, nil},
 		{"passive renewed ignored", passive, Event{Kind: Renewed, At: t0}, schema.RolePassive, nil},
 		{"passive lost ignored", passive, Event{Kind: Lost}, schema.RolePassive, nil},

@@ -16,10 +16,10 @@ type Proxy struct {
 	ln     net.Listener
 	target string
 
-	mu    sync.Mutex
-	cut   bool
+	mu     sync.Mutex
+	cut    bool
 	resume chan struct{} // closed when the proxy is healed
-	conns []net.Conn
+	conns  []net.Conn
 }
 
 // NewProxy listens on a random loopback port and forwards to target

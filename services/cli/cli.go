@@ -1,0 +1,102 @@
+// Package cli is the ccm command-line tool: it writes a node's
+// configuration and talks to the cluster's daemons over NATS.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/peterbourgon/ff/v3/ffcli"
+
+	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
+)
+
+// Exit codes of ccm, documented in docs/cli.md.
+const (
+	ExitOK          = 0
+	ExitFailed      = 1 // the operation failed
+	ExitUsage       = 2 // bad arguments or configuration
+	ExitUnreachable = 3 // NATS unreachable, or the cluster has no state in it
+	ExitUnknownNode = 4 // a named node is not a live member of the cluster
+	ExitTimeout     = 5 // the cluster did not reach the requested state in time
+)
+
+// Errors that select an exit code.
+var (
+	ErrUsage       = errors.New("usage")
+	ErrNoCluster   = errors.New("cluster not found")
+	ErrUnknownNode = errors.New("unknown node")
+	ErrTimeout     = errors.New("timed out")
+)
+
+// ExitCode maps an error returned by Run to the process exit code.
+func ExitCode(err error) int {
+	var fe *config.FieldError
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return ExitOK
+	case errors.Is(err, ErrUsage), errors.As(err, &fe), errors.Is(err, config.ErrExists):
+		return ExitUsage
+	case errors.Is(err, natsconn.ErrUnreachable), errors.Is(err, ErrNoCluster):
+		return ExitUnreachable
+	case errors.Is(err, ErrUnknownNode):
+		return ExitUnknownNode
+	case errors.Is(err, ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		return ExitTimeout
+	}
+	var ne *ffNoExec
+	if errors.As(err, &ne) {
+		return ExitUsage
+	}
+	return ExitFailed
+}
+
+type ffNoExec = ffcli.NoExecError
+
+// Run runs ccm with args (without the program name).
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	root := New(stdout, stderr)
+	if err := root.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	return root.Run(ctx)
+}
+
+// New builds the ccm command tree.
+func New(stdout, stderr io.Writer) *ffcli.Command {
+	root := &ffcli.Command{
+		Name:       "ccm",
+		ShortUsage: "ccm <command> [flags]",
+		ShortHelp:  "operate a convex-cluster-manager cluster",
+		FlagSet:    newFlagSet("ccm", stderr),
+		Subcommands: []*ffcli.Command{
+			newInit(stdout, stderr),
+			newStatus(stdout, stderr),
+			newPromote(stdout, stderr),
+			newDemote(stdout, stderr),
+		},
+		Exec: func(context.Context, []string) error { return flag.ErrHelp },
+	}
+	return root
+}
+
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// noArgs rejects positional arguments.
+func noArgs(args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", ErrUsage, args[0])
+	}
+	return nil
+}

@@ -1,0 +1,122 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/peterbourgon/ff/v3/ffcli"
+
+	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// ClusterStatus is what `ccm status --json` prints.
+type ClusterStatus struct {
+	Cluster string      `json:"cluster"`
+	Leader  *LeaderView `json:"leader"`
+	Nodes   []NodeView  `json:"nodes"`
+}
+
+// LeaderView is the leader key as shown by status.
+type LeaderView struct {
+	Node             string    `json:"node"`
+	Epoch            uint64    `json:"epoch"`
+	Since            time.Time `json:"since"`
+	LeaseRemainingMs int64     `json:"leaseRemainingMs"`
+	HandoverTo       string    `json:"handoverTo,omitempty"`
+}
+
+// NodeView is one node as shown by status.
+type NodeView struct {
+	ID         string      `json:"id"`
+	Role       schema.Role `json:"role"`
+	Epoch      uint64      `json:"epoch,omitempty"`
+	Leader     string      `json:"leader,omitempty"`
+	LastSeenMs int64       `json:"lastSeenMs"`
+	Version    string      `json:"version"`
+}
+
+func newStatus(stdout, stderr io.Writer) *ffcli.Command {
+	fs := newFlagSet("ccm status", stderr)
+	asJSON := fs.Bool("json", false, "print JSON")
+	flags := config.Bind(fs)
+	return &ffcli.Command{
+		Name:       "status",
+		ShortUsage: "ccm status [--json] [--config FILE]",
+		ShortHelp:  "show the leader, its lease and every node's role",
+		FlagSet:    fs,
+		Options:    config.ParseOptions(),
+		Exec: func(ctx context.Context, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
+			cfg, err := flags.Loaded()
+			if err != nil {
+				return err
+			}
+			c, err := dial(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			st, err := c.status(ctx)
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				enc := json.NewEncoder(stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			printStatus(stdout, st)
+			return nil
+		},
+	}
+}
+
+func (c *client) status(ctx context.Context) (ClusterStatus, error) {
+	now := time.Now()
+	st := ClusterStatus{Cluster: c.cfg.ClusterID, Nodes: []NodeView{}}
+	l, err := c.leader(ctx)
+	if err != nil {
+		return st, err
+	}
+	if l != nil {
+		st.Leader = &LeaderView{Node: l.Node, Epoch: l.Epoch, Since: l.Since, HandoverTo: l.HandoverTo,
+			LeaseRemainingMs: max(0, l.Written.Add(c.ttl).Sub(now).Milliseconds())}
+	}
+	nodes, err := c.nodes(ctx)
+	if err != nil {
+		return st, err
+	}
+	for _, n := range nodes {
+		st.Nodes = append(st.Nodes, NodeView{ID: n.Node, Role: n.Role, Epoch: n.Epoch, Leader: n.Leader,
+			LastSeenMs: max(0, now.Sub(n.Written).Milliseconds()), Version: n.Version})
+	}
+	return st, nil
+}
+
+func printStatus(w io.Writer, st ClusterStatus) {
+	switch l := st.Leader; {
+	case l == nil:
+		fmt.Fprintf(w, "cluster %s: no leader\n\n", st.Cluster)
+	case l.HandoverTo != "":
+		fmt.Fprintf(w, "cluster %s: %s is handing over to %s (epoch %d)\n\n", st.Cluster, l.Node, l.HandoverTo, l.Epoch)
+	default:
+		fmt.Fprintf(w, "cluster %s: leader %s, epoch %d, lease %.1fs remaining, leading since %s\n\n",
+			st.Cluster, l.Node, l.Epoch, float64(l.LeaseRemainingMs)/1000, l.Since.Local().Format(time.RFC3339))
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tROLE\tEPOCH\tLAST SEEN\tVERSION")
+	for _, n := range st.Nodes {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.1fs ago\t%s\n", n.ID, n.Role, n.Epoch, float64(n.LastSeenMs)/1000, n.Version)
+	}
+	if len(st.Nodes) == 0 {
+		fmt.Fprintln(tw, "(no live nodes)\t\t\t\t")
+	}
+	tw.Flush()
+}

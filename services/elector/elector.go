@@ -1,0 +1,535 @@
+// Package elector is ccm-elector: it campaigns for the cluster's leader key,
+// renews it with compare-and-set, fences itself when it cannot, and tells the
+// node's other daemons the node's role through role events.
+package elector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// Spec describes the ccm-elector binary to the daemon runtime.
+func Spec() daemon.Spec {
+	return daemon.Spec{
+		Name:        schema.ServiceElector,
+		Description: "ccm leader election with revision fencing",
+		MetricsAddr: ":9470",
+		New:         func(env daemon.Env) (daemon.Daemon, error) { return New(env) },
+	}
+}
+
+// Elector runs the election for one node.
+type Elector struct {
+	cluster, node, version string
+	ttl, heartbeat, lease  time.Duration
+	replicas               int
+
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	log     *slog.Logger
+	metrics *metrics
+	started time.Time
+	ready   chan struct{}
+	cmds    chan command
+
+	mu       sync.Mutex
+	state    State
+	changed  chan struct{} // closed and replaced on every state change
+	lastLoop time.Time
+	renewed  time.Time // when the last successful renewal was sent
+
+	// Owned by the loop.
+	kv      jetstream.KeyValue
+	rev     uint64    // revision of our last write to the leader key
+	since   time.Time // when this node took the key
+	holdOff time.Time // no campaigning before this (after resigning)
+	dirty   bool      // role changed since the node status was last written
+	gate    schema.EpochGate
+}
+
+var _ daemon.Daemon = (*Elector)(nil)
+
+// New returns an elector for the node configured in env.
+func New(env daemon.Env) (*Elector, error) {
+	js, err := jetstream.New(env.NC)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	c := env.Config
+	e := &Elector{
+		cluster:   c.ClusterID,
+		node:      c.NodeID,
+		version:   env.Version,
+		ttl:       c.Election.LeaderTTL(),
+		heartbeat: c.Election.Heartbeat(),
+		lease:     c.Election.LeaderTTL() - c.Election.SafetyMargin(),
+		replicas:  c.NATS.Replicas,
+		nc:        env.NC,
+		js:        js,
+		log:       env.Log,
+		started:   time.Now(),
+		ready:     make(chan struct{}),
+		cmds:      make(chan command),
+		state:     State{Role: schema.RoleStarting},
+		changed:   make(chan struct{}),
+		lastLoop:  time.Now(),
+	}
+	e.metrics = newMetrics(env.Metrics, e)
+	return e, nil
+}
+
+// ForConfig is New for callers outside the daemon runtime (tests, tools).
+func ForConfig(cfg config.Config, nc *nats.Conn, log *slog.Logger, version string) (*Elector, error) {
+	return New(daemon.Env{Name: schema.ServiceElector, Version: version, Config: cfg, Log: log, NC: nc, Metrics: nil})
+}
+
+// State returns the current role state.
+func (e *Elector) State() State {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.state
+}
+
+// Ready is closed once the elector has synchronised with the leader key.
+func (e *Elector) Ready() <-chan struct{} { return e.ready }
+
+// Healthy fails when the election loop has stalled.
+func (e *Elector) Healthy() error {
+	e.mu.Lock()
+	last := e.lastLoop
+	e.mu.Unlock()
+	if limit := e.ttl + 2*e.heartbeat; time.Since(last) > limit {
+		return fmt.Errorf("election loop stalled for %s", time.Since(last).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// StatusLine summarises the role for systemctl status.
+func (e *Elector) StatusLine() string {
+	s := e.State()
+	switch {
+	case s.Role == schema.RoleLeader:
+		return fmt.Sprintf("leader of epoch %d", s.Epoch)
+	case s.Leader != "":
+		return fmt.Sprintf("%s; leader %s (epoch %d)", s.Role, s.Leader, s.Epoch)
+	default:
+		return fmt.Sprintf("%s; no leader", s.Role)
+	}
+}
+
+// Run campaigns, renews and watches until ctx is cancelled. It does not
+// release the key on exit, so a restarted elector resumes its leadership.
+func (e *Elector) Run(ctx context.Context) error {
+	kv, err := e.connect(ctx)
+	if err != nil {
+		return err
+	}
+	e.kv = kv
+	events := make(chan *nats.Msg, 64)
+	sub, err := e.nc.ChanSubscribe(schema.RoleSubject(e.cluster), events)
+	if err != nil {
+		return fmt.Errorf("subscribe to role events: %w", err)
+	}
+	defer sub.Unsubscribe()
+
+	var w jetstream.KeyWatcher
+	defer func() {
+		if w != nil {
+			w.Stop()
+		}
+	}()
+	hb := time.NewTicker(e.heartbeat)
+	defer hb.Stop()
+	fence := time.NewTimer(time.Hour)
+	defer fence.Stop()
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+
+	for {
+		if w == nil {
+			if w, err = kv.Watch(ctx, schema.KeyLeader); err != nil {
+				e.log.Warn("watch leader key", "err", err)
+				w = nil
+			}
+		}
+		var updates <-chan jetstream.KeyValueEntry
+		if w != nil {
+			updates = w.Updates()
+		}
+		if s := e.State(); s.Role == schema.RoleLeader {
+			fence.Reset(time.Until(s.Deadline))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ent, ok := <-updates:
+			if !ok {
+				w = nil // re-created above
+				continue
+			}
+			e.onEntry(ctx, ent)
+		case m := <-events:
+			e.onRoleEvent(m)
+		case <-hb.C:
+			e.tick(ctx, retry)
+		case <-retry.C:
+			e.tick(ctx, retry)
+		case <-fence.C:
+			e.apply(Event{Kind: Expired, At: time.Now()})
+		case c := <-e.cmds:
+			c.reply <- c.run(ctx)
+		}
+		if w == nil && updates == nil {
+			// No watcher yet: avoid a hot loop while NATS is away.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(e.heartbeat / 4):
+			}
+		}
+		e.apply(Event{Kind: Expired, At: time.Now()})
+		if e.dirty {
+			e.writeStatus(ctx)
+		}
+		e.mu.Lock()
+		e.lastLoop = time.Now()
+		e.mu.Unlock()
+	}
+}
+
+// connect opens the bucket, retrying while NATS is unreachable.
+func (e *Elector) connect(ctx context.Context) (jetstream.KeyValue, error) {
+	for {
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		kv, err := openBucket(octx, e.js, e.cluster, e.ttl, e.replicas)
+		cancel()
+		if err == nil {
+			return kv, nil
+		}
+		if errors.Is(err, ErrBucketMismatch) {
+			return nil, err
+		}
+		e.log.Warn("waiting for NATS JetStream", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// onEntry reacts to a change of the leader key; nil marks the end of the
+// initial values.
+func (e *Elector) onEntry(ctx context.Context, ent jetstream.KeyValueEntry) {
+	if ent == nil {
+		e.sync(ctx)
+		return
+	}
+	s := e.State()
+	if s.Role == schema.RoleLeader && ent.Revision() <= e.rev {
+		return // our own write, or an older one
+	}
+	if s.Role == schema.RoleStarting {
+		return // handled by sync on the initial-values marker
+	}
+	if ent.Operation() != jetstream.KeyValuePut {
+		e.apply(Event{Kind: Vacated, Reason: "leader key removed behind our back"})
+		e.campaign(ctx)
+		return
+	}
+	rec, err := decodeLeader(ent)
+	if err != nil {
+		e.log.Error("ignoring invalid leader record", "err", err)
+		if s.Role == schema.RoleLeader {
+			e.apply(Event{Kind: Lost, Reason: "leader key overwritten with an invalid record"})
+		}
+		return
+	}
+	epoch := rec.EpochAt(ent.Revision())
+	if s.Role == schema.RoleLeader && rec.Node == e.node && rec.Serving() && epoch == s.Epoch {
+		// Our own renewal whose reply we missed: only this node writes its epoch.
+		e.rev = ent.Revision()
+		return
+	}
+	if s.Role == schema.RoleLeader {
+		e.apply(Event{Kind: Lost, Reason: fmt.Sprintf("leader key changed behind our back (revision %d, ours %d, node %q)", ent.Revision(), e.rev, rec.Node)})
+	}
+	switch {
+	case rec.HandoverTo == e.node:
+		e.take(ctx, ent.Revision(), rec)
+	case rec.HandoverTo != "":
+		e.apply(Event{Kind: Vacated})
+	default:
+		e.gate.Admit(epoch)
+		e.apply(Event{Kind: Observed, Node: rec.Node, Epoch: epoch})
+	}
+}
+
+// sync settles the starting role from the leader key: a key that names this
+// node is resumed with compare-and-set (the elector restarted), anything
+// else makes the node passive.
+func (e *Elector) sync(ctx context.Context) {
+	defer e.markReady()
+	if e.State().Role != schema.RoleStarting {
+		return
+	}
+	ent, err := e.kv.Get(ctx, schema.KeyLeader)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
+		e.apply(Event{Kind: Synced})
+		e.campaign(ctx)
+		return
+	case err != nil:
+		e.log.Warn("read leader key", "err", err)
+		return // stay starting; the next tick retries
+	}
+	rec, derr := decodeLeader(ent)
+	if derr != nil {
+		e.log.Error("ignoring invalid leader record", "err", derr)
+		e.apply(Event{Kind: Synced})
+		return
+	}
+	epoch := rec.EpochAt(ent.Revision())
+	e.gate.Admit(epoch)
+	if rec.Node == e.node && rec.Serving() {
+		e.rev, e.since = ent.Revision(), rec.Since
+		if e.renewAt(ctx, epoch, rec.Since) == nil {
+			e.log.Info("resumed leadership after restart", "epoch", epoch)
+			return
+		}
+	}
+	if rec.HandoverTo == e.node {
+		e.apply(Event{Kind: Synced})
+		e.take(ctx, ent.Revision(), rec)
+		return
+	}
+	e.apply(Event{Kind: Synced, Node: leaderOf(rec), Epoch: epoch})
+}
+
+func leaderOf(r schema.LeaderRecord) string {
+	if r.Serving() {
+		return r.Node
+	}
+	return ""
+}
+
+func (e *Elector) markReady() {
+	select {
+	case <-e.ready:
+	default:
+		if e.State().Role != schema.RoleStarting {
+			close(e.ready)
+		}
+	}
+}
+
+// tick renews the lease on a leader, and on every node re-checks the leader
+// key (in case a watch update was missed) and writes the node's status.
+func (e *Elector) tick(ctx context.Context, retry *time.Timer) {
+	s := e.State()
+	switch s.Role {
+	case schema.RoleStarting:
+		e.sync(ctx)
+	case schema.RoleLeader:
+		if err := e.renewAt(ctx, s.Epoch, e.since); err != nil && !isConflict(err) {
+			retry.Reset(e.heartbeat / 4)
+			return // do not spend the lease on status writes
+		}
+	default:
+		e.verify(ctx)
+	}
+	e.writeStatus(ctx)
+}
+
+// verify re-reads the leader key on a passive: a vacant key starts a
+// campaign; a key naming this node although it is passive (left over from
+// before it fenced itself) is released so that others can campaign.
+func (e *Elector) verify(ctx context.Context) {
+	octx, cancel := context.WithTimeout(ctx, e.heartbeat/2)
+	defer cancel()
+	ent, err := e.kv.Get(octx, schema.KeyLeader)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
+		e.apply(Event{Kind: Vacated})
+		e.campaign(ctx)
+	case err != nil:
+		e.log.Debug("read leader key", "err", err)
+	default:
+		rec, derr := decodeLeader(ent)
+		if derr != nil {
+			return
+		}
+		if rec.Node == e.node && rec.Serving() {
+			if err := e.kv.Delete(octx, schema.KeyLeader, jetstream.LastRevision(ent.Revision())); err != nil {
+				e.log.Warn("release stale leader key", "err", err)
+			} else {
+				e.log.Info("released stale leader key left from before self-fencing", "revision", ent.Revision())
+			}
+		}
+	}
+}
+
+// campaign tries to create the leader key if this node may lead.
+func (e *Elector) campaign(ctx context.Context) {
+	if e.State().Role != schema.RolePassive || time.Now().Before(e.holdOff) {
+		return
+	}
+	octx, cancel := context.WithTimeout(ctx, e.heartbeat)
+	defer cancel()
+	now := time.Now()
+	rec := schema.LeaderRecord{Node: e.node, Since: now, RenewedAt: now, LeaderTTLMs: e.ttl.Milliseconds()}
+	e.metrics.campaigns.Inc()
+	rev, err := e.kv.Create(octx, schema.KeyLeader, encode(rec))
+	if err != nil {
+		if !isConflict(err) {
+			e.log.Warn("campaign", "err", err)
+		}
+		return
+	}
+	e.rev, e.since = rev, now
+	e.gate.Admit(rev)
+	e.apply(Event{Kind: Won, Epoch: rev, At: now})
+	e.renewAt(ctx, rev, now) // record the epoch in the key
+}
+
+// take completes a handover addressed to this node with a compare-and-set
+// on the handover record's revision.
+func (e *Elector) take(ctx context.Context, rev uint64, from schema.LeaderRecord) {
+	octx, cancel := context.WithTimeout(ctx, e.heartbeat)
+	defer cancel()
+	now := time.Now()
+	rec := schema.LeaderRecord{Node: e.node, Since: now, RenewedAt: now, LeaderTTLMs: e.ttl.Milliseconds()}
+	newRev, err := e.kv.Update(octx, schema.KeyLeader, encode(rec), rev)
+	if err != nil {
+		e.log.Warn("take over from handover", "from", from.Node, "err", err)
+		return
+	}
+	e.rev, e.since = newRev, now
+	e.gate.Admit(newRev)
+	e.apply(Event{Kind: Won, Epoch: newRev, At: now, Reason: "handover from " + from.Node})
+	e.renewAt(ctx, newRev, now)
+}
+
+// renewAt renews the lease of epoch with compare-and-set on the last
+// revision written. A conflict means the leadership is lost.
+func (e *Elector) renewAt(ctx context.Context, epoch uint64, since time.Time) error {
+	now := time.Now()
+	deadline := now.Add(e.heartbeat)
+	if s := e.State(); s.Role == schema.RoleLeader && s.Deadline.Before(deadline) {
+		deadline = s.Deadline
+	}
+	octx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	rec := schema.LeaderRecord{Node: e.node, Epoch: epoch, Since: since, RenewedAt: now, LeaderTTLMs: e.ttl.Milliseconds()}
+	rev, err := e.kv.Update(octx, schema.KeyLeader, encode(rec), e.rev)
+	if err != nil {
+		e.metrics.renewFailures.Inc()
+		if isConflict(err) {
+			e.apply(Event{Kind: Lost, Reason: fmt.Sprintf("renewal compare-and-set failed: %v", err)})
+		} else {
+			e.log.Warn("lease renewal failed; retrying", "err", err, "deadline", e.State().Deadline)
+		}
+		return err
+	}
+	e.rev = rev
+	e.metrics.renewals.Inc()
+	if e.State().Role == schema.RoleStarting {
+		e.apply(Event{Kind: Won, Epoch: epoch, At: now, Reason: "resumed after restart"})
+	} else {
+		e.apply(Event{Kind: Renewed, At: now})
+	}
+	e.mu.Lock()
+	e.renewed = now
+	e.mu.Unlock()
+	e.publish(e.State())
+	return nil
+}
+
+// onRoleEvent applies another node's role event. Events from epochs older
+// than the newest seen are ignored.
+func (e *Elector) onRoleEvent(m *nats.Msg) {
+	var ev schema.RoleEvent
+	if err := json.Unmarshal(m.Data, &ev); err != nil {
+		e.log.Warn("ignoring invalid role event", "data", string(m.Data), "err", err)
+		return
+	}
+	if ev.Node == e.node || ev.Role != schema.RoleLeader {
+		return
+	}
+	if !e.gate.Admit(ev.Epoch) {
+		e.metrics.staleEvents.Inc()
+		e.log.Debug("ignoring role event from an older epoch", "from", ev.Node, "epoch", ev.Epoch, "newest", e.gate.Newest())
+		return
+	}
+	e.apply(Event{Kind: Observed, Node: ev.Node, Epoch: ev.Epoch})
+}
+
+// apply moves the state machine and announces a role change.
+func (e *Elector) apply(ev Event) {
+	e.mu.Lock()
+	old := e.state
+	next := Next(old, ev, e.node, e.lease)
+	e.state = next
+	if next != old {
+		close(e.changed)
+		e.changed = make(chan struct{})
+	}
+	e.mu.Unlock()
+	if next.Role == old.Role {
+		return
+	}
+	e.dirty = true
+	e.metrics.roleChanges.WithLabelValues(string(next.Role)).Inc()
+	e.log.Info("role changed", "from", old.Role, "to", next.Role, "epoch", next.Epoch, "reason", next.Reason)
+	e.publish(next)
+	e.markReady()
+}
+
+// publish sends the node's role event.
+func (e *Elector) publish(s State) {
+	ev := schema.RoleEvent{
+		Cluster: e.cluster, Node: e.node, Role: s.Role, Epoch: s.Epoch,
+		Leader: s.Leader, Reason: s.Reason, At: time.Now(),
+	}
+	if s.Role == schema.RoleLeader {
+		ev.Deadline = s.Deadline
+	}
+	if err := e.nc.Publish(schema.RoleSubject(e.cluster), encode(ev)); err != nil {
+		e.log.Warn("publish role event", "err", err)
+	}
+}
+
+// writeStatus records this node's status under nodes.<node>.
+func (e *Elector) writeStatus(ctx context.Context) {
+	s := e.State()
+	timeout := e.heartbeat / 2
+	if s.Role == schema.RoleLeader {
+		timeout = min(timeout, time.Until(s.Deadline))
+	}
+	if timeout <= 0 {
+		return
+	}
+	octx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	st := schema.NodeStatus{
+		Node: e.node, Role: s.Role, Epoch: s.Epoch, Leader: s.Leader,
+		Version: e.version, StartedAt: e.started, UpdatedAt: time.Now(),
+	}
+	if _, err := e.kv.Put(octx, schema.NodeKey(e.node), encode(st)); err != nil {
+		e.log.Debug("write node status", "err", err)
+		return
+	}
+	e.dirty = false
+}

@@ -1,0 +1,242 @@
+package elector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// Errors of the promote and demote endpoints; their micro error codes let
+// clients tell them apart.
+var (
+	ErrNotLeader   = errors.New("this node is not the leader")
+	ErrUnknownNode = errors.New("unknown node")
+	ErrNotReady    = errors.New("elector not ready")
+)
+
+// DemoteRequest is the body of a demote request.
+type DemoteRequest struct {
+	// To names the node to hand over to; "" lets the cluster elect one.
+	To string `json:"to,omitempty"`
+}
+
+// RoleReply is the reply of promote and demote.
+type RoleReply struct {
+	Node   string      `json:"node"`
+	Role   schema.Role `json:"role"`
+	Epoch  uint64      `json:"epoch"`
+	Leader string      `json:"leader,omitempty"`
+}
+
+// Status is the reply of the status endpoint.
+type Status struct {
+	Node             string      `json:"node"`
+	Cluster          string      `json:"cluster"`
+	Role             schema.Role `json:"role"`
+	Epoch            uint64      `json:"epoch"`
+	Leader           string      `json:"leader,omitempty"`
+	LeaseDeadline    time.Time   `json:"leaseDeadline,omitzero"`
+	LeaseRemainingMs int64       `json:"leaseRemainingMs,omitempty"`
+	LastRenewal      time.Time   `json:"lastRenewal,omitzero"`
+	Reason           string      `json:"reason,omitempty"`
+	Version          string      `json:"version"`
+	StartedAt        time.Time   `json:"startedAt"`
+}
+
+// Status reports the elector's state.
+func (e *Elector) Status() any {
+	s := e.State()
+	e.mu.Lock()
+	renewed := e.renewed
+	e.mu.Unlock()
+	st := Status{Node: e.node, Cluster: e.cluster, Role: s.Role, Epoch: s.Epoch, Leader: s.Leader,
+		Reason: s.Reason, Version: e.version, StartedAt: e.started}
+	if s.Role == schema.RoleLeader {
+		st.LeaseDeadline, st.LastRenewal = s.Deadline, renewed
+		st.LeaseRemainingMs = max(0, time.Until(s.Deadline).Milliseconds())
+	}
+	return st
+}
+
+// AddEndpoints adds promote and demote.
+func (e *Elector) AddEndpoints(g micro.Group) error {
+	if err := g.AddEndpoint("promote", micro.HandlerFunc(e.handlePromote)); err != nil {
+		return err
+	}
+	return g.AddEndpoint("demote", micro.HandlerFunc(e.handleDemote))
+}
+
+func (e *Elector) handlePromote(req micro.Request) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.ttl+2*e.heartbeat)
+	defer cancel()
+	e.respond(req, e.Promote(ctx))
+}
+
+func (e *Elector) handleDemote(req micro.Request) {
+	var r DemoteRequest
+	if len(req.Data()) > 0 {
+		if err := json.Unmarshal(req.Data(), &r); err != nil {
+			req.Error("400", fmt.Sprintf("invalid demote request %q: %v", req.Data(), err), nil)
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.ttl)
+	defer cancel()
+	e.respond(req, e.Demote(ctx, r.To))
+}
+
+func (e *Elector) respond(req micro.Request, err error) {
+	if err != nil {
+		code := "500"
+		switch {
+		case errors.Is(err, ErrNotLeader):
+			code = "409"
+		case errors.Is(err, ErrUnknownNode):
+			code = "404"
+		case errors.Is(err, ErrNotReady):
+			code = "503"
+		}
+		req.Error(code, err.Error(), nil)
+		return
+	}
+	s := e.State()
+	req.RespondJSON(RoleReply{Node: e.node, Role: s.Role, Epoch: s.Epoch, Leader: s.Leader})
+}
+
+// command is work for the election loop, which owns the KV state.
+type command struct {
+	run   func(ctx context.Context) error
+	reply chan error
+}
+
+// do runs fn on the election loop.
+func (e *Elector) do(ctx context.Context, fn func(ctx context.Context) error) error {
+	c := command{run: fn, reply: make(chan error, 1)}
+	select {
+	case e.cmds <- c:
+	case <-ctx.Done():
+		return fmt.Errorf("election loop busy: %w", ctx.Err())
+	}
+	select {
+	case err := <-c.reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Promote makes this node the leader: at once if the key is vacant,
+// otherwise by asking the current leader to hand over to this node. It
+// returns once this node leads, or with the reason it could not.
+func (e *Elector) Promote(ctx context.Context) error {
+	var current string
+	err := e.do(ctx, func(ctx context.Context) error {
+		s := e.State()
+		switch s.Role {
+		case schema.RoleLeader:
+			return nil
+		case schema.RoleStarting:
+			return ErrNotReady
+		}
+		ent, err := e.kv.Get(ctx, schema.KeyLeader)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
+			e.holdOff = time.Time{}
+			e.campaign(ctx)
+			if e.State().Role != schema.RoleLeader {
+				return fmt.Errorf("campaign lost: another node took the vacant leader key")
+			}
+			return nil
+		case err != nil:
+			return fmt.Errorf("read leader key: %w", err)
+		}
+		rec, err := decodeLeader(ent)
+		if err != nil {
+			return err
+		}
+		if rec.HandoverTo == e.node {
+			e.take(ctx, ent.Revision(), rec)
+			return nil
+		}
+		current = rec.Node
+		return nil
+	})
+	if err != nil || current == "" {
+		return err
+	}
+	body, _ := json.Marshal(DemoteRequest{To: e.node})
+	msg, err := e.nc.RequestWithContext(ctx, schema.Endpoint(e.cluster, current, schema.ServiceElector, "demote"), body)
+	if err != nil {
+		return fmt.Errorf("ask leader %s to hand over: %w", current, err)
+	}
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return fmt.Errorf("leader %s refused to hand over: %s %s", current, code, msg.Header.Get(micro.ErrorHeader))
+	}
+	return e.waitRole(ctx, schema.RoleLeader)
+}
+
+// Demote makes this leader step down: it stops serving first, then hands
+// the key to the node named to, or deletes it so that the others campaign.
+func (e *Elector) Demote(ctx context.Context, to string) error {
+	return e.do(ctx, func(ctx context.Context) error {
+		s := e.State()
+		if s.Role != schema.RoleLeader {
+			if s.Leader != "" {
+				return fmt.Errorf("%w: the leader is %s", ErrNotLeader, s.Leader)
+			}
+			return ErrNotLeader
+		}
+		if to == e.node {
+			return fmt.Errorf("%w: cannot hand over to itself (%s)", ErrUnknownNode, to)
+		}
+		if to != "" {
+			if _, err := e.kv.Get(ctx, schema.NodeKey(to)); err != nil {
+				return fmt.Errorf("%w %q: no live status for it in %s: %v", ErrUnknownNode, to, schema.Bucket(e.cluster), err)
+			}
+		}
+		reason := "demoted"
+		if to != "" {
+			reason = "handing over to " + to
+		}
+		e.apply(Event{Kind: Resigned, Reason: reason})
+		now := time.Now()
+		if to != "" {
+			e.holdOff = now.Add(e.ttl)
+			rec := schema.LeaderRecord{Node: e.node, Epoch: s.Epoch, Since: e.since, RenewedAt: now,
+				LeaderTTLMs: e.ttl.Milliseconds(), HandoverTo: to}
+			if _, err := e.kv.Update(ctx, schema.KeyLeader, encode(rec), e.rev); err != nil {
+				return fmt.Errorf("stepped down, but the handover write failed (the key expires within %s): %w", e.ttl, err)
+			}
+			return nil
+		}
+		e.holdOff = now.Add(2 * e.heartbeat)
+		if err := e.kv.Delete(ctx, schema.KeyLeader, jetstream.LastRevision(e.rev)); err != nil {
+			return fmt.Errorf("stepped down, but releasing the key failed (it expires within %s): %w", e.ttl, err)
+		}
+		return nil
+	})
+}
+
+// waitRole waits until the node has role r.
+func (e *Elector) waitRole(ctx context.Context, r schema.Role) error {
+	for {
+		e.mu.Lock()
+		s, ch := e.state, e.changed
+		e.mu.Unlock()
+		if s.Role == r {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("still %s (leader %q) waiting to become %s: %w", s.Role, s.Leader, r, ctx.Err())
+		}
+	}
+}
