@@ -39,7 +39,8 @@ func ExitCode(err error) int {
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return ExitOK
-	case errors.Is(err, ErrUsage), errors.As(err, &fe), errors.Is(err, config.ErrExists):
+	case errors.Is(err, ErrUsage), errors.As(err, &fe), errors.Is(err, config.ErrExists),
+		errors.Is(err, config.ErrNoFile):
 		return ExitUsage
 	case errors.Is(err, natsconn.ErrUnreachable), errors.Is(err, ErrNoCluster):
 		return ExitUnreachable

@@ -1,12 +1,9 @@
-package elector
+package elector_test
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -14,86 +11,25 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/convex-cluster-manager/ccm/shared/config"
-	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
 const (
-	testTTL       = 2000 * time.Millisecond
-	testHeartbeat = 500 * time.Millisecond
-	testMargin    = 500 * time.Millisecond
+	testTTL       = et.TTL
+	testHeartbeat = et.Heartbeat
 )
 
-// node is one elector running in-process under the daemon runtime.
-type node struct {
-	id     string
-	el     *Elector
-	cancel context.CancelFunc
-	done   chan struct{} // closed when the elector has returned
-}
+type node = et.Node
 
-// stop kills the elector without releasing its key, like kill -9.
-func (n *node) stop() {
-	n.cancel()
-	<-n.done
-}
-
-func testConfig(cluster, id string, servers ...string) config.Config {
-	c := config.Default()
-	c.ClusterID, c.NodeID = cluster, id
-	c.NATS.Servers = servers
-	c.Election = config.Election{
-		LeaderTTLMs:         int(testTTL.Milliseconds()),
-		HeartbeatIntervalMs: int(testHeartbeat.Milliseconds()),
-		SafetyMarginMs:      int(testMargin.Milliseconds()),
-	}
-	return c
-}
-
-func testLogger() *slog.Logger {
-	if os.Getenv("CCM_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
-// startNode runs an elector for cfg until the test ends.
-func startNode(t *testing.T, cfg config.Config) *node {
-	t.Helper()
-	n := &node{id: cfg.NodeID, done: make(chan struct{})}
-	runErr := make(chan error, 1)
-	got := make(chan *Elector, 1)
-	spec := Spec()
-	spec.New = func(env daemon.Env) (daemon.Daemon, error) {
-		e, err := New(env)
-		if err == nil {
-			got <- e
-		}
-		return e, err
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	n.cancel = cancel
-	go func() {
-		defer close(n.done)
-		runErr <- daemon.Run(ctx, spec, cfg, testLogger().With("node", cfg.NodeID), "")
-	}()
-	select {
-	case n.el = <-got:
-	case err := <-runErr:
-		t.Fatalf("elector %s: %v", cfg.NodeID, err)
-	case <-time.After(10 * time.Second):
-		t.Fatalf("elector %s did not start", cfg.NodeID)
-	}
-	select {
-	case <-n.el.Ready():
-	case <-time.After(10 * time.Second):
-		t.Fatalf("elector %s not ready", cfg.NodeID)
-	}
-	t.Cleanup(n.stop)
-	return n
-}
+var (
+	startNode  = et.Start
+	testConfig = et.Config
+	leaders    = et.Leaders
+	waitLeader = et.WaitLeader
+	others     = et.Others
+)
 
 type cluster struct {
 	name  string
@@ -121,43 +57,6 @@ func startCluster(t *testing.T, n int) *cluster {
 	return c
 }
 
-// leaders returns the nodes whose elector says leader, among live ones.
-func leaders(nodes []*node) []*node {
-	var out []*node
-	for _, n := range nodes {
-		if n.el.State().Role == schema.RoleLeader {
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
-// waitLeader waits until exactly one of nodes leads and returns it.
-func waitLeader(t *testing.T, nodes []*node, within time.Duration) *node {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if ls := leaders(nodes); len(ls) == 1 {
-			return ls[0]
-		} else if len(ls) > 1 {
-			t.Fatalf("%d leaders at once: %s and %s", len(ls), ls[0].id, ls[1].id)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("no leader within %s", within)
-	return nil
-}
-
-func others(nodes []*node, not *node) []*node {
-	var out []*node
-	for _, n := range nodes {
-		if n != not {
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
 func TestElectsExactlyOneLeader(t *testing.T) {
 	c := startCluster(t, 3)
 	l := waitLeader(t, c.nodes, testTTL)
@@ -170,9 +69,9 @@ func TestElectsExactlyOneLeader(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	for _, n := range others(c.nodes, l) {
-		s := n.el.State()
-		if s.Role != schema.RolePassive || s.Leader != l.id || s.Epoch != l.el.State().Epoch {
-			t.Errorf("%s: state %+v, want passive following %s epoch %d", n.id, s, l.id, l.el.State().Epoch)
+		s := n.El.State()
+		if s.Role != schema.RolePassive || s.Leader != l.ID || s.Epoch != l.El.State().Epoch {
+			t.Errorf("%s: state %+v, want passive following %s epoch %d", n.ID, s, l.ID, l.El.State().Epoch)
 		}
 	}
 	ent, err := c.kv.Get(context.Background(), schema.KeyLeader)
@@ -181,24 +80,24 @@ func TestElectsExactlyOneLeader(t *testing.T) {
 	}
 	var rec schema.LeaderRecord
 	json.Unmarshal(ent.Value(), &rec)
-	if rec.Node != l.id || rec.Epoch != l.el.State().Epoch {
-		t.Errorf("leader key = %+v, want node %s epoch %d", rec, l.id, l.el.State().Epoch)
+	if rec.Node != l.ID || rec.Epoch != l.El.State().Epoch {
+		t.Errorf("leader key = %+v, want node %s epoch %d", rec, l.ID, l.El.State().Epoch)
 	}
 }
 
 func TestDeadLeaderReplacedWithinTTL(t *testing.T) {
 	c := startCluster(t, 3)
 	old := waitLeader(t, c.nodes, testTTL)
-	oldEpoch := old.el.State().Epoch
-	old.stop()
+	oldEpoch := old.El.State().Epoch
+	old.Stop()
 	killed := time.Now()
 	l := waitLeader(t, others(c.nodes, old), testTTL+time.Second)
 	took := time.Since(killed)
-	t.Logf("new leader %s after %s", l.id, took)
+	t.Logf("new leader %s after %s", l.ID, took)
 	if took > testTTL+time.Second {
 		t.Fatalf("replacement took %s, want within TTL %s + 1s", took, testTTL)
 	}
-	if e := l.el.State().Epoch; e <= oldEpoch {
+	if e := l.El.State().Epoch; e <= oldEpoch {
 		t.Fatalf("new epoch %d not above old %d", e, oldEpoch)
 	}
 }
@@ -209,27 +108,27 @@ func TestDemoteAndPromoteHandOver(t *testing.T) {
 	ctx := context.Background()
 
 	start := time.Now()
-	if err := l.el.Demote(ctx, ""); err != nil {
+	if err := l.El.Demote(ctx, ""); err != nil {
 		t.Fatal(err)
 	}
-	if l.el.State().Role != schema.RolePassive {
-		t.Fatalf("demoted node still %s", l.el.State().Role)
+	if l.El.State().Role != schema.RolePassive {
+		t.Fatalf("demoted node still %s", l.El.State().Role)
 	}
 	l2 := waitLeader(t, others(c.nodes, l), time.Second)
-	t.Logf("demote: %s -> %s in %s", l.id, l2.id, time.Since(start))
+	t.Logf("demote: %s -> %s in %s", l.ID, l2.ID, time.Since(start))
 	if d := time.Since(start); d > 500*time.Millisecond {
 		t.Fatalf("demote handover took %s, want well under a second", d)
 	}
 
 	target := others(c.nodes, l2)[0]
 	start = time.Now()
-	if err := target.el.Promote(ctx); err != nil {
+	if err := target.El.Promote(ctx); err != nil {
 		t.Fatal(err)
 	}
 	d := time.Since(start)
-	t.Logf("promote %s in %s", target.id, d)
+	t.Logf("promote %s in %s", target.ID, d)
 	if got := waitLeader(t, c.nodes, time.Second); got != target {
-		t.Fatalf("leader after promote = %s, want %s", got.id, target.id)
+		t.Fatalf("leader after promote = %s, want %s", got.ID, target.ID)
 	}
 	if d > 500*time.Millisecond {
 		t.Fatalf("promote handover took %s, want well under a second", d)
@@ -237,19 +136,19 @@ func TestDemoteAndPromoteHandOver(t *testing.T) {
 
 	// Demote naming the node to hand over to.
 	to := others(c.nodes, target)[1]
-	if err := target.el.Demote(ctx, to.id); err != nil {
+	if err := target.El.Demote(ctx, to.ID); err != nil {
 		t.Fatal(err)
 	}
 	if got := waitLeader(t, c.nodes, time.Second); got != to {
-		t.Fatalf("leader after demote --node = %s, want %s", got.id, to.id)
+		t.Fatalf("leader after demote --node = %s, want %s", got.ID, to.ID)
 	}
-	if err := to.el.Demote(ctx, "nosuchnode"); err == nil {
+	if err := to.El.Demote(ctx, "nosuchnode"); err == nil {
 		t.Fatal("demote to an unknown node succeeded")
 	}
-	if to.el.State().Role != schema.RoleLeader {
+	if to.El.State().Role != schema.RoleLeader {
 		t.Fatal("a refused demote changed the role")
 	}
-	if err := target.el.Demote(ctx, ""); err == nil {
+	if err := target.El.Demote(ctx, ""); err == nil {
 		t.Fatal("demote of a passive succeeded")
 	}
 }
@@ -268,13 +167,13 @@ func TestRevisionChangedBehindBackStepsDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	changed := time.Now()
-	for l.el.State().Role == schema.RoleLeader {
+	for l.El.State().Role == schema.RoleLeader {
 		if time.Since(changed) > testHeartbeat+200*time.Millisecond {
 			t.Fatalf("leader still leads %s after its key was changed", time.Since(changed))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	t.Logf("stepped down after %s: %s", time.Since(changed), l.el.State().Reason)
+	t.Logf("stepped down after %s: %s", time.Since(changed), l.El.State().Reason)
 }
 
 func TestCutOffLeaderFencesItselfFirst(t *testing.T) {
@@ -288,8 +187,8 @@ func TestCutOffLeaderFencesItselfFirst(t *testing.T) {
 		startNode(t, testConfig("test", "n3", srv.ClientURL())),
 	}
 	time.Sleep(2 * testHeartbeat)
-	if cut.el.State().Role != schema.RoleLeader {
-		t.Fatalf("n1 lost leadership before the cut: %+v", cut.el.State())
+	if cut.El.State().Role != schema.RoleLeader {
+		t.Fatalf("n1 lost leadership before the cut: %+v", cut.El.State())
 	}
 
 	var mu sync.Mutex
@@ -300,7 +199,7 @@ func TestCutOffLeaderFencesItselfFirst(t *testing.T) {
 		for time.Now().Before(time.Now().Add(3 * testTTL)) {
 			now := time.Now()
 			mu.Lock()
-			if fencedAt.IsZero() && cut.el.State().Role != schema.RoleLeader {
+			if fencedAt.IsZero() && cut.El.State().Role != schema.RoleLeader {
 				fencedAt = now
 			}
 			if wonAt.IsZero() && len(leaders(rest)) > 0 {
@@ -326,7 +225,7 @@ func TestCutOffLeaderFencesItselfFirst(t *testing.T) {
 	if !fencedAt.Before(wonAt) {
 		t.Fatalf("n1 fenced itself at +%s, after another node won at +%s", fencedAt.Sub(cutAt), wonAt.Sub(cutAt))
 	}
-	if r := cut.el.State().Reason; r == "" {
+	if r := cut.El.State().Reason; r == "" {
 		t.Fatal("no reason recorded for the step-down")
 	}
 	proxy.Heal()
@@ -334,19 +233,19 @@ func TestCutOffLeaderFencesItselfFirst(t *testing.T) {
 	l := waitLeader(t, rest, testTTL)
 	deadline := time.Now().Add(testTTL)
 	for time.Now().Before(deadline) {
-		if s := cut.el.State(); s.Role == schema.RolePassive && s.Leader == l.id {
+		if s := cut.El.State(); s.Role == schema.RolePassive && s.Leader == l.ID {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("n1 after healing: %+v, want passive following %s", cut.el.State(), l.id)
+	t.Fatalf("n1 after healing: %+v, want passive following %s", cut.El.State(), l.ID)
 }
 
 func TestStaleRoleEventsIgnored(t *testing.T) {
 	c := startCluster(t, 2)
 	l := waitLeader(t, c.nodes, testTTL)
 	p := others(c.nodes, l)[0]
-	epoch := l.el.State().Epoch
+	epoch := l.El.State().Epoch
 	publish := func(node string, epoch uint64) {
 		t.Helper()
 		b, _ := json.Marshal(schema.RoleEvent{Cluster: c.name, Node: node, Role: schema.RoleLeader, Epoch: epoch, At: time.Now()})
@@ -357,16 +256,16 @@ func TestStaleRoleEventsIgnored(t *testing.T) {
 	}
 	publish("ghost", epoch-1)
 	time.Sleep(3 * testHeartbeat)
-	if s := l.el.State(); s.Role != schema.RoleLeader || s.Epoch != epoch {
+	if s := l.El.State(); s.Role != schema.RoleLeader || s.Epoch != epoch {
 		t.Fatalf("leader after a stale event: %+v", s)
 	}
-	if s := p.el.State(); s.Leader != l.id {
-		t.Fatalf("passive after a stale event follows %q, want %s", s.Leader, l.id)
+	if s := p.El.State(); s.Leader != l.ID {
+		t.Fatalf("passive after a stale event follows %q, want %s", s.Leader, l.ID)
 	}
 	// A newer epoch from elsewhere deposes the leader at once.
 	publish("ghost", epoch+1000)
 	deadline := time.Now().Add(time.Second)
-	for l.el.State().Role == schema.RoleLeader {
+	for l.El.State().Role == schema.RoleLeader {
 		if time.Now().After(deadline) {
 			t.Fatal("leader ignored a role event from a newer epoch")
 		}
@@ -380,11 +279,11 @@ func TestRestartedElectorResumesLeadership(t *testing.T) {
 	n1 := startNode(t, cfg)
 	n2 := startNode(t, testConfig("test", "n2", srv.ClientURL()))
 	l := waitLeader(t, []*node{n1}, testTTL)
-	epoch := l.el.State().Epoch
-	n1.stop()
+	epoch := l.El.State().Epoch
+	n1.Stop()
 	again := startNode(t, cfg)
 	l = waitLeader(t, []*node{again, n2}, testTTL)
-	if l != again || l.el.State().Epoch != epoch {
-		t.Fatalf("after restart leader %s epoch %d, want n1 resuming epoch %d", l.id, l.el.State().Epoch, epoch)
+	if l != again || l.El.State().Epoch != epoch {
+		t.Fatalf("after restart leader %s epoch %d, want n1 resuming epoch %d", l.ID, l.El.State().Epoch, epoch)
 	}
 }

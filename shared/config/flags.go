@@ -12,6 +12,9 @@ import (
 	"github.com/peterbourgon/ff/v3"
 )
 
+// ErrNoFile is returned when a configuration file named explicitly cannot be read.
+var ErrNoFile = errors.New("config file not readable")
+
 // Flags binds every setting of a Config, plus -config, to a flag set.
 type Flags struct {
 	cfg  Config
@@ -80,7 +83,7 @@ func (f *Flags) Parse(args []string) (Config, error) {
 func (f *Flags) Loaded() (Config, error) {
 	if f.path != "" && f.path != DefaultPath {
 		if _, err := os.Stat(f.path); err != nil {
-			return Config{}, fmt.Errorf("config file %q: %w", f.path, err)
+			return Config{}, fmt.Errorf("%w: %w", ErrNoFile, err)
 		}
 	}
 	if err := f.cfg.Validate(); err != nil {

@@ -1,0 +1,167 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/convex-cluster-manager/ccm/services/cli"
+	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
+	"github.com/convex-cluster-manager/ccm/shared/natstest"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// ccm runs the CLI in-process and returns its output and exit code.
+func ccm(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := cli.Run(ctx, args, &out, &errOut)
+	if err != nil {
+		errOut.WriteString(err.Error())
+	}
+	t.Logf("ccm %s -> %d\n%s%s", strings.Join(args, " "), cli.ExitCode(err), out.String(), errOut.String())
+	return out.String() + errOut.String(), cli.ExitCode(err)
+}
+
+type fixture struct {
+	nodes []*et.Node
+	conf  map[string]string // node ID -> config file written by ccm init
+}
+
+// startCluster writes each node's config with `ccm init` and runs its elector.
+func startCluster(t *testing.T) *fixture {
+	t.Helper()
+	srv := natstest.Server(t)
+	dir := t.TempDir()
+	f := &fixture{conf: map[string]string{}}
+	for _, id := range []string{"n1", "n2", "n3"} {
+		path := filepath.Join(dir, id+".json")
+		if out, code := ccm(t, "init", "--config", path, "--cluster-id", "demo", "--node-id", id,
+			"--nats-servers", srv.ClientURL(), "--election-leader-ttl-ms", "2000",
+			"--election-heartbeat-interval-ms", "500", "--election-safety-margin-ms", "500"); code != 0 {
+			t.Fatalf("init %s: %d %s", id, code, out)
+		}
+		f.conf[id] = path
+		cfg := et.Config("demo", id, srv.ClientURL())
+		f.nodes = append(f.nodes, et.Start(t, cfg))
+	}
+	et.WaitLeader(t, f.nodes, et.TTL)
+	time.Sleep(100 * time.Millisecond) // every node has written its status
+	return f
+}
+
+func status(t *testing.T, conf string) cli.ClusterStatus {
+	t.Helper()
+	out, code := ccm(t, "status", "--json", "--config", conf)
+	if code != 0 {
+		t.Fatalf("status exit %d: %s", code, out)
+	}
+	var st cli.ClusterStatus
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status --json is not JSON: %v\n%s", err, out)
+	}
+	return st
+}
+
+func TestStatusJSON(t *testing.T) {
+	f := startCluster(t)
+	st := status(t, f.conf["n2"])
+	leader := et.Leaders(f.nodes)[0]
+	if st.Leader == nil || st.Leader.Node != leader.ID || st.Leader.Epoch != leader.El.State().Epoch {
+		t.Fatalf("leader = %+v, want %s epoch %d", st.Leader, leader.ID, leader.El.State().Epoch)
+	}
+	if st.Leader.LeaseRemainingMs <= 0 || st.Leader.LeaseRemainingMs > et.TTL.Milliseconds() {
+		t.Errorf("lease remaining %dms, want within (0, %d]", st.Leader.LeaseRemainingMs, et.TTL.Milliseconds())
+	}
+	if len(st.Nodes) != 3 {
+		t.Fatalf("nodes = %+v, want 3", st.Nodes)
+	}
+	leaders := 0
+	for _, n := range st.Nodes {
+		if n.Role == schema.RoleLeader {
+			leaders++
+			if n.ID != leader.ID {
+				t.Errorf("node %s says leader, want %s", n.ID, leader.ID)
+			}
+		}
+	}
+	if leaders != 1 {
+		t.Errorf("%d nodes with role leader, want 1", leaders)
+	}
+	out, code := ccm(t, "status", "--config", f.conf["n1"])
+	if code != 0 || !strings.Contains(out, "leader "+leader.ID) || !strings.Contains(out, "NODE") {
+		t.Errorf("table status: %d %q", code, out)
+	}
+}
+
+func TestPromoteAndDemote(t *testing.T) {
+	f := startCluster(t)
+	old := et.Leaders(f.nodes)[0]
+	target := et.Others(f.nodes, old)[0]
+
+	out, code := ccm(t, "promote", "--node", target.ID, "--config", f.conf["n1"])
+	if code != 0 || !strings.Contains(out, "handover took") {
+		t.Fatalf("promote: %d %s", code, out)
+	}
+	if got := et.WaitLeader(t, f.nodes, time.Second); got != target {
+		t.Fatalf("leader after promote = %s, want %s", got.ID, target.ID)
+	}
+	if st := status(t, f.conf["n1"]); st.Leader.Node != target.ID {
+		t.Fatalf("status leader after promote = %s", st.Leader.Node)
+	}
+
+	out, code = ccm(t, "demote", "--config", f.conf["n1"])
+	if code != 0 || !strings.Contains(out, "handover took") {
+		t.Fatalf("demote: %d %s", code, out)
+	}
+	if got := et.WaitLeader(t, f.nodes, time.Second); got == target {
+		t.Fatalf("demoted %s is still leader", target.ID)
+	}
+
+	out, code = ccm(t, "demote", "--node", target.ID, "--config", f.conf["n3"])
+	if code != 0 {
+		t.Fatalf("demote --node: %d %s", code, out)
+	}
+	if got := et.WaitLeader(t, f.nodes, time.Second); got != target {
+		t.Fatalf("leader after demote --node %s = %s", target.ID, got.ID)
+	}
+	out, code = ccm(t, "promote", "--node", target.ID, "--config", f.conf["n3"])
+	if code != 0 || !strings.Contains(out, "already the leader") {
+		t.Fatalf("promote of the leader: %d %s", code, out)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	f := startCluster(t)
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"unknown node promote", []string{"promote", "--node", "n9", "--config", f.conf["n1"]}, cli.ExitUnknownNode, `unknown node "n9"`},
+		{"unknown node demote", []string{"demote", "--node", "zz", "--config", f.conf["n1"]}, cli.ExitUnknownNode, "live nodes: n1, n2, n3"},
+		{"bad node id", []string{"promote", "--node", "a.b", "--config", f.conf["n1"]}, cli.ExitUsage, `"a.b" is invalid`},
+		{"unreachable", []string{"status", "--config", f.conf["n1"], "--nats-servers", "nats://127.0.0.1:1"}, cli.ExitUnreachable, "NATS unreachable"},
+		{"unknown cluster", []string{"status", "--config", f.conf["n1"], "--cluster-id", "other"}, cli.ExitUnreachable, `cluster "other"`},
+		{"init refuses overwrite", []string{"init", "--config", f.conf["n1"], "--cluster-id", "demo", "--node-id", "n1"}, cli.ExitUsage, "--force"},
+		{"init invalid", []string{"init", "--config", filepath.Join(t.TempDir(), "x.json"), "--cluster-id", "demo", "--node-id", "n1", "--vip-netmask", "40"}, cli.ExitUsage, "vip.netmask: invalid value 40"},
+		{"bad flag", []string{"status", "--nope"}, cli.ExitUsage, "nope"},
+		{"stray argument", []string{"status", "--config", f.conf["n1"], "extra"}, cli.ExitUsage, `unexpected argument "extra"`},
+		{"missing config", []string{"status", "--config", "/nonexistent/cluster.json"}, cli.ExitUsage, "/nonexistent/cluster.json"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, code := ccm(t, tt.args...)
+			if code != tt.code || !strings.Contains(out, tt.want) {
+				t.Fatalf("exit %d, output %q; want exit %d containing %q", code, out, tt.code, tt.want)
+			}
+		})
+	}
+}
