@@ -487,10 +487,12 @@ func (e *Elector) apply(ev Event) {
 		e.changed = make(chan struct{})
 	}
 	e.mu.Unlock()
+	if next.Role != old.Role || next.Leader != old.Leader || next.Epoch != old.Epoch {
+		e.dirty = true
+	}
 	if next.Role == old.Role {
 		return
 	}
-	e.dirty = true
 	e.metrics.roleChanges.WithLabelValues(string(next.Role)).Inc()
 	e.log.Info("role changed", "from", old.Role, "to", next.Role, "epoch", next.Epoch, "reason", next.Reason)
 	e.publish(next)

@@ -99,7 +99,7 @@ func Run(ctx context.Context, spec Spec, cfg config.Config, log *slog.Logger, me
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        spec.Name,
 		Version:     version,
-		Description: spec.Description,
+		Description: fmt.Sprintf("%s (cluster %s, node %s)", spec.Description, cfg.ClusterID, cfg.NodeID),
 		Metadata:    map[string]string{"cluster": cfg.ClusterID, "node": cfg.NodeID},
 	})
 	if err != nil {
