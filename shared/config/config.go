@@ -3,7 +3,10 @@
 // environment overrides and its validation.
 package config
 
-import "time"
+import (
+	"path/filepath"
+	"time"
+)
 
 // DefaultPath is where daemons and the CLI look for the configuration file.
 const DefaultPath = "/etc/convex/cluster.json"
@@ -62,6 +65,8 @@ type WAL struct {
 	StreamRetention    string `json:"streamRetention"`
 	SnapshotIntervalMs int    `json:"snapshotIntervalMs"`
 	ReplicaPath        string `json:"replicaPath"`
+	// CaptureIntervalMs is how often the leader looks for new WAL frames.
+	CaptureIntervalMs int `json:"captureIntervalMs"`
 }
 
 // Backend describes the Convex backend unit that the leader runs.
@@ -69,6 +74,8 @@ type Backend struct {
 	ServiceName    string `json:"serviceName"`
 	HealthEndpoint string `json:"healthEndpoint"`
 	DataPath       string `json:"dataPath"`
+	// DBFile is the database file name inside DataPath (and ReplicaPath).
+	DBFile string `json:"dbFile"`
 }
 
 // Default returns the configuration with every default filled in.
@@ -77,11 +84,12 @@ func Default() Config {
 		NATS:     NATS{Servers: []string{"nats://127.0.0.1:4222"}, Replicas: 1},
 		VIP:      VIP{Netmask: 24, Interface: "eth0"},
 		Election: Election{LeaderTTLMs: 10000, HeartbeatIntervalMs: 3000, SafetyMarginMs: 1000},
-		WAL:      WAL{StreamRetention: "24h", SnapshotIntervalMs: 3600000, ReplicaPath: "/var/lib/convex/replica"},
+		WAL:      WAL{StreamRetention: "24h", SnapshotIntervalMs: 3600000, ReplicaPath: "/var/lib/convex/replica", CaptureIntervalMs: 20},
 		Backend: Backend{
 			ServiceName:    "convex-backend",
 			HealthEndpoint: "http://localhost:3210/version",
 			DataPath:       "/var/lib/convex/data",
+			DBFile:         "db.sqlite3",
 		},
 	}
 }
@@ -94,5 +102,20 @@ func (e Election) Heartbeat() time.Duration { return ms(e.HeartbeatIntervalMs) }
 
 // SafetyMargin is how long before server-side expiry a leader fences itself.
 func (e Election) SafetyMargin() time.Duration { return ms(e.SafetyMarginMs) }
+
+// DBPath is the backend's database file.
+func (b Backend) DBPath() string { return filepath.Join(b.DataPath, b.DBFile) }
+
+// ShadowPath is the passive's copy of the database.
+func (c Config) ShadowPath() string { return filepath.Join(c.WAL.ReplicaPath, c.Backend.DBFile) }
+
+// CaptureInterval is how often the leader looks for new WAL frames.
+func (w WAL) CaptureInterval() time.Duration { return ms(w.CaptureIntervalMs) }
+
+// Retention is the WAL stream's retention (valid after Validate).
+func (w WAL) Retention() time.Duration {
+	d, _ := time.ParseDuration(w.StreamRetention)
+	return d
+}
 
 func ms(n int) time.Duration { return time.Duration(n) * time.Millisecond }

@@ -59,6 +59,10 @@ func TestValidate(t *testing.T) {
 		{"service name", func(c *Config) { c.Backend.ServiceName = "convex backend" }, "backend.serviceName"},
 		{"health not url", func(c *Config) { c.Backend.HealthEndpoint = "localhost:3210" }, "backend.healthEndpoint"},
 		{"health ftp", func(c *Config) { c.Backend.HealthEndpoint = "ftp://h/version" }, "backend.healthEndpoint"},
+		{"capture too fast", func(c *Config) { c.WAL.CaptureIntervalMs = 1 }, "wal.captureIntervalMs"},
+		{"capture too slow", func(c *Config) { c.WAL.CaptureIntervalMs = 5000 }, "wal.captureIntervalMs"},
+		{"db file with dir", func(c *Config) { c.Backend.DBFile = "a/db.sqlite3" }, "backend.dbFile"},
+		{"db file empty", func(c *Config) { c.Backend.DBFile = "" }, "backend.dbFile"},
 		{"data relative", func(c *Config) { c.Backend.DataPath = "./data" }, "backend.dataPath"},
 	}
 	for _, tt := range tests {

@@ -59,8 +59,10 @@ func (c *Config) fields() []field {
 		{path: "wal.streamRetention", str: &c.WAL.StreamRetention, usage: "how long the WAL stream keeps changes (Go duration)"},
 		{path: "wal.snapshotIntervalMs", num: &c.WAL.SnapshotIntervalMs, usage: "interval between full snapshots in ms"},
 		{path: "wal.replicaPath", str: &c.WAL.ReplicaPath, usage: "directory of the shadow database on passives"},
+		{path: "wal.captureIntervalMs", num: &c.WAL.CaptureIntervalMs, usage: "how often the leader captures new WAL frames, in ms (5-1000)"},
 		{path: "backend.serviceName", str: &c.Backend.ServiceName, usage: "systemd unit of the Convex backend"},
 		{path: "backend.healthEndpoint", str: &c.Backend.HealthEndpoint, usage: "backend health URL"},
 		{path: "backend.dataPath", str: &c.Backend.DataPath, usage: "backend data directory"},
+		{path: "backend.dbFile", str: &c.Backend.DBFile, usage: "database file name in dataPath and replicaPath"},
 	}
 }

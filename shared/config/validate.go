@@ -98,6 +98,12 @@ func (c Config) Validate() error {
 		bad("wal.replicaPath", c.WAL.ReplicaPath, "must be an absolute path")
 	}
 
+	if c.WAL.CaptureIntervalMs < 5 || c.WAL.CaptureIntervalMs > 1000 {
+		bad("wal.captureIntervalMs", c.WAL.CaptureIntervalMs, "must be 5 to 1000")
+	}
+	if f := c.Backend.DBFile; f == "" || f != filepath.Base(f) || f == "." || f == ".." {
+		bad("backend.dbFile", f, "must be a plain file name such as db.sqlite3")
+	}
 	if !unitPattern.MatchString(c.Backend.ServiceName) {
 		bad("backend.serviceName", c.Backend.ServiceName, "must be a systemd unit name such as convex-backend or convex-backend.service")
 	}

@@ -1,0 +1,225 @@
+package walapply
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/superfly/ltx"
+
+	"github.com/convex-cluster-manager/ccm/shared/walstream"
+)
+
+// Reasons an applier refuses a message. Nothing of a refused message is
+// applied; the node must be resynchronised from a snapshot.
+var (
+	ErrCorrupt    = errors.New("corrupt WAL message")
+	ErrGap        = errors.New("gap in the WAL stream")
+	ErrChecksum   = errors.New("LTX does not chain onto the shadow database")
+	ErrStaleEpoch = errors.New("WAL message from an older epoch")
+)
+
+// Applier applies WAL stream messages, in stream order, to a Shadow. LTX
+// chunks are assembled in a journal file; a complete file is verified
+// (file checksum, TXID chain, pre-apply checksum) before any page is written.
+type Applier struct {
+	shadow   *Shadow
+	jpath    string
+	journal  *os.File
+	jmeta    walstream.Meta // first chunk's header of the file being assembled
+	jnext    int            // next chunk index expected; 0 = none in progress
+	consumed uint64         // last stream sequence handled
+	captured time.Time      // capture time of the newest applied file
+}
+
+// NewApplier returns an applier for shadow, first finishing an apply that
+// a crash interrupted.
+func NewApplier(shadow *Shadow) (*Applier, error) {
+	a := &Applier{shadow: shadow, jpath: shadow.Path() + ".ccm-incoming", consumed: shadow.Position().Seq}
+	if err := a.recover(); err != nil {
+		return nil, err
+	}
+	if err := shadow.Verify(); err != nil {
+		return nil, err
+	}
+	a.captured = shadow.Position().Captured
+	return a, nil
+}
+
+func (a *Applier) donePath() string { return a.jpath + ".apply" }
+
+// recover re-applies a verified file whose apply was interrupted: its pages
+// are absolute images, so writing them again is harmless.
+func (a *Applier) recover() error {
+	b, err := os.ReadFile(a.donePath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read interrupted apply: %w", err)
+	}
+	var next Position
+	if err := json.Unmarshal(b, &next); err != nil {
+		return fmt.Errorf("interrupted apply record %s: %w", a.donePath(), err)
+	}
+	f, err := os.Open(a.jpath)
+	if err != nil {
+		return fmt.Errorf("journal of interrupted apply: %w", err)
+	}
+	defer f.Close()
+	if err := a.shadow.Apply(f, next, true); err != nil {
+		return fmt.Errorf("finish interrupted apply of TXID %d: %w", next.TXID, err)
+	}
+	return os.Remove(a.donePath())
+}
+
+// Position is the applied position.
+func (a *Applier) Position() Position { return a.shadow.Position() }
+
+// Consumed is the last stream sequence handled (applied, or part of a file
+// still being assembled).
+func (a *Applier) Consumed() uint64 { return a.consumed }
+
+// Handle processes the message at stream sequence seq.
+func (a *Applier) Handle(seq uint64, h nats.Header, data []byte) error {
+	pos := a.shadow.Position()
+	if seq <= a.consumed {
+		return nil // redelivered
+	}
+	if seq != a.consumed+1 && a.consumed != 0 {
+		return fmt.Errorf("%w: expected sequence %d, got %d (messages aged out of the stream?)", ErrGap, a.consumed+1, seq)
+	}
+	m, err := walstream.ParseMeta(h)
+	if err != nil {
+		return fmt.Errorf("%w at sequence %d: %w", ErrCorrupt, seq, err)
+	}
+	if m.Epoch < pos.Epoch {
+		return fmt.Errorf("%w: sequence %d is from epoch %d, the shadow is at epoch %d", ErrStaleEpoch, seq, m.Epoch, pos.Epoch)
+	}
+	if m.Kind == walstream.KindMarker {
+		a.resetJournal()
+		next := pos
+		next.Seq = seq
+		if m.Epoch > pos.Epoch {
+			next.Epoch, next.TXID = m.Epoch, 0 // a new epoch starts with a snapshot
+		}
+		if err := a.shadow.SetPosition(next); err != nil {
+			return err
+		}
+		a.consumed = seq
+		return nil
+	}
+	if m.Epoch > pos.Epoch {
+		return fmt.Errorf("%w: sequence %d is from epoch %d but its marker was not seen (shadow at epoch %d)", ErrGap, seq, m.Epoch, pos.Epoch)
+	}
+	if err := a.addChunk(seq, m, data); err != nil {
+		return err
+	}
+	a.consumed = seq
+	if !m.Last {
+		return nil
+	}
+	return a.applyJournal(seq, m)
+}
+
+func (a *Applier) resetJournal() {
+	if a.journal != nil {
+		a.journal.Close()
+		a.journal = nil
+	}
+	a.jnext = 0
+}
+
+func (a *Applier) addChunk(seq uint64, m walstream.Meta, data []byte) error {
+	if m.Chunk == 0 {
+		a.resetJournal()
+		f, err := os.OpenFile(a.jpath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
+		if err != nil {
+			return fmt.Errorf("open journal: %w", err)
+		}
+		a.journal, a.jmeta = f, m
+	} else if a.jnext == 0 || m.Chunk != a.jnext || m.MinTXID != a.jmeta.MinTXID || m.MaxTXID != a.jmeta.MaxTXID {
+		return fmt.Errorf("%w: sequence %d is chunk %d of TXID %d-%d, expected chunk %d of TXID %d-%d",
+			ErrGap, seq, m.Chunk, m.MinTXID, m.MaxTXID, a.jnext, a.jmeta.MinTXID, a.jmeta.MaxTXID)
+	}
+	if _, err := a.journal.Write(data); err != nil {
+		return fmt.Errorf("write journal: %w", err)
+	}
+	a.jnext = m.Chunk + 1
+	return nil
+}
+
+// applyJournal verifies the assembled file, then applies it.
+func (a *Applier) applyJournal(seq uint64, m walstream.Meta) error {
+	defer a.resetJournal()
+	f := a.journal
+	pos := a.shadow.Position()
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	hdr, err := verifyLTX(f)
+	if err != nil {
+		return fmt.Errorf("%w: TXID %d-%d at sequence %d: %w", ErrCorrupt, m.MinTXID, m.MaxTXID, seq, err)
+	}
+	if hdr.MinTXID != m.MinTXID || hdr.MaxTXID != m.MaxTXID {
+		return fmt.Errorf("%w: sequence %d announces TXID %d-%d but holds %d-%d", ErrCorrupt, seq, m.MinTXID, m.MaxTXID, hdr.MinTXID, hdr.MaxTXID)
+	}
+	next := Position{Epoch: m.Epoch, TXID: hdr.MaxTXID, Seq: seq, Captured: m.Captured, Checksum: m.Post}
+	if hdr.IsSnapshot() {
+		if pos.PageSize == hdr.PageSize && m.Post == pos.Checksum && pos.Checksum != 0 {
+			// The new epoch starts from exactly our content: nothing to write.
+			next.PageSize, next.Checksum = pos.PageSize, pos.Checksum
+			a.captured = m.Captured
+			return a.shadow.SetPosition(next)
+		}
+	} else {
+		if hdr.MinTXID != pos.TXID+1 {
+			return fmt.Errorf("%w: TXID %d-%d does not follow the applied TXID %d (epoch %d)", ErrGap, hdr.MinTXID, hdr.MaxTXID, pos.TXID, pos.Epoch)
+		}
+		if m.Pre != pos.Checksum {
+			return fmt.Errorf("%w: TXID %d expects database checksum %s before it, the shadow has %s", ErrChecksum, hdr.MinTXID, m.Pre, pos.Checksum)
+		}
+	}
+	b, _ := json.Marshal(next)
+	if err := os.WriteFile(a.donePath(), b, 0o640); err != nil {
+		return fmt.Errorf("record apply: %w", err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	if err := a.shadow.Apply(f, next, false); err != nil {
+		return err
+	}
+	a.captured = m.Captured
+	return os.Remove(a.donePath())
+}
+
+// verifyLTX decodes a whole LTX file, checking its structure and file checksum.
+func verifyLTX(r io.Reader) (ltx.Header, error) {
+	dec := ltx.NewDecoder(r)
+	if err := dec.DecodeHeader(); err != nil {
+		return ltx.Header{}, err
+	}
+	hdr := dec.Header()
+	data := make([]byte, hdr.PageSize)
+	for {
+		var ph ltx.PageHeader
+		if err := dec.DecodePage(&ph, data); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return hdr, err
+		}
+	}
+	return hdr, dec.Close()
+}
+
+// Captured is the leader's capture time of the newest applied file.
+func (a *Applier) Captured() time.Time { return a.captured }
+
+// Close releases the journal.
+func (a *Applier) Close() { a.resetJournal() }

@@ -1,0 +1,288 @@
+package walapply_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	_ "modernc.org/sqlite"
+
+	"github.com/convex-cluster-manager/ccm/services/walapply"
+	"github.com/convex-cluster-manager/ccm/services/walship"
+	"github.com/convex-cluster-manager/ccm/shared/natstest"
+	"github.com/convex-cluster-manager/ccm/shared/walstream"
+)
+
+const cluster = "rt"
+
+type env struct {
+	js     jetstream.JetStream
+	dbPath string
+	dir    string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	srv := natstest.Server(t)
+	nc := natstest.Connect(t, srv.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := walstream.Ensure(context.Background(), js, cluster, time.Hour, 1); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	e := &env{js: js, dir: dir, dbPath: filepath.Join(dir, "leader", "db.sqlite3")}
+	os.MkdirAll(filepath.Dir(e.dbPath), 0o755)
+	// Like the real backend: created with no pragmas, rollback journal.
+	db := openDB(t, e.dbPath)
+	mustExec(t, db, `CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT, blob BLOB)`)
+	db.Close()
+	return e
+}
+
+func openDB(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.SetMaxOpenConns(1)
+	return db
+}
+
+// writerDSN opens the leader database as a writer that waits for
+// Litestream's short checkpoint locks instead of failing with SQLITE_BUSY.
+func writerDSN(path string) string { return "file:" + path + "?_pragma=busy_timeout(5000)" }
+
+func mustExec(t *testing.T, db *sql.DB, q string, args ...any) {
+	t.Helper()
+	if _, err := db.Exec(q, args...); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+}
+
+func (e *env) ship(t *testing.T, epoch uint64) *walship.Shipper {
+	t.Helper()
+	s, err := walship.Open(context.Background(), e.js, walship.ShipperOptions{
+		DBPath: e.dbPath, Cluster: cluster, Node: "leader", Epoch: epoch,
+		Interval: 20 * time.Millisecond, Log: testLog(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(context.Background()) })
+	return s
+}
+
+// replica applies the stream to a shadow database in the background.
+type replica struct {
+	shadow  *walapply.Shadow
+	applier *walapply.Applier
+	cancel  context.CancelFunc
+	done    chan error
+}
+
+func (e *env) follow(t *testing.T, name string) *replica {
+	t.Helper()
+	sh, err := walapply.OpenShadow(filepath.Join(e.dir, name, "db.sqlite3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap, err := walapply.NewApplier(sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &replica{shadow: sh, applier: ap, cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		r.done <- walapply.Follow(ctx, e.js, cluster, ap.Consumed()+1, func(m jetstream.Msg) error {
+			md, err := m.Metadata()
+			if err != nil {
+				return err
+			}
+			return ap.Handle(md.Sequence.Stream, m.Headers(), m.Data())
+		})
+	}()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *replica) stop() {
+	r.cancel()
+	<-r.done
+	r.done <- context.Canceled
+	r.shadow.Close()
+}
+
+// waitTXID waits until the replica has applied txid of the shipper's epoch.
+func (r *replica) waitTXID(t *testing.T, epoch uint64, txid uint64) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		p := r.applier.Position()
+		if p.Epoch == epoch && uint64(p.TXID) >= txid {
+			return
+		}
+		select {
+		case err := <-r.done:
+			r.done <- err
+			t.Fatalf("apply stopped at %+v: %v", p, err)
+		default:
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("replica at %+v, want epoch %d TXID %d", r.applier.Position(), epoch, txid)
+}
+
+// dump returns a logical dump of every table, and integrity_check.
+func dump(t *testing.T, path string) (string, string) {
+	t.Helper()
+	db := openDB(t, "file:"+path+"?mode=ro")
+	defer db.Close()
+	var check string
+	if err := db.QueryRow(`PRAGMA integrity_check`).Scan(&check); err != nil {
+		t.Fatalf("integrity_check %s: %v", path, err)
+	}
+	rows, err := db.Query(`SELECT name, sql FROM sqlite_master WHERE type='table' ORDER BY name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tables []string
+	var b strings.Builder
+	for rows.Next() {
+		var name, ddl string
+		rows.Scan(&name, &ddl)
+		tables = append(tables, name)
+		fmt.Fprintln(&b, ddl)
+	}
+	rows.Close()
+	for _, tbl := range tables {
+		rs, err := db.Query(fmt.Sprintf(`SELECT * FROM %q ORDER BY rowid`, tbl))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cols, _ := rs.Columns()
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		for rs.Next() {
+			rs.Scan(ptrs...)
+			fmt.Fprintf(&b, "%s %v\n", tbl, vals)
+		}
+		rs.Close()
+	}
+	return check, b.String()
+}
+
+// snapshotCopy copies a shadow database so SQLite can open it without
+// touching the original.
+func snapshotCopy(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "copy.sqlite3")
+	os.WriteFile(p, b, 0o644)
+	return p
+}
+
+// workload commits n transactions of mixed shape.
+func workload(t *testing.T, db *sql.DB, n int, seed uint64) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(seed, seed))
+	for i := range n {
+		switch op := rng.IntN(100); {
+		case op < 60:
+			mustExec(t, db, `INSERT INTO docs (body) VALUES (?)`, strings.Repeat("x", 100+rng.IntN(200)))
+		case op < 70:
+			mustExec(t, db, `INSERT INTO docs (body, blob) VALUES ('blob', ?)`, make([]byte, 4096*(1+rng.IntN(5))))
+		case op < 80:
+			mustExec(t, db, `UPDATE docs SET body = ? WHERE id % 7 = ?`, fmt.Sprint(i), rng.IntN(7))
+		case op < 88:
+			mustExec(t, db, `DELETE FROM docs WHERE id IN (SELECT id FROM docs ORDER BY random() LIMIT 3)`)
+		case op < 92:
+			tx, _ := db.Begin()
+			for j := range 20 {
+				tx.Exec(`INSERT INTO docs (body) VALUES (?)`, fmt.Sprint("batch", i, j))
+			}
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+		case op < 94:
+			mustExec(t, db, fmt.Sprintf(`CREATE TABLE IF NOT EXISTS t%d (k TEXT PRIMARY KEY, v INTEGER)`, i%5))
+			mustExec(t, db, fmt.Sprintf(`INSERT OR REPLACE INTO t%d VALUES (?, ?)`, i%5), fmt.Sprint(i), i)
+		case op < 95:
+			mustExec(t, db, fmt.Sprintf(`DROP TABLE IF EXISTS t%d`, rng.IntN(5)))
+		case op < 96:
+			mustExec(t, db, `VACUUM`)
+		case op < 98:
+			mustExec(t, db, `PRAGMA wal_checkpoint(PASSIVE)`)
+		default:
+			mustExec(t, db, `CREATE INDEX IF NOT EXISTS docs_body ON docs(body)`)
+		}
+	}
+}
+
+func TestPassiveConvergesUnderMixedWorkload(t *testing.T) {
+	e := newEnv(t)
+	s := e.ship(t, 1)
+	r := e.follow(t, "passive")
+	db := openDB(t, writerDSN(e.dbPath))
+	defer db.Close()
+	var mode string
+	db.QueryRow(`PRAGMA journal_mode`).Scan(&mode)
+	if mode != "wal" {
+		t.Fatalf("journal mode %q after walship opened the database, want wal", mode)
+	}
+	workload(t, db, 3000, 1)
+	txid, err := s.Flush(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.waitTXID(t, 1, uint64(txid))
+	wantCheck, want := dump(t, e.dbPath)
+	gotCheck, got := dump(t, snapshotCopy(t, r.shadow.Path()))
+	if wantCheck != "ok" || gotCheck != "ok" {
+		t.Fatalf("integrity_check leader %q, passive %q", wantCheck, gotCheck)
+	}
+	if got != want {
+		t.Fatalf("passive content differs from the leader's (%d vs %d bytes of dump)", len(got), len(want))
+	}
+	t.Logf("converged at TXID %d, %d bytes of dump", txid, len(want))
+}
+
+func TestOldEpochCannotAppend(t *testing.T) {
+	e := newEnv(t)
+	old := e.ship(t, 3)
+	db := openDB(t, writerDSN(e.dbPath))
+	defer db.Close()
+	mustExec(t, db, `INSERT INTO docs (body) VALUES ('before')`)
+	if _, err := old.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// A newer leader opens epoch 7 on the stream.
+	if _, err := walstream.Open(context.Background(), e.js, cluster, "other", 7); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, db, `INSERT INTO docs (body) VALUES ('after')`)
+	if _, err := old.Flush(context.Background()); !errors.Is(err, walstream.ErrFenced) {
+		t.Fatalf("flush by the deposed epoch: err = %v, want ErrFenced", err)
+	}
+	// Nor can it reopen its epoch.
+	if _, err := walstream.Open(context.Background(), e.js, cluster, "leader", 3); !errors.Is(err, walstream.ErrFenced) {
+		t.Fatalf("reopen of an old epoch: err = %v, want ErrFenced", err)
+	}
+}

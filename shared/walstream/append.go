@@ -1,0 +1,139 @@
+package walstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Appender appends one epoch's changes to the WAL stream. Every append
+// expects the stream's last sequence to be the one this appender wrote
+// last; once an append is refused the appender stays fenced.
+type Appender struct {
+	js      jetstream.JetStream
+	subject string
+	epoch   uint64
+	node    string
+	lastSeq uint64
+	fenced  error
+}
+
+// Open opens epoch on the stream: it refuses if the stream already holds a
+// newer epoch, then appends the epoch marker with the stream's current last
+// sequence as the expected one.
+func Open(ctx context.Context, js jetstream.JetStream, cluster, node string, epoch uint64) (*Appender, error) {
+	s, err := js.Stream(ctx, Stream(cluster))
+	if err != nil {
+		return nil, fmt.Errorf("open WAL stream: %w", err)
+	}
+	a := &Appender{js: js, subject: Subject(cluster), epoch: epoch, node: node}
+	for attempt := 0; attempt < 5; attempt++ {
+		info, err := s.Info(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("WAL stream info: %w", err)
+		}
+		last := info.State.LastSeq
+		if last > 0 {
+			newest, err := NewestEpoch(ctx, s)
+			if err != nil {
+				return nil, err
+			}
+			if newest > epoch {
+				return nil, fmt.Errorf("%w: stream holds epoch %d, newer than %d", ErrFenced, newest, epoch)
+			}
+		}
+		a.lastSeq = last
+		err = a.publish(ctx, Meta{Kind: KindMarker, Epoch: epoch, Node: node}, nil)
+		if err == nil {
+			return a, nil
+		}
+		if !errors.Is(err, ErrFenced) {
+			return nil, err
+		}
+		a.fenced = nil // someone appended between Info and our marker: look again
+	}
+	return nil, fmt.Errorf("%w: could not open epoch %d: the stream keeps moving", ErrFenced, epoch)
+}
+
+// NewestEpoch returns the epoch of the stream's last message (0 if empty).
+func NewestEpoch(ctx context.Context, s jetstream.Stream) (uint64, error) {
+	m, err := s.GetLastMsgForSubject(ctx, s.CachedInfo().Config.Subjects[0])
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read last WAL message: %w", err)
+	}
+	meta, err := ParseMeta(m.Header)
+	if err != nil {
+		return 0, fmt.Errorf("last WAL message (seq %d): %w", m.Sequence, err)
+	}
+	return meta.Epoch, nil
+}
+
+// Epoch is the epoch this appender writes.
+func (a *Appender) Epoch() uint64 { return a.epoch }
+
+// LastSeq is the stream sequence of this appender's last append.
+func (a *Appender) LastSeq() uint64 { return a.lastSeq }
+
+// AppendLTX streams one LTX file from r in chunks; m gives its TXID range
+// and capture time.
+func (a *Appender) AppendLTX(ctx context.Context, m Meta, r io.Reader) error {
+	m.Kind, m.Epoch, m.Node = KindLTX, a.epoch, a.node
+	buf := make([]byte, ChunkSize)
+	for i := 0; ; i++ {
+		n, err := io.ReadFull(r, buf)
+		last := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+		if err != nil && !last {
+			return fmt.Errorf("read LTX %d-%d: %w", m.MinTXID, m.MaxTXID, err)
+		}
+		if last && n == 0 && i > 0 {
+			// The file ended exactly at a chunk boundary: mark the end.
+			m.Chunk, m.Last = i, true
+			return a.publish(ctx, m, nil)
+		}
+		m.Chunk, m.Last = i, last
+		if err := a.publish(ctx, m, buf[:n]); err != nil {
+			return err
+		}
+		if last {
+			return nil
+		}
+	}
+}
+
+func (a *Appender) publish(ctx context.Context, m Meta, data []byte) error {
+	if a.fenced != nil {
+		return a.fenced
+	}
+	msg := &nats.Msg{Subject: a.subject, Header: m.Header(), Data: data}
+	// The message ID makes a retry after a lost acknowledgement a duplicate
+	// that JetStream answers with the original sequence, not a second append.
+	id := fmt.Sprintf("%d.%d.%s.%d.%d", a.epoch, a.lastSeq, m.Kind, m.MinTXID, m.Chunk)
+	for {
+		ack, err := a.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequence(a.lastSeq), jetstream.WithMsgID(id))
+		if err == nil {
+			a.lastSeq = ack.Sequence
+			return nil
+		}
+		if isWrongLastSequence(err) {
+			a.fenced = fmt.Errorf("%w: append after seq %d for epoch %d refused: %v", ErrFenced, a.lastSeq, a.epoch, err)
+			return a.fenced
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("append to WAL stream: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("append to WAL stream: %w", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
