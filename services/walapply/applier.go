@@ -143,7 +143,9 @@ func (a *Applier) addChunk(seq uint64, m walstream.Meta, data []byte) error {
 			return fmt.Errorf("open journal: %w", err)
 		}
 		a.journal, a.jmeta = f, m
-	} else if a.jnext == 0 || m.Chunk != a.jnext || m.MinTXID != a.jmeta.MinTXID || m.MaxTXID != a.jmeta.MaxTXID {
+	} else if a.jnext == 0 {
+		return fmt.Errorf("%w: sequence %d is chunk %d of TXID %d-%d, but no file is being assembled", ErrGap, seq, m.Chunk, m.MinTXID, m.MaxTXID)
+	} else if m.Chunk != a.jnext || m.MinTXID != a.jmeta.MinTXID || m.MaxTXID != a.jmeta.MaxTXID {
 		return fmt.Errorf("%w: sequence %d is chunk %d of TXID %d-%d, expected chunk %d of TXID %d-%d",
 			ErrGap, seq, m.Chunk, m.MinTXID, m.MaxTXID, a.jnext, a.jmeta.MinTXID, a.jmeta.MaxTXID)
 	}
@@ -184,6 +186,14 @@ func (a *Applier) applyJournal(seq uint64, m walstream.Meta) error {
 		if m.Pre != pos.Checksum {
 			return fmt.Errorf("%w: TXID %d expects database checksum %s before it, the shadow has %s", ErrChecksum, hdr.MinTXID, m.Pre, pos.Checksum)
 		}
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	if post, err := a.shadow.Predict(f); err != nil {
+		return err
+	} else if post != m.Post {
+		return fmt.Errorf("%w: applying TXID %d-%d would give checksum %s, the leader's is %s", ErrChecksum, hdr.MinTXID, hdr.MaxTXID, post, m.Post)
 	}
 	b, _ := json.Marshal(next)
 	if err := os.WriteFile(a.donePath(), b, 0o640); err != nil {

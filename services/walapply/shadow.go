@@ -115,76 +115,24 @@ func (s *Shadow) Path() string { return s.path }
 // ErrDiverged means the shadow database no longer matches what was applied.
 var ErrDiverged = errors.New("shadow database diverged")
 
+// Predict returns the checksum the shadow would have after the LTX file
+// read from r, without writing anything.
+func (s *Shadow) Predict(r io.Reader) (ltx.Checksum, error) {
+	sum, _, err := s.pass(r, false)
+	return sum, err
+}
+
 // Apply writes the pages of a verified LTX file (read from r) into the
 // shadow, truncates it to the file's commit size, syncs, checks the result
 // against next.Checksum (the leader's database checksum after the file) and
-// records next as the position.
-// The checksum is kept up to date page by page; after a crash (recovering)
-// it is recomputed over the whole file instead.
+// records next as the position. After a crash (recovering) the checksum is
+// recomputed over the whole file, since the old pages may be gone.
 func (s *Shadow) Apply(r io.Reader, next Position, recovering bool) error {
-	dec := ltx.NewDecoder(r)
-	if err := dec.DecodeHeader(); err != nil {
-		return fmt.Errorf("decode LTX header: %w", err)
+	sum, hdr, err := s.pass(r, true)
+	if err != nil {
+		return err
 	}
-	hdr := dec.Header()
-	if s.pos.PageSize != 0 && hdr.PageSize != s.pos.PageSize && !hdr.IsSnapshot() {
-		return fmt.Errorf("LTX page size %d differs from the shadow's %d", hdr.PageSize, s.pos.PageSize)
-	}
-	sum := s.pos.Checksum
-	if hdr.IsSnapshot() {
-		// A snapshot holds every page: start from an empty file.
-		if err := s.f.Truncate(0); err != nil {
-			return fmt.Errorf("truncate shadow: %w", err)
-		}
-		s.pages, sum = 0, 0
-	}
-	ps := int64(hdr.PageSize)
-	data := make([]byte, hdr.PageSize)
-	old := make([]byte, hdr.PageSize)
-	h := ltx.NewHasher()
-	for {
-		var ph ltx.PageHeader
-		if err := dec.DecodePage(&ph, data); errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			return fmt.Errorf("decode page: %w", err)
-		}
-		off := int64(ph.Pgno-1) * ps
-		if ph.Pgno <= s.pages {
-			if _, err := s.f.ReadAt(old, off); err != nil {
-				return fmt.Errorf("read page %d: %w", ph.Pgno, err)
-			}
-			sum ^= ltx.ChecksumPageWithHasher(h, ph.Pgno, old)
-		}
-		if _, err := s.f.WriteAt(data, off); err != nil {
-			return fmt.Errorf("write page %d: %w", ph.Pgno, err)
-		}
-		sum = ltx.ChecksumFlag | (sum ^ ltx.ChecksumPageWithHasher(h, ph.Pgno, data))
-		s.pages = max(s.pages, ph.Pgno)
-	}
-	if err := dec.Close(); err != nil {
-		return fmt.Errorf("LTX trailer: %w", err)
-	}
-	lock := ltx.LockPgno(hdr.PageSize)
-	for pgno := hdr.Commit + 1; pgno <= s.pages; pgno++ {
-		if pgno == lock {
-			continue
-		}
-		if _, err := s.f.ReadAt(old, int64(pgno-1)*ps); err != nil {
-			return fmt.Errorf("read page %d: %w", pgno, err)
-		}
-		sum = ltx.ChecksumFlag | (sum ^ ltx.ChecksumPageWithHasher(h, pgno, old))
-	}
-	if err := s.f.Truncate(int64(hdr.Commit) * ps); err != nil {
-		return fmt.Errorf("truncate shadow to %d pages: %w", hdr.Commit, err)
-	}
-	if err := s.f.Sync(); err != nil {
-		return fmt.Errorf("sync shadow: %w", err)
-	}
-	s.pages = hdr.Commit
-	s.pos.PageSize = hdr.PageSize
 	if recovering {
-		var err error
 		if sum, err = s.checksum(); err != nil {
 			return err
 		}
@@ -194,6 +142,81 @@ func (s *Shadow) Apply(r io.Reader, next Position, recovering bool) error {
 	}
 	next.PageSize = hdr.PageSize
 	return s.SetPosition(next)
+}
+
+// pass reads an LTX file and computes the shadow's checksum after it,
+// page by page from the current one; with write it also applies the file.
+func (s *Shadow) pass(r io.Reader, write bool) (ltx.Checksum, ltx.Header, error) {
+	dec := ltx.NewDecoder(r)
+	if err := dec.DecodeHeader(); err != nil {
+		return 0, ltx.Header{}, fmt.Errorf("decode LTX header: %w", err)
+	}
+	hdr := dec.Header()
+	if s.pos.PageSize != 0 && hdr.PageSize != s.pos.PageSize && !hdr.IsSnapshot() {
+		return 0, hdr, fmt.Errorf("LTX page size %d differs from the shadow's %d", hdr.PageSize, s.pos.PageSize)
+	}
+	sum, pages := s.pos.Checksum, s.pages
+	if hdr.IsSnapshot() {
+		// A snapshot holds every page: start from an empty file.
+		sum, pages = 0, 0
+		if write {
+			if err := s.f.Truncate(0); err != nil {
+				return 0, hdr, fmt.Errorf("truncate shadow: %w", err)
+			}
+		}
+	}
+	ps := int64(hdr.PageSize)
+	data := make([]byte, hdr.PageSize)
+	old := make([]byte, hdr.PageSize)
+	h := ltx.NewHasher()
+	newPages := pages
+	for {
+		var ph ltx.PageHeader
+		if err := dec.DecodePage(&ph, data); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return 0, hdr, fmt.Errorf("decode page: %w", err)
+		}
+		off := int64(ph.Pgno-1) * ps
+		if ph.Pgno <= pages {
+			if _, err := s.f.ReadAt(old, off); err != nil {
+				return 0, hdr, fmt.Errorf("read page %d: %w", ph.Pgno, err)
+			}
+			sum ^= ltx.ChecksumPageWithHasher(h, ph.Pgno, old)
+		}
+		if write {
+			if _, err := s.f.WriteAt(data, off); err != nil {
+				return 0, hdr, fmt.Errorf("write page %d: %w", ph.Pgno, err)
+			}
+		}
+		sum = ltx.ChecksumFlag | (sum ^ ltx.ChecksumPageWithHasher(h, ph.Pgno, data))
+		newPages = max(newPages, ph.Pgno)
+	}
+	if err := dec.Close(); err != nil {
+		return 0, hdr, fmt.Errorf("LTX trailer: %w", err)
+	}
+	lock := ltx.LockPgno(hdr.PageSize)
+	for pgno := hdr.Commit + 1; pgno <= min(pages, newPages); pgno++ {
+		if pgno == lock {
+			continue
+		}
+		if _, err := s.f.ReadAt(old, int64(pgno-1)*ps); err != nil {
+			return 0, hdr, fmt.Errorf("read page %d: %w", pgno, err)
+		}
+		sum = ltx.ChecksumFlag | (sum ^ ltx.ChecksumPageWithHasher(h, pgno, old))
+	}
+	if !write {
+		return sum, hdr, nil
+	}
+	if err := s.f.Truncate(int64(hdr.Commit) * ps); err != nil {
+		return 0, hdr, fmt.Errorf("truncate shadow to %d pages: %w", hdr.Commit, err)
+	}
+	if err := s.f.Sync(); err != nil {
+		return 0, hdr, fmt.Errorf("sync shadow: %w", err)
+	}
+	s.pages = hdr.Commit
+	s.pos.PageSize = hdr.PageSize
+	return sum, hdr, nil
 }
 
 // SetPosition durably records pos (temporary file, fsync, rename).

@@ -136,4 +136,3 @@ func (a *Appender) publish(ctx context.Context, m Meta, data []byte) error {
 		}
 	}
 }
-

@@ -11,9 +11,9 @@ import (
 
 // Header names of WAL messages.
 const (
-	HdrKind   = "Ccm-Kind"   // KindMarker or KindLTX
-	HdrEpoch  = "Ccm-Epoch"  // epoch of the leader that appended it
-	HdrNode   = "Ccm-Node"   // node that appended it
+	HdrKind   = "Ccm-Kind"  // KindMarker or KindLTX
+	HdrEpoch  = "Ccm-Epoch" // epoch of the leader that appended it
+	HdrNode   = "Ccm-Node"  // node that appended it
 	HdrMinTX  = "Ccm-Min-Txid"
 	HdrMaxTX  = "Ccm-Max-Txid"
 	HdrPre    = "Ccm-Pre-Checksum"  // database checksum before the LTX file (hex)
@@ -31,11 +31,11 @@ const (
 
 // Meta is the parsed header of a WAL message.
 type Meta struct {
-	Kind     string
-	Epoch    uint64
-	Node     string
-	MinTXID  ltx.TXID
-	MaxTXID  ltx.TXID
+	Kind    string
+	Epoch   uint64
+	Node    string
+	MinTXID ltx.TXID
+	MaxTXID ltx.TXID
 	// Pre and Post are the rolling LTX checksums of the whole database
 	// before and after the file, computed by walship (Litestream writes its
 	// files without them).
@@ -117,7 +117,6 @@ func ParseMeta(h nats.Header) (Meta, error) {
 	m.Captured = time.UnixMilli(int64(v))
 	return m, nil
 }
-
 
 func parseChecksum(h nats.Header, name string) (ltx.Checksum, error) {
 	c, err := ltx.ParseChecksum(h.Get(name))

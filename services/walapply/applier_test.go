@@ -1,0 +1,260 @@
+package walapply_test
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/superfly/ltx"
+
+	"github.com/convex-cluster-manager/ccm/services/walapply"
+	"github.com/convex-cluster-manager/ccm/shared/walstream"
+)
+
+const pageSize = 4096
+
+// fakeDB builds LTX files the way walship ships them: Litestream-style
+// files without checksums, with the database checksum before and after
+// carried in the message headers.
+type fakeDB struct {
+	pages map[uint32][]byte
+	txid  ltx.TXID
+}
+
+func (d *fakeDB) sum() ltx.Checksum {
+	var s ltx.Checksum
+	for pgno, data := range d.pages {
+		s = ltx.ChecksumFlag | (s ^ ltx.ChecksumPage(pgno, data))
+	}
+	return s
+}
+
+// commit writes pages (pgno -> fill byte) and returns the LTX file and its message meta.
+func (d *fakeDB) commit(t *testing.T, epoch uint64, snapshot bool, writes map[uint32]byte) ([]byte, walstream.Meta) {
+	t.Helper()
+	pre := d.sum()
+	if snapshot {
+		d.txid = 0
+		pre = 0
+	}
+	for pgno, fill := range writes {
+		d.pages[pgno] = page(pgno, fill)
+	}
+	d.txid++
+	var buf bytes.Buffer
+	enc, _ := ltx.NewEncoder(&buf)
+	commit := uint32(len(d.pages))
+	if err := enc.EncodeHeader(ltx.Header{Version: ltx.Version, Flags: ltx.HeaderFlagNoChecksum, PageSize: pageSize,
+		Commit: commit, MinTXID: d.txid, MaxTXID: d.txid, Timestamp: time.Now().UnixMilli()}); err != nil {
+		t.Fatal(err)
+	}
+	for pgno := uint32(1); pgno <= commit; pgno++ {
+		if _, ok := writes[pgno]; ok || snapshot {
+			if err := enc.EncodePage(ltx.PageHeader{Pgno: pgno}, d.pages[pgno]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := enc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes(), walstream.Meta{Kind: walstream.KindLTX, Epoch: epoch, Node: "leader", MinTXID: d.txid, MaxTXID: d.txid,
+		Pre: pre, Post: d.sum(), Last: true, Captured: time.Now()}
+}
+
+// page returns incompressible page content determined by pgno and fill.
+func page(pgno uint32, fill byte) []byte {
+	rng := rand.New(rand.NewPCG(uint64(pgno), uint64(fill)))
+	b := make([]byte, pageSize)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
+}
+
+func marker(epoch uint64) nats.Header {
+	return walstream.Meta{Kind: walstream.KindMarker, Epoch: epoch, Node: "leader"}.Header()
+}
+
+// base returns an applier at epoch 2 that applied a snapshot and one change
+// (sequences 1-3), with the fake leader database it follows.
+func base(t *testing.T) (*walapply.Applier, *walapply.Shadow, *fakeDB) {
+	t.Helper()
+	sh, err := walapply.OpenShadow(filepath.Join(t.TempDir(), "db.sqlite3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sh.Close() })
+	ap, err := walapply.NewApplier(sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := &fakeDB{pages: map[uint32][]byte{}}
+	must(t, ap.Handle(1, marker(2), nil))
+	data, m := db.commit(t, 2, true, map[uint32]byte{1: 'a', 2: 'b', 3: 'c'})
+	must(t, ap.Handle(2, m.Header(), data))
+	data, m = db.commit(t, 2, false, map[uint32]byte{2: 'B', 4: 'd'})
+	must(t, ap.Handle(3, m.Header(), data))
+	if p := ap.Position(); p.TXID != 2 || p.Seq != 3 || p.Checksum != db.sum() {
+		t.Fatalf("base position %+v, want TXID 2 seq 3 checksum %s", p, db.sum())
+	}
+	return ap, sh, db
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestApplierRefuses(t *testing.T) {
+	tests := []struct {
+		name string
+		msg  func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte)
+		want error
+	}{
+		{"corrupted LTX bytes", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
+			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
+			data[len(data)/2] ^= 0xff
+			return 4, m.Header(), data
+		}, walapply.ErrCorrupt},
+		{"truncated LTX", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
+			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
+			return 4, m.Header(), data[:len(data)-20]
+		}, walapply.ErrCorrupt},
+		{"garbage header", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
+			h := nats.Header{}
+			h.Set(walstream.HdrKind, "ltx")
+			h.Set(walstream.HdrEpoch, "two")
+			return 4, h, []byte("x")
+		}, walapply.ErrCorrupt},
+		{"TXID gap", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
+			db.commit(t, 2, false, map[uint32]byte{1: 'y'}) // TXID 3 never sent
+			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
+			return 4, m.Header(), data
+		}, walapply.ErrGap},
+		{"sequence gap", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
+			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
+			return 6, m.Header(), data
+		}, walapply.ErrGap},
+		{"missing first chunk", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
+			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
+			m.Chunk = 1
+			return 4, m.Header(), data
+		}, walapply.ErrGap},
+		{"pre-apply checksum mismatch", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
+			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
+			m.Pre ^= 0x10
+			return 4, m.Header(), data
+		}, walapply.ErrChecksum},
+		{"post-apply checksum mismatch", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
+			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
+			m.Post ^= 0x10
+			return 4, m.Header(), data
+		}, walapply.ErrChecksum},
+		{"older epoch", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
+			data, m := db.commit(t, 1, false, map[uint32]byte{1: 'z'})
+			return 4, m.Header(), data
+		}, walapply.ErrStaleEpoch},
+		{"older epoch marker", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
+			return 4, marker(1), nil
+		}, walapply.ErrStaleEpoch},
+		{"newer epoch without its marker", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
+			data, m := db.commit(t, 3, true, map[uint32]byte{1: 'z'})
+			return 4, m.Header(), data
+		}, walapply.ErrGap},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ap, sh, db := base(t)
+			before := ap.Position()
+			content, _ := os.ReadFile(sh.Path())
+			seq, h, data := tt.msg(t, db)
+			err := ap.Handle(seq, h, data)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Handle = %v, want %v", err, tt.want)
+			}
+			t.Logf("refused: %v", err)
+			if ap.Position() != before {
+				t.Fatalf("position moved from %+v to %+v", before, ap.Position())
+			}
+			after, _ := os.ReadFile(sh.Path())
+			if !bytes.Equal(content, after) {
+				t.Fatal("shadow database changed by a refused message")
+			}
+		})
+	}
+}
+
+func TestApplierNewEpochSnapshotOfSameContentWritesNothing(t *testing.T) {
+	ap, sh, db := base(t)
+	must(t, ap.Handle(4, marker(5), nil))
+	if p := ap.Position(); p.Epoch != 5 || p.TXID != 0 {
+		t.Fatalf("after marker: %+v", p)
+	}
+	data, m := db.commit(t, 5, true, nil)
+	st, _ := os.Stat(sh.Path())
+	must(t, ap.Handle(5, m.Header(), data))
+	st2, _ := os.Stat(sh.Path())
+	if p := ap.Position(); p.Epoch != 5 || p.TXID != 1 || p.Checksum != db.sum() {
+		t.Fatalf("after snapshot: %+v", p)
+	}
+	if !st2.ModTime().Equal(st.ModTime()) {
+		t.Fatal("identical snapshot rewrote the shadow")
+	}
+	data, m = db.commit(t, 5, false, map[uint32]byte{5: 'e'})
+	must(t, ap.Handle(6, m.Header(), data))
+	if err := sh.Verify(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestApplierChunkedFileAndRestart(t *testing.T) {
+	ap, sh, db := base(t)
+	writes := map[uint32]byte{}
+	for p := uint32(1); p <= 400; p++ { // ~1.6 MB: several chunks
+		writes[p] = byte(p)
+	}
+	data, m := db.commit(t, 2, false, writes)
+	var chunks [][]byte
+	for len(data) > 0 {
+		n := min(len(data), walstream.ChunkSize)
+		chunks = append(chunks, data[:n])
+		data = data[n:]
+	}
+	if len(chunks) < 2 {
+		t.Fatalf("want a multi-chunk file, got %d chunk", len(chunks))
+	}
+	seq := uint64(4)
+	for i, c := range chunks[:len(chunks)-1] {
+		m.Chunk, m.Last = i, false
+		must(t, ap.Handle(seq, m.Header(), c))
+		seq++
+	}
+	// Restart before the last chunk: the file is reassembled from its first chunk.
+	ap.Close()
+	path := sh.Path()
+	sh.Close()
+	sh2, err := walapply.OpenShadow(path)
+	must(t, err)
+	defer sh2.Close()
+	ap2, err := walapply.NewApplier(sh2)
+	must(t, err)
+	if ap2.Consumed() != 3 {
+		t.Fatalf("restarted applier resumes after seq %d, want 3", ap2.Consumed())
+	}
+	for i, c := range chunks {
+		m.Chunk, m.Last = i, i == len(chunks)-1
+		must(t, ap2.Handle(uint64(4+i), m.Header(), c))
+	}
+	if p := ap2.Position(); p.TXID != 3 || p.Checksum != db.sum() {
+		t.Fatalf("position %+v, want TXID 3 checksum %s", p, db.sum())
+	}
+	must(t, sh2.Verify())
+}
