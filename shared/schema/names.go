@@ -7,7 +7,9 @@ import "fmt"
 // Daemon names; each is also the micro service name and the last but one
 // token of the daemon's endpoint subjects.
 const (
-	ServiceElector = "ccm-elector"
+	ServiceElector  = "ccm-elector"
+	ServiceWalship  = "ccm-walship"
+	ServiceWalapply = "ccm-walapply"
 )
 
 // KeyLeader is the KV key holding the LeaderRecord.
@@ -21,6 +23,9 @@ func Bucket(cluster string) string { return "ccm_" + cluster }
 
 // NodeKey is the KV key of a node's status.
 func NodeKey(node string) string { return nodeKeyPrefix + node }
+
+// ApplyKey is the KV key of a node's replication status.
+func ApplyKey(node string) string { return nodeKeyPrefix + node + ".apply" }
 
 // NodeKeys matches every node status key.
 const NodeKeys = nodeKeyPrefix + "*"

@@ -62,3 +62,22 @@ type RoleEvent struct {
 	Reason   string    `json:"reason,omitempty"`
 	At       time.Time `json:"at"`
 }
+
+// ApplyStatus is the value of a passive's apply status key (ApplyKey),
+// written by ccm-walapply about once a second.
+type ApplyStatus struct {
+	Node      string `json:"node"`
+	Epoch     uint64 `json:"epoch"`
+	TXID      uint64 `json:"txid"`
+	Seq       uint64 `json:"seq"`
+	StreamSeq uint64 `json:"streamSeq"`
+	// LagMs is how much older the applied position is than the newest
+	// change in the stream, by the leader's capture clock; 0 when caught up.
+	LagMs int64 `json:"lagMs"`
+	// LagTXIDs is how many TXIDs of the current epoch are not applied yet
+	// (-1 when the stream's newest change is from another epoch).
+	LagTXIDs  int64     `json:"lagTxids"`
+	State     string    `json:"state"` // following, paused, failed, idle
+	Error     string    `json:"error,omitempty"`
+	UpdatedAt time.Time `json:"updatedAt"`
+}

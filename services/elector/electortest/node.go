@@ -3,16 +3,13 @@
 package electortest
 
 import (
-	"context"
-	"io"
 	"log/slog"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/convex-cluster-manager/ccm/services/elector"
 	"github.com/convex-cluster-manager/ccm/shared/config"
-	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -25,17 +22,13 @@ const (
 
 // Node is one elector running in-process.
 type Node struct {
-	ID     string
-	El     *elector.Elector
-	cancel context.CancelFunc
-	done   chan struct{} // closed when the elector has returned
+	ID string
+	El *elector.Elector
+	r  *daemontest.Running[*elector.Elector]
 }
 
 // Stop kills the elector without releasing its key, like kill -9.
-func (n *Node) Stop() {
-	n.cancel()
-	<-n.done
-}
+func (n *Node) Stop() { n.r.Stop() }
 
 // Config returns a valid configuration with the test lease timings.
 func Config(cluster, id string, servers ...string) config.Config {
@@ -51,47 +44,13 @@ func Config(cluster, id string, servers ...string) config.Config {
 }
 
 // Logger discards logs unless CCM_TEST_LOG is set.
-func Logger() *slog.Logger {
-	if os.Getenv("CCM_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
+func Logger() *slog.Logger { return daemontest.Logger() }
 
 // Start runs an elector for cfg until the test ends and waits until it is ready.
 func Start(t testing.TB, cfg config.Config) *Node {
 	t.Helper()
-	n := &Node{ID: cfg.NodeID, done: make(chan struct{})}
-	runErr := make(chan error, 1)
-	got := make(chan *elector.Elector, 1)
-	spec := elector.Spec()
-	spec.New = func(env daemon.Env) (daemon.Daemon, error) {
-		e, err := elector.New(env)
-		if err == nil {
-			got <- e
-		}
-		return e, err
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	n.cancel = cancel
-	go func() {
-		defer close(n.done)
-		runErr <- daemon.Run(ctx, spec, cfg, Logger().With("node", cfg.NodeID), "")
-	}()
-	select {
-	case n.El = <-got:
-	case err := <-runErr:
-		t.Fatalf("elector %s: %v", cfg.NodeID, err)
-	case <-time.After(10 * time.Second):
-		t.Fatalf("elector %s did not start", cfg.NodeID)
-	}
-	select {
-	case <-n.El.Ready():
-	case <-time.After(10 * time.Second):
-		t.Fatalf("elector %s not ready", cfg.NodeID)
-	}
-	t.Cleanup(n.Stop)
-	return n
+	r := daemontest.Start[*elector.Elector](t, elector.Spec(), cfg)
+	return &Node{ID: cfg.NodeID, El: r.D, r: r}
 }
 
 // Leaders returns the nodes whose elector says leader.

@@ -1,0 +1,109 @@
+package walapply
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/walstream"
+)
+
+// Status reports the applied position, lag and state.
+func (d *Daemon) Status() any {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.status
+	st.Node = d.cfg.NodeID
+	switch {
+	case d.failed != nil:
+		st.State, st.Error = "failed", d.failed.Error()
+	case d.paused:
+		st.State = "paused"
+	case d.following:
+		st.State = "following"
+	default:
+		st.State = "idle"
+	}
+	if d.applier != nil {
+		p := d.applier.Position()
+		st.Epoch, st.TXID, st.Seq = p.Epoch, uint64(p.TXID), d.applier.Consumed()
+	}
+	return st
+}
+
+// publish refreshes the lag from the stream's newest message and writes the
+// status to the cluster bucket, every second.
+func (d *Daemon) publish(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var kv jetstream.KeyValue
+	for {
+		d.refreshLag(ctx)
+		if kv == nil {
+			kv, _ = d.js.KeyValue(ctx, schema.Bucket(d.cfg.ClusterID)) // created by ccm-elector
+		}
+		if kv != nil {
+			st := d.Status().(schema.ApplyStatus)
+			st.UpdatedAt = time.Now()
+			b, _ := json.Marshal(st)
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			if _, err := kv.Put(pctx, schema.ApplyKey(d.cfg.NodeID), b); err != nil {
+				d.log.Debug("publish apply status", "err", err)
+			}
+			cancel()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// refreshLag compares the applied position with the stream's newest message.
+func (d *Daemon) refreshLag(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	s, err := d.js.Stream(ctx, walstream.Stream(d.cfg.ClusterID))
+	if err != nil {
+		return
+	}
+	m, err := s.GetLastMsgForSubject(ctx, walstream.Subject(d.cfg.ClusterID))
+	if err != nil {
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			d.mu.Lock()
+			d.status.StreamSeq, d.status.LagMs, d.status.LagTXIDs = 0, 0, 0
+			d.mu.Unlock()
+		}
+		return
+	}
+	meta, err := walstream.ParseMeta(m.Header)
+	if err != nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.applier == nil {
+		return
+	}
+	p := d.applier.Position()
+	st := &d.status
+	st.StreamSeq = m.Sequence
+	st.LagMs, st.LagTXIDs = 0, 0
+	if d.applier.Consumed() >= m.Sequence {
+		return
+	}
+	switch {
+	case meta.Epoch != p.Epoch:
+		st.LagTXIDs = -1
+	case meta.Kind == walstream.KindLTX:
+		st.LagTXIDs = int64(meta.MaxTXID) - int64(p.TXID)
+	}
+	if meta.Kind == walstream.KindLTX && !p.Captured.IsZero() {
+		st.LagMs = max(0, meta.Captured.Sub(p.Captured).Milliseconds())
+	}
+}

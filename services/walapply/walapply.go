@@ -1,0 +1,364 @@
+// Package walapply is ccm-walapply: on a passive it follows the WAL stream
+// and applies every verified change to the shadow database, records the
+// applied position durably, and reports it with the lag.
+package walapply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/walstream"
+)
+
+// Spec describes the ccm-walapply binary to the daemon runtime.
+func Spec() daemon.Spec {
+	return daemon.Spec{
+		Name:        schema.ServiceWalapply,
+		Description: "ccm WAL apply to the shadow database (passives)",
+		MetricsAddr: ":9472",
+		New:         func(env daemon.Env) (daemon.Daemon, error) { return New(env) },
+	}
+}
+
+// errPaused ends a follow after a drain reached its target.
+var errPaused = errors.New("paused")
+
+// Daemon applies the WAL stream while its node is passive.
+type Daemon struct {
+	cfg     config.Config
+	env     daemon.Env
+	js      jetstream.JetStream
+	log     *slog.Logger
+	ready   chan struct{}
+	metrics *metrics
+	wake    chan struct{}
+
+	mu        sync.Mutex
+	shadow    *Shadow
+	applier   *Applier
+	failed    error  // apply refused or the shadow is unusable: resync needed
+	paused    bool   // drained, for promotion; resumed by the resume endpoint
+	drainTo   uint64 // pause once this stream sequence is consumed
+	following bool
+	status    schema.ApplyStatus
+	loopAt    time.Time
+}
+
+var _ daemon.Daemon = (*Daemon)(nil)
+
+// New returns the walapply daemon for env.
+func New(env daemon.Env) (*Daemon, error) {
+	js, err := jetstream.New(env.NC)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	d := &Daemon{cfg: env.Config, env: env, js: js, log: env.Log, ready: make(chan struct{}),
+		wake: make(chan struct{}, 1), loopAt: time.Now()}
+	d.metrics = newMetrics(env.Metrics, d)
+	return d, nil
+}
+
+// Run opens the shadow database, then follows the stream while the node is
+// passive, and publishes its status every second.
+func (d *Daemon) Run(ctx context.Context) error {
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := walstream.Ensure(sctx, d.js, d.cfg.ClusterID, d.cfg.WAL.Retention(), d.cfg.NATS.Replicas)
+		cancel()
+		if err == nil {
+			break
+		}
+		d.log.Warn("waiting for the WAL stream", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	if err := d.open(); err != nil {
+		d.fail(err)
+	}
+	defer d.close()
+	roles, err := rolewatch.Subscribe(d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, d.log)
+	if err != nil {
+		return err
+	}
+	defer roles.Close()
+	close(d.ready)
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return d.publish(ctx) })
+	g.Go(func() error { return d.control(ctx, roles) })
+	return g.Wait()
+}
+
+func (d *Daemon) open() error {
+	sh, err := OpenShadow(d.cfg.ShadowPath())
+	if err != nil {
+		return err
+	}
+	ap, err := NewApplier(sh)
+	if err != nil {
+		sh.Close()
+		return err
+	}
+	d.mu.Lock()
+	d.shadow, d.applier = sh, ap
+	d.mu.Unlock()
+	p := ap.Position()
+	d.log.Info("shadow database open", "path", sh.Path(), "epoch", p.Epoch, "txid", p.TXID, "seq", p.Seq)
+	return nil
+}
+
+func (d *Daemon) close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.applier != nil {
+		d.applier.Close()
+		d.shadow.Close()
+		d.applier, d.shadow = nil, nil
+	}
+}
+
+func (d *Daemon) fail(err error) {
+	d.mu.Lock()
+	d.failed = err
+	d.mu.Unlock()
+	d.metrics.failures.Inc()
+	d.log.Error("replication stopped: resync from a snapshot is needed", "err", err)
+}
+
+// control runs the follower while the node is passive, not paused and not failed.
+func (d *Daemon) control(ctx context.Context, roles *rolewatch.Tracker) error {
+	var f *follower
+	defer func() {
+		if f != nil {
+			f.stop()
+		}
+	}()
+	for {
+		_, _, leading := roles.Leading(time.Now())
+		d.mu.Lock()
+		want := !leading && !d.paused && d.failed == nil && d.applier != nil
+		d.loopAt = time.Now()
+		d.mu.Unlock()
+		if f != nil && f.ended() {
+			f = nil
+		}
+		switch {
+		case want && f == nil:
+			f = d.startFollower(ctx)
+		case !want && f != nil:
+			f.stop()
+			f = nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-roles.Changed():
+		case <-d.wake:
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// follower is a running follow goroutine.
+type follower struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (d *Daemon) startFollower(ctx context.Context) *follower {
+	fctx, cancel := context.WithCancel(ctx)
+	f := &follower{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		d.follow(fctx)
+	}()
+	return f
+}
+
+func (f *follower) stop() {
+	f.cancel()
+	<-f.done
+}
+
+func (f *follower) ended() bool {
+	select {
+	case <-f.done:
+		f.cancel()
+		return true
+	default:
+		return false
+	}
+}
+
+// follow consumes the stream from the applied position until ctx ends, a
+// message is refused, or a drain completes.
+func (d *Daemon) follow(ctx context.Context) {
+	d.mu.Lock()
+	from := d.applier.Consumed() + 1
+	d.following = true
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.following = false
+		d.mu.Unlock()
+		d.poke()
+	}()
+	err := Follow(ctx, d.js, d.cfg.ClusterID, from, d.handle)
+	switch {
+	case err == nil, errors.Is(err, errPaused), ctx.Err() != nil:
+	case errors.Is(err, ErrCorrupt), errors.Is(err, ErrGap), errors.Is(err, ErrChecksum),
+		errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrDiverged):
+		d.fail(err)
+	default:
+		d.log.Warn("following the WAL stream; retrying", "err", err)
+	}
+}
+
+func (d *Daemon) handle(m jetstream.Msg) error {
+	md, err := m.Metadata()
+	if err != nil {
+		return fmt.Errorf("%w: message metadata: %w", ErrCorrupt, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.applier.Handle(md.Sequence.Stream, m.Headers(), m.Data()); err != nil {
+		return err
+	}
+	d.metrics.messages.Inc()
+	if d.drainTo > 0 && d.applier.Consumed() >= d.drainTo {
+		d.paused, d.drainTo = true, 0
+		return errPaused
+	}
+	return nil
+}
+
+func (d *Daemon) poke() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Drain applies everything up to the stream's current end, then pauses
+// applying (for a promotion) and returns the position reached.
+func (d *Daemon) Drain(ctx context.Context) (Position, error) {
+	s, err := d.js.Stream(ctx, walstream.Stream(d.cfg.ClusterID))
+	if err != nil {
+		return Position{}, fmt.Errorf("WAL stream: %w", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return Position{}, fmt.Errorf("WAL stream info: %w", err)
+	}
+	target := info.State.LastSeq
+	d.mu.Lock()
+	if d.failed != nil {
+		err := d.failed
+		d.mu.Unlock()
+		return Position{}, fmt.Errorf("cannot drain: replication stopped: %w", err)
+	}
+	if d.applier == nil {
+		d.mu.Unlock()
+		return Position{}, errors.New("cannot drain: no shadow database")
+	}
+	if d.applier.Consumed() >= target {
+		d.paused = true
+	} else {
+		d.drainTo = target
+	}
+	d.mu.Unlock()
+	d.poke()
+	for {
+		d.mu.Lock()
+		paused, following, failed := d.paused, d.following, d.failed
+		var pos Position
+		if d.applier != nil {
+			pos = d.applier.Position()
+		}
+		d.mu.Unlock()
+		switch {
+		case failed != nil:
+			return Position{}, fmt.Errorf("drain stopped: %w", failed)
+		case paused && !following:
+			return pos, nil
+		}
+		select {
+		case <-ctx.Done():
+			return pos, fmt.Errorf("drain to sequence %d: %w", target, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// Resume lifts a drain's pause.
+func (d *Daemon) Resume() {
+	d.mu.Lock()
+	d.paused, d.drainTo = false, 0
+	d.mu.Unlock()
+	d.poke()
+}
+
+// Ready is closed once the shadow is open (or found unusable) and role
+// events are followed.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
+
+// Healthy fails while replication is stopped by a refused message, or the
+// control loop has stalled.
+func (d *Daemon) Healthy() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.failed != nil {
+		return d.failed
+	}
+	if time.Since(d.loopAt) > time.Minute {
+		return fmt.Errorf("control loop stalled since %s", d.loopAt.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// StatusLine summarises the state for systemctl status.
+func (d *Daemon) StatusLine() string {
+	st := d.Status().(schema.ApplyStatus)
+	if st.Error != "" {
+		return "failed: " + st.Error
+	}
+	return fmt.Sprintf("%s; epoch %d TXID %d, lag %dms", st.State, st.Epoch, st.TXID, st.LagMs)
+}
+
+// DrainReply is the reply of drain.
+type DrainReply = Position
+
+// AddEndpoints adds drain and resume.
+func (d *Daemon) AddEndpoints(g micro.Group) error {
+	if err := g.AddEndpoint("drain", micro.HandlerFunc(func(req micro.Request) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		pos, err := d.Drain(ctx)
+		if err != nil {
+			req.Error("500", err.Error(), nil)
+			return
+		}
+		req.RespondJSON(pos)
+	})); err != nil {
+		return err
+	}
+	return g.AddEndpoint("resume", micro.HandlerFunc(func(req micro.Request) {
+		d.Resume()
+		req.RespondJSON(d.Status())
+	}))
+}

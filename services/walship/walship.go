@@ -1,0 +1,274 @@
+// Package walship is ccm-walship: while its node is the leader of epoch E
+// (and only until the lease deadline of the newest role event) it captures
+// the backend database's WAL with Litestream and appends it to the WAL
+// stream, fenced so that a deposed leader cannot append.
+package walship
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/walstream"
+)
+
+// Spec describes the ccm-walship binary to the daemon runtime.
+func Spec() daemon.Spec {
+	return daemon.Spec{
+		Name:        schema.ServiceWalship,
+		Description: "ccm WAL capture and shipping (leader)",
+		MetricsAddr: ":9471",
+		New:         func(env daemon.Env) (daemon.Daemon, error) { return New(env) },
+	}
+}
+
+// Daemon ships the WAL while its node leads.
+type Daemon struct {
+	cfg   config.Config
+	env   daemon.Env
+	js    jetstream.JetStream
+	log   *slog.Logger
+	ready chan struct{}
+	roles *rolewatch.Tracker
+
+	mu       sync.Mutex
+	ship     *Shipper
+	fencedAt uint64 // epoch whose appends were refused: never retried
+	lastErr  error
+	loopAt   time.Time
+}
+
+var _ daemon.Daemon = (*Daemon)(nil)
+
+// New returns the walship daemon for env.
+func New(env daemon.Env) (*Daemon, error) {
+	js, err := jetstream.New(env.NC)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	d := &Daemon{cfg: env.Config, env: env, js: js, log: env.Log, ready: make(chan struct{}), loopAt: time.Now()}
+	if env.Metrics != nil {
+		env.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ccm_walship_shipped_txid", Help: "Highest TXID appended to the WAL stream in the current epoch.",
+		}, func() float64 {
+			if s := d.shipper(); s != nil {
+				return float64(s.Shipped())
+			}
+			return 0
+		}), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ccm_walship_shipping", Help: "1 while this node ships its WAL.",
+		}, func() float64 {
+			if d.shipper() != nil {
+				return 1
+			}
+			return 0
+		}), prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "ccm_walship_bytes_total", Help: "LTX bytes appended in the current epoch.",
+		}, func() float64 {
+			if s := d.shipper(); s != nil {
+				return float64(s.bytes.Load())
+			}
+			return 0
+		}))
+	}
+	return d, nil
+}
+
+func (d *Daemon) shipper() *Shipper {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ship
+}
+
+// Run follows the node's role and starts or stops shipping.
+func (d *Daemon) Run(ctx context.Context) error {
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := walstream.Ensure(sctx, d.js, d.cfg.ClusterID, d.cfg.WAL.Retention(), d.cfg.NATS.Replicas)
+		cancel()
+		if err == nil {
+			break
+		}
+		d.log.Warn("waiting for the WAL stream", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	roles, err := rolewatch.Subscribe(d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, d.log)
+	if err != nil {
+		return err
+	}
+	defer roles.Close()
+	d.roles = roles
+	close(d.ready)
+	defer d.stop("stopping")
+
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	for {
+		changed := roles.Changed()
+		epoch, deadline, leading := roles.Leading(time.Now())
+		d.reconcile(ctx, epoch, leading, retry)
+		wait := 10 * time.Second // also proves the loop alive to Healthy
+		if leading {
+			wait = min(wait, time.Until(deadline)) // dead-man switch
+		}
+		d.mu.Lock()
+		d.loopAt = time.Now()
+		d.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-time.After(wait):
+		case <-retry.C:
+		}
+	}
+}
+
+// reconcile makes shipping match the role: ship epoch while leading,
+// nothing otherwise.
+func (d *Daemon) reconcile(ctx context.Context, epoch uint64, leading bool, retry *time.Timer) {
+	cur := d.shipper()
+	if cur != nil && (!leading || cur.Epoch() != epoch || cur.Fenced() != nil) {
+		reason := "no longer leader"
+		if err := cur.Fenced(); err != nil {
+			reason = err.Error()
+			d.mu.Lock()
+			d.fencedAt = cur.Epoch()
+			d.mu.Unlock()
+		}
+		d.stop(reason)
+		cur = nil
+	}
+	if !leading || cur != nil {
+		return
+	}
+	d.mu.Lock()
+	fenced := d.fencedAt == epoch
+	d.mu.Unlock()
+	if fenced {
+		return
+	}
+	s, err := Open(ctx, d.js, ShipperOptions{
+		DBPath: d.cfg.Backend.DBPath(), Cluster: d.cfg.ClusterID, Node: d.cfg.NodeID, Epoch: epoch,
+		Interval: d.cfg.WAL.CaptureInterval(), Log: d.log,
+	})
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.lastErr = err
+	if err != nil {
+		if errors.Is(err, walstream.ErrFenced) {
+			d.fencedAt = epoch
+			d.log.Warn("not shipping: epoch fenced", "epoch", epoch, "err", err)
+			return
+		}
+		d.log.Warn("cannot ship yet; retrying", "epoch", epoch, "err", err)
+		retry.Reset(time.Second)
+		return
+	}
+	d.ship = s
+}
+
+// stop closes the current shipper, if any.
+func (d *Daemon) stop(reason string) {
+	d.mu.Lock()
+	s := d.ship
+	d.ship = nil
+	d.mu.Unlock()
+	if s == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Close(ctx); err != nil {
+		d.log.Warn("close shipper", "err", err)
+	}
+	d.log.Info("stopped shipping", "epoch", s.Epoch(), "shipped_txid", s.Shipped(), "reason", reason)
+}
+
+// Ready is closed once the stream exists and role events are followed.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
+
+// Healthy fails when the control loop has stalled.
+func (d *Daemon) Healthy() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if time.Since(d.loopAt) > time.Minute {
+		return fmt.Errorf("control loop stalled since %s", d.loopAt.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// Status is the reply of the status endpoint.
+type Status struct {
+	Shipping bool   `json:"shipping"`
+	Epoch    uint64 `json:"epoch,omitempty"`
+	TXID     uint64 `json:"txid,omitempty"`
+	Seq      uint64 `json:"seq,omitempty"`
+	Files    int64  `json:"files,omitempty"`
+	Bytes    int64  `json:"bytes,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// Status reports what is being shipped.
+func (d *Daemon) Status() any {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := Status{}
+	if d.lastErr != nil {
+		st.Error = d.lastErr.Error()
+	}
+	if s := d.ship; s != nil {
+		st = Status{Shipping: true, Epoch: s.Epoch(), TXID: uint64(s.Shipped()), Seq: s.client.app.LastSeq(),
+			Files: s.files.Load(), Bytes: s.bytes.Load()}
+	}
+	return st
+}
+
+// StatusLine summarises the state for systemctl status.
+func (d *Daemon) StatusLine() string {
+	if s := d.shipper(); s != nil {
+		return fmt.Sprintf("shipping epoch %d, TXID %d", s.Epoch(), s.Shipped())
+	}
+	return "idle (not leader)"
+}
+
+// FlushReply is the reply of the flush endpoint.
+type FlushReply struct {
+	Epoch uint64 `json:"epoch"`
+	TXID  uint64 `json:"txid"`
+	Seq   uint64 `json:"seq"`
+}
+
+// AddEndpoints adds flush.
+func (d *Daemon) AddEndpoints(g micro.Group) error {
+	return g.AddEndpoint("flush", micro.HandlerFunc(func(req micro.Request) {
+		s := d.shipper()
+		if s == nil {
+			req.Error("409", "not shipping: this node is not the leader", nil)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		txid, err := s.Flush(ctx)
+		if err != nil {
+			req.Error("500", "flush: "+err.Error(), nil)
+			return
+		}
+		req.RespondJSON(FlushReply{Epoch: s.Epoch(), TXID: uint64(txid), Seq: s.client.app.LastSeq()})
+	}))
+}

@@ -1,0 +1,88 @@
+// Package rolewatch follows a node's role events for the daemons that act
+// only while their node leads (walship, and later vip and backend). It is
+// the dead-man switch of the fencing design: leadership is believed only
+// until the deadline carried by the newest event.
+package rolewatch
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// Tracker holds the newest role event of one node.
+type Tracker struct {
+	node string
+	log  *slog.Logger
+	sub  *nats.Subscription
+
+	mu      sync.Mutex
+	gate    schema.EpochGate
+	last    schema.RoleEvent
+	changed chan struct{}
+}
+
+// Subscribe follows the role events of node in cluster.
+func Subscribe(nc *nats.Conn, cluster, node string, log *slog.Logger) (*Tracker, error) {
+	t := &Tracker{node: node, log: log, changed: make(chan struct{})}
+	sub, err := nc.Subscribe(schema.RoleSubject(cluster), t.onMsg)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to role events: %w", err)
+	}
+	t.sub = sub
+	return t, nil
+}
+
+func (t *Tracker) onMsg(m *nats.Msg) {
+	var ev schema.RoleEvent
+	if err := json.Unmarshal(m.Data, &ev); err != nil {
+		t.log.Warn("ignoring invalid role event", "data", string(m.Data), "err", err)
+		return
+	}
+	if ev.Node != t.node {
+		return
+	}
+	t.Observe(ev)
+}
+
+// Observe records ev unless it is from an older epoch than one already seen.
+func (t *Tracker) Observe(ev schema.RoleEvent) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.gate.Admit(ev.Epoch) {
+		t.log.Debug("ignoring role event from an older epoch", "epoch", ev.Epoch, "newest", t.gate.Newest())
+		return false
+	}
+	t.last = ev
+	close(t.changed)
+	t.changed = make(chan struct{})
+	return true
+}
+
+// Leading reports whether, at now, the node leads according to its newest
+// event, and of which epoch until when.
+func (t *Tracker) Leading(now time.Time) (epoch uint64, deadline time.Time, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ev := t.last
+	if ev.Role != schema.RoleLeader || !now.Before(ev.Deadline) {
+		return ev.Epoch, ev.Deadline, false
+	}
+	return ev.Epoch, ev.Deadline, true
+}
+
+// Changed is closed when a newer event arrives.
+func (t *Tracker) Changed() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.changed
+}
+
+// Close stops following.
+func (t *Tracker) Close() { t.sub.Unsubscribe() }

@@ -1,0 +1,37 @@
+package rolewatch
+
+import (
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+func TestLeading(t *testing.T) {
+	tr := &Tracker{node: "n1", log: slog.New(slog.NewTextHandler(io.Discard, nil)), changed: make(chan struct{})}
+	now := time.Now()
+	steps := []struct {
+		ev       schema.RoleEvent
+		at       time.Time
+		admitted bool
+		leading  bool
+		epoch    uint64
+	}{
+		{schema.RoleEvent{Role: schema.RoleLeader, Epoch: 5, Deadline: now.Add(time.Second)}, now, true, true, 5},
+		{schema.RoleEvent{Role: schema.RoleLeader, Epoch: 5, Deadline: now.Add(time.Second)}, now.Add(time.Second), true, false, 5}, // deadline passed
+		{schema.RoleEvent{Role: schema.RoleLeader, Epoch: 4, Deadline: now.Add(time.Hour)}, now.Add(time.Second), false, false, 5},  // stale: its later deadline is ignored
+		{schema.RoleEvent{Role: schema.RolePassive, Epoch: 5}, now, true, false, 5},
+		{schema.RoleEvent{Role: schema.RoleLeader, Epoch: 9, Deadline: now.Add(time.Second)}, now, true, true, 9},
+	}
+	for i, s := range steps {
+		if got := tr.Observe(s.ev); got != s.admitted {
+			t.Fatalf("step %d: admitted %v, want %v", i, got, s.admitted)
+		}
+		epoch, _, ok := tr.Leading(s.at)
+		if ok != s.leading || epoch != s.epoch {
+			t.Fatalf("step %d: Leading = %d %v, want %d %v", i, epoch, ok, s.epoch, s.leading)
+		}
+	}
+}
