@@ -1,0 +1,121 @@
+package walapply_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
+	"github.com/convex-cluster-manager/ccm/services/walapply"
+	"github.com/convex-cluster-manager/ccm/services/walship"
+	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
+	"github.com/convex-cluster-manager/ccm/shared/natstest"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+func nodeConfig(t *testing.T, dir, id, url string) config.Config {
+	c := et.Config("dc", id, url)
+	c.Backend.DataPath = filepath.Join(dir, id, "data")
+	c.WAL.ReplicaPath = filepath.Join(dir, id, "replica")
+	os.MkdirAll(c.Backend.DataPath, 0o755)
+	return c
+}
+
+func request[T any](t *testing.T, nc *nats.Conn, subject string) T {
+	t.Helper()
+	msg, err := nc.Request(subject, nil, 60*time.Second)
+	if err != nil {
+		t.Fatalf("%s: %v", subject, err)
+	}
+	if e := msg.Header.Get("Nats-Service-Error"); e != "" {
+		t.Fatalf("%s: %s", subject, e)
+	}
+	var v T
+	if err := json.Unmarshal(msg.Data, &v); err != nil {
+		t.Fatalf("%s: %v: %s", subject, err, msg.Data)
+	}
+	return v
+}
+
+// TestDaemonsReplicateDrainAndResume runs elector, walship and walapply for
+// a leader and a passive, writes on the leader, restarts the passive's
+// walapply mid-stream, and drains it: its shadow must equal the leader's
+// database at the flushed position.
+func TestDaemonsReplicateDrainAndResume(t *testing.T) {
+	srv := natstest.Server(t)
+	dir := t.TempDir()
+	c1 := nodeConfig(t, dir, "n1", srv.ClientURL())
+	c2 := nodeConfig(t, dir, "n2", srv.ClientURL())
+	db := openDB(t, c1.Backend.DBPath())
+	mustExec(t, db, `CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT, blob BLOB)`)
+	db.Close()
+
+	n1 := et.Start(t, c1)
+	et.WaitLeader(t, []*et.Node{n1}, et.TTL)
+	et.Start(t, c2)
+	daemontest.Start[*walship.Daemon](t, walship.Spec(), c1)
+	daemontest.Start[*walship.Daemon](t, walship.Spec(), c2)
+	daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c1)
+	ap2 := daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
+
+	nc := natstest.Connect(t, srv.ClientURL())
+	// walship opens the database (switching it to WAL) once it leads.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := request[struct{ Status walship.Status }](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "status"))
+		if st.Status.Shipping {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n1 not shipping: %+v", st.Status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	w := openDB(t, writerDSN(c1.Backend.DBPath()))
+	defer w.Close()
+	workload(t, w, 800, 7)
+
+	// Restart the passive's walapply mid-stream while writes go on.
+	ap2.Stop()
+	workload(t, w, 800, 8)
+	ap2 = daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
+	workload(t, w, 400, 9)
+
+	flushed := request[walship.FlushReply](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "flush"))
+	pos := request[walapply.Position](t, nc, schema.Endpoint("dc", "n2", schema.ServiceWalapply, "drain"))
+	if pos.Epoch != flushed.Epoch || uint64(pos.TXID) != flushed.TXID {
+		t.Fatalf("drained to epoch %d TXID %d, leader flushed epoch %d TXID %d", pos.Epoch, pos.TXID, flushed.Epoch, flushed.TXID)
+	}
+	wantCheck, want := dump(t, c1.Backend.DBPath())
+	gotCheck, got := dump(t, snapshotCopy(t, c2.ShadowPath()))
+	if wantCheck != "ok" || gotCheck != "ok" || got != want {
+		t.Fatalf("drained shadow differs: integrity %q/%q, dump %d vs %d bytes", wantCheck, gotCheck, len(got), len(want))
+	}
+	if st := ap2.D.Status().(schema.ApplyStatus); st.State != "paused" {
+		t.Fatalf("after drain the applier is %q, want paused", st.State)
+	}
+
+	// The status key carries position and lag.
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(context.Background(), schema.Bucket("dc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1200 * time.Millisecond)
+	ent, err := kv.Get(context.Background(), schema.ApplyKey("n2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st schema.ApplyStatus
+	json.Unmarshal(ent.Value(), &st)
+	if st.TXID != flushed.TXID || st.State != "paused" || st.LagTXIDs != 0 {
+		t.Fatalf("apply status %+v, want TXID %d paused with no lag", st, flushed.TXID)
+	}
+}
