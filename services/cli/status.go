@@ -38,16 +38,19 @@ type NodeView struct {
 	Leader     string      `json:"leader,omitempty"`
 	LastSeenMs int64       `json:"lastSeenMs"`
 	Version    string      `json:"version"`
+	// Replication, from the node's ccm-walapply (absent if it does not run).
+	Apply *schema.ApplyStatus `json:"apply,omitempty"`
 }
 
 func newStatus(stdout, stderr io.Writer) *ffcli.Command {
 	fs := newFlagSet("ccm status", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
+	watch := fs.Duration("watch", 0, "refresh at this interval (e.g. 1s) until interrupted")
 	flags := config.Bind(fs)
 	return &ffcli.Command{
 		Name:       "status",
-		ShortUsage: "ccm status [--json] [--config FILE]",
-		ShortHelp:  "show the leader, its lease and every node's role",
+		ShortUsage: "ccm status [--json] [--watch 1s] [--config FILE]",
+		ShortHelp:  "show the leader, its lease, every node's role and replication position",
 		FlagSet:    fs,
 		Options:    config.ParseOptions(),
 		Exec: func(ctx context.Context, args []string) error {
@@ -63,17 +66,32 @@ func newStatus(stdout, stderr io.Writer) *ffcli.Command {
 				return err
 			}
 			defer c.Close()
-			st, err := c.status(ctx)
-			if err != nil {
-				return err
+			for {
+				st, err := c.status(ctx)
+				if err != nil {
+					return err
+				}
+				if *watch > 0 && !*asJSON {
+					fmt.Fprint(stdout, "\033[H\033[2J") // clear the terminal
+				}
+				if *asJSON {
+					enc := json.NewEncoder(stdout)
+					enc.SetIndent("", "  ")
+					if err := enc.Encode(st); err != nil {
+						return err
+					}
+				} else {
+					printStatus(stdout, st)
+				}
+				if *watch <= 0 {
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(*watch):
+				}
 			}
-			if *asJSON {
-				enc := json.NewEncoder(stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
-			}
-			printStatus(stdout, st)
-			return nil
 		},
 	}
 }
@@ -94,8 +112,15 @@ func (c *client) status(ctx context.Context) (ClusterStatus, error) {
 		return st, err
 	}
 	for _, n := range nodes {
-		st.Nodes = append(st.Nodes, NodeView{ID: n.Node, Role: n.Role, Epoch: n.Epoch, Leader: n.Leader,
-			LastSeenMs: max(0, now.Sub(n.Written).Milliseconds()), Version: n.Version})
+		v := NodeView{ID: n.Node, Role: n.Role, Epoch: n.Epoch, Leader: n.Leader,
+			LastSeenMs: max(0, now.Sub(n.Written).Milliseconds()), Version: n.Version}
+		if ent, err := c.kv.Get(ctx, schema.ApplyKey(n.Node)); err == nil {
+			var a schema.ApplyStatus
+			if json.Unmarshal(ent.Value(), &a) == nil {
+				v.Apply = &a
+			}
+		}
+		st.Nodes = append(st.Nodes, v)
 	}
 	return st, nil
 }
@@ -111,12 +136,25 @@ func printStatus(w io.Writer, st ClusterStatus) {
 			st.Cluster, l.Node, l.Epoch, float64(l.LeaseRemainingMs)/1000, l.Since.Local().Format(time.RFC3339))
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tEPOCH\tLAST SEEN\tVERSION")
+	fmt.Fprintln(tw, "NODE\tROLE\tEPOCH\tAPPLIED TXID\tLAG\tREPLICATION\tLAST SEEN\tVERSION")
 	for _, n := range st.Nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.1fs ago\t%s\n", n.ID, n.Role, n.Epoch, float64(n.LastSeenMs)/1000, n.Version)
+		txid, lag, repl := "-", "-", "-"
+		if a := n.Apply; a != nil && n.Role != schema.RoleLeader {
+			txid = fmt.Sprintf("%d/%d", a.Epoch, a.TXID)
+			lag = fmt.Sprintf("%dms %d tx", a.LagMs, a.LagTXIDs)
+			if a.LagTXIDs < 0 {
+				lag = "new epoch pending"
+			}
+			repl = a.State
+			if a.Error != "" {
+				repl = "FAILED: " + a.Error
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%.1fs ago\t%s\n", n.ID, n.Role, n.Epoch, txid, lag, repl,
+			float64(n.LastSeenMs)/1000, n.Version)
 	}
 	if len(st.Nodes) == 0 {
-		fmt.Fprintln(tw, "(no live nodes)\t\t\t\t")
+		fmt.Fprintln(tw, "(no live nodes)")
 	}
 	tw.Flush()
 }

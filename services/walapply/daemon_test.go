@@ -1,6 +1,7 @@
 package walapply_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/convex-cluster-manager/ccm/services/cli"
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/services/walapply"
 	"github.com/convex-cluster-manager/ccm/services/walship"
@@ -117,5 +119,24 @@ func TestDaemonsReplicateDrainAndResume(t *testing.T) {
 	json.Unmarshal(ent.Value(), &st)
 	if st.TXID != flushed.TXID || st.State != "paused" || st.LagTXIDs != 0 {
 		t.Fatalf("apply status %+v, want TXID %d paused with no lag", st, flushed.TXID)
+	}
+
+	// ccm status shows it.
+	conf := filepath.Join(dir, "n2.json")
+	if err := config.Write(conf, c2, false); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if err := cli.Run(context.Background(), []string{"status", "--json", "--config", conf}, &out, &errOut); err != nil {
+		t.Fatalf("ccm status: %v %s", err, errOut.String())
+	}
+	var cs cli.ClusterStatus
+	if err := json.Unmarshal(out.Bytes(), &cs); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range cs.Nodes {
+		if n.ID == "n2" && (n.Apply == nil || n.Apply.TXID != flushed.TXID) {
+			t.Fatalf("ccm status for n2: %+v", n)
+		}
 	}
 }
