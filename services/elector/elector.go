@@ -34,7 +34,7 @@ func Spec() daemon.Spec {
 type Elector struct {
 	cluster, node, version string
 	ttl, heartbeat, lease  time.Duration
-	replicas               int
+	replicas, maxLag       int
 
 	nc      *nats.Conn
 	js      jetstream.JetStream
@@ -49,6 +49,8 @@ type Elector struct {
 	changed  chan struct{} // closed and replaced on every state change
 	lastLoop time.Time
 	renewed  time.Time // when the last successful renewal was sent
+	// ineligible says why this node may not campaign now (nil: it may).
+	ineligible error
 
 	// Owned by the loop.
 	kv      jetstream.KeyValue
@@ -76,6 +78,7 @@ func New(env daemon.Env) (*Elector, error) {
 		heartbeat: c.Election.Heartbeat(),
 		lease:     c.Election.LeaderTTL() - c.Election.SafetyMargin(),
 		replicas:  c.NATS.Replicas,
+		maxLag:    c.Election.MaxLagTXIDs,
 		nc:        env.NC,
 		js:        js,
 		log:       env.Log,
@@ -381,10 +384,25 @@ func (e *Elector) verify(ctx context.Context) {
 	}
 }
 
-// campaign tries to create the leader key if this node may lead.
+// campaign tries to create the leader key if this node may lead: it must be
+// passive, not holding off after a demotion, and caught up (eligible); the
+// more it lags, the longer it waits before trying.
 func (e *Elector) campaign(ctx context.Context) {
 	if e.State().Role != schema.RolePassive || time.Now().Before(e.holdOff) {
 		return
+	}
+	delay, err := e.eligible(ctx)
+	if err != nil {
+		e.setIneligible(err)
+		return
+	}
+	e.setIneligible(nil)
+	if delay > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
 	}
 	octx, cancel := context.WithTimeout(ctx, e.heartbeat)
 	defer cancel()
@@ -402,6 +420,20 @@ func (e *Elector) campaign(ctx context.Context) {
 	e.gate.Admit(rev)
 	e.apply(Event{Kind: Won, Epoch: rev, At: now})
 	e.renewAt(ctx, rev, now) // record the epoch in the key
+}
+
+// setIneligible records why this node may not campaign (nil: it may).
+func (e *Elector) setIneligible(err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if (err == nil) != (e.ineligible == nil) || (err != nil && err.Error() != e.ineligible.Error()) {
+		if err != nil {
+			e.log.Warn("not campaigning", "reason", err)
+		} else if e.ineligible != nil {
+			e.log.Info("eligible to campaign again")
+		}
+	}
+	e.ineligible = err
 }
 
 // take completes a handover addressed to this node with a compare-and-set

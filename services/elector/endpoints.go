@@ -19,6 +19,7 @@ var (
 	ErrNotLeader   = errors.New("this node is not the leader")
 	ErrUnknownNode = errors.New("unknown node")
 	ErrNotReady    = errors.New("elector not ready")
+	ErrNotEligible = errors.New("not eligible to lead")
 )
 
 // DemoteRequest is the body of a demote request.
@@ -46,6 +47,7 @@ type Status struct {
 	LeaseRemainingMs int64       `json:"leaseRemainingMs,omitempty"`
 	LastRenewal      time.Time   `json:"lastRenewal,omitzero"`
 	Reason           string      `json:"reason,omitempty"`
+	Ineligible       string      `json:"ineligible,omitempty"`
 	Version          string      `json:"version"`
 	StartedAt        time.Time   `json:"startedAt"`
 }
@@ -54,10 +56,13 @@ type Status struct {
 func (e *Elector) Status() any {
 	s := e.State()
 	e.mu.Lock()
-	renewed := e.renewed
+	renewed, inel := e.renewed, e.ineligible
 	e.mu.Unlock()
 	st := Status{Node: e.node, Cluster: e.cluster, Role: s.Role, Epoch: s.Epoch, Leader: s.Leader,
 		Reason: s.Reason, Version: e.version, StartedAt: e.started}
+	if inel != nil {
+		st.Ineligible = inel.Error()
+	}
 	if s.Role == schema.RoleLeader {
 		st.LeaseDeadline, st.LastRenewal = s.Deadline, renewed
 		st.LeaseRemainingMs = max(0, time.Until(s.Deadline).Milliseconds())
@@ -100,7 +105,7 @@ func (e *Elector) respond(req micro.Request, err error) {
 			code = "409"
 		case errors.Is(err, ErrUnknownNode):
 			code = "404"
-		case errors.Is(err, ErrNotReady):
+		case errors.Is(err, ErrNotReady), errors.Is(err, ErrNotEligible):
 			code = "503"
 		}
 		req.Error(code, err.Error(), nil)
@@ -148,6 +153,9 @@ func (e *Elector) Promote(ctx context.Context) error {
 		ent, err := e.kv.Get(ctx, schema.KeyLeader)
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
+			if _, err := e.eligible(ctx); err != nil {
+				return fmt.Errorf("%w: %w", ErrNotEligible, err)
+			}
 			e.holdOff = time.Time{}
 			e.campaign(ctx)
 			if e.State().Role != schema.RoleLeader {
@@ -164,6 +172,9 @@ func (e *Elector) Promote(ctx context.Context) error {
 		if rec.HandoverTo == e.node {
 			e.take(ctx, ent.Revision(), rec)
 			return nil
+		}
+		if _, err := e.eligible(ctx); err != nil {
+			return fmt.Errorf("%w: %w", ErrNotEligible, err)
 		}
 		current = rec.Node
 		return nil

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/convex-cluster-manager/ccm/services/cli"
+	"github.com/convex-cluster-manager/ccm/services/elector"
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/services/walapply"
 	"github.com/convex-cluster-manager/ccm/services/walship"
@@ -139,4 +140,44 @@ func TestDaemonsReplicateDrainAndResume(t *testing.T) {
 			t.Fatalf("ccm status for n2: %+v", n)
 		}
 	}
+}
+
+// TestOnlyCaughtUpNodeCampaigns kills the leader of a three-node cluster in
+// which one passive has no replication running: only the passive whose
+// shadow database is caught up may take over.
+func TestOnlyCaughtUpNodeCampaigns(t *testing.T) {
+	srv := natstest.Server(t)
+	dir := t.TempDir()
+	c1 := nodeConfig(t, dir, "n1", srv.ClientURL())
+	c2 := nodeConfig(t, dir, "n2", srv.ClientURL())
+	c3 := nodeConfig(t, dir, "n3", srv.ClientURL())
+	db := openDB(t, c1.Backend.DBPath())
+	mustExec(t, db, `CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT, blob BLOB)`)
+	db.Close()
+
+	n1 := et.Start(t, c1)
+	et.WaitLeader(t, []*et.Node{n1}, et.TTL)
+	ship := daemontest.Start[*walship.Daemon](t, walship.Spec(), c1)
+	n2 := et.Start(t, c2) // no walapply: it cannot have the data
+	n3 := et.Start(t, c3)
+	daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c3)
+	for ship.D.Status().(walship.Status).TXID == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	w := openDB(t, writerDSN(c1.Backend.DBPath()))
+	workload(t, w, 200, 3)
+	w.Close()
+
+	n1.Stop()
+	ship.Stop()
+	l := et.WaitLeader(t, []*et.Node{n2, n3}, et.TTL+2*time.Second)
+	if l != n3 {
+		t.Fatalf("%s took over; want n3, the only caught-up passive", l.ID)
+	}
+	// n2 says why it stays out.
+	st := n2.El.Status().(elector.Status)
+	if st.Ineligible == "" {
+		t.Fatalf("n2 status gives no reason for not campaigning: %+v", st)
+	}
+	t.Logf("n2: %s", st.Ineligible)
 }

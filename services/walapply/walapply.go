@@ -343,7 +343,7 @@ func (d *Daemon) StatusLine() string {
 // DrainReply is the reply of drain.
 type DrainReply = Position
 
-// AddEndpoints adds drain and resume.
+// AddEndpoints adds drain, resume and position.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
 	if err := g.AddEndpoint("drain", micro.HandlerFunc(func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -357,8 +357,15 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 	})); err != nil {
 		return err
 	}
-	return g.AddEndpoint("resume", micro.HandlerFunc(func(req micro.Request) {
+	if err := g.AddEndpoint("resume", micro.HandlerFunc(func(req micro.Request) {
 		d.Resume()
+		req.RespondJSON(d.Status())
+	})); err != nil {
+		return err
+	}
+	// position measures the lag afresh: the elector asks it before campaigning.
+	return g.AddEndpoint("position", micro.HandlerFunc(func(req micro.Request) {
+		d.refreshLag(context.Background())
 		req.RespondJSON(d.Status())
 	}))
 }

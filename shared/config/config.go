@@ -58,6 +58,9 @@ type Election struct {
 	// SafetyMarginMs is how long before the lease can expire on the server
 	// that a leader which could not renew steps down locally.
 	SafetyMarginMs int `json:"safetyMarginMs"`
+	// MaxLagTXIDs is how far behind the WAL stream's end a passive may be
+	// and still campaign; promotion drains the rest before serving.
+	MaxLagTXIDs int `json:"maxLagTxids"`
 }
 
 // WAL configures replication.
@@ -83,7 +86,7 @@ func Default() Config {
 	return Config{
 		NATS:     NATS{Servers: []string{"nats://127.0.0.1:4222"}, Replicas: 1},
 		VIP:      VIP{Netmask: 24, Interface: "eth0"},
-		Election: Election{LeaderTTLMs: 10000, HeartbeatIntervalMs: 3000, SafetyMarginMs: 1000},
+		Election: Election{LeaderTTLMs: 10000, HeartbeatIntervalMs: 3000, SafetyMarginMs: 1000, MaxLagTXIDs: 500},
 		WAL:      WAL{StreamRetention: "24h", SnapshotIntervalMs: 3600000, ReplicaPath: "/var/lib/convex/replica", CaptureIntervalMs: 20},
 		Backend: Backend{
 			ServiceName:    "convex-backend",

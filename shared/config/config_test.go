@@ -49,8 +49,9 @@ func TestValidate(t *testing.T) {
 		{"ttl just below margin", func(c *Config) { c.Election.LeaderTTLMs = 6999 }, "election.leaderTtlMs"},
 		{"ttl exactly enough", func(c *Config) { c.Election.LeaderTTLMs = 7000 }, ""},
 		{"short ttl", func(c *Config) {
-			c.Election = Election{LeaderTTLMs: 3000, HeartbeatIntervalMs: 1000, SafetyMarginMs: 1000}
+			c.Election = Election{LeaderTTLMs: 3000, HeartbeatIntervalMs: 1000, SafetyMarginMs: 1000, MaxLagTXIDs: 5}
 		}, ""},
+		{"negative max lag", func(c *Config) { c.Election.MaxLagTXIDs = -1 }, "election.maxLagTxids"},
 		{"retention not duration", func(c *Config) { c.WAL.StreamRetention = "1 day" }, "wal.streamRetention"},
 		{"retention too short", func(c *Config) { c.WAL.StreamRetention = "10s" }, "wal.streamRetention"},
 		{"snapshot interval", func(c *Config) { c.WAL.SnapshotIntervalMs = 10 }, "wal.snapshotIntervalMs"},

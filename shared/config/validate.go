@@ -88,6 +88,9 @@ func (c Config) Validate() error {
 			"must be at least 1000 and at least 2×heartbeatIntervalMs + safetyMarginMs (%d), so a leader gets two renewal attempts before it must fence itself", min)
 	}
 
+	if e.MaxLagTXIDs < 0 {
+		bad("election.maxLagTxids", e.MaxLagTXIDs, "must be 0 or more")
+	}
 	if d, err := time.ParseDuration(c.WAL.StreamRetention); err != nil || d < time.Minute {
 		bad("wal.streamRetention", c.WAL.StreamRetention, "must be a Go duration of at least 1m, such as 24h")
 	}

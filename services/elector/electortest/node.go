@@ -35,11 +35,9 @@ func Config(cluster, id string, servers ...string) config.Config {
 	c := config.Default()
 	c.ClusterID, c.NodeID = cluster, id
 	c.NATS.Servers = servers
-	c.Election = config.Election{
-		LeaderTTLMs:         int(TTL.Milliseconds()),
-		HeartbeatIntervalMs: int(Heartbeat.Milliseconds()),
-		SafetyMarginMs:      int(Margin.Milliseconds()),
-	}
+	c.Election.LeaderTTLMs = int(TTL.Milliseconds())
+	c.Election.HeartbeatIntervalMs = int(Heartbeat.Milliseconds())
+	c.Election.SafetyMarginMs = int(Margin.Milliseconds())
 	return c
 }
 
