@@ -343,7 +343,7 @@ func (d *Daemon) StatusLine() string {
 // DrainReply is the reply of drain.
 type DrainReply = Position
 
-// AddEndpoints adds drain, resume and position.
+// AddEndpoints adds drain, resume, checkpoint and position.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
 	if err := g.AddEndpoint("drain", micro.HandlerFunc(func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -360,6 +360,16 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 	if err := g.AddEndpoint("resume", micro.HandlerFunc(func(req micro.Request) {
 		d.Resume()
 		req.RespondJSON(d.Status())
+	})); err != nil {
+		return err
+	}
+	if err := g.AddEndpoint("checkpoint", micro.HandlerFunc(func(req micro.Request) {
+		cp, err := d.Checkpoint()
+		if err != nil {
+			req.Error("409", err.Error(), nil)
+			return
+		}
+		req.RespondJSON(cp)
 	})); err != nil {
 		return err
 	}

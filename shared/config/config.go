@@ -68,6 +68,8 @@ type WAL struct {
 	StreamRetention    string `json:"streamRetention"`
 	SnapshotIntervalMs int    `json:"snapshotIntervalMs"`
 	ReplicaPath        string `json:"replicaPath"`
+	// SnapshotKeep is how many snapshots the Object Store keeps.
+	SnapshotKeep int `json:"snapshotKeep"`
 	// CaptureIntervalMs is how often the leader looks for new WAL frames.
 	CaptureIntervalMs int `json:"captureIntervalMs"`
 }
@@ -87,7 +89,7 @@ func Default() Config {
 		NATS:     NATS{Servers: []string{"nats://127.0.0.1:4222"}, Replicas: 1},
 		VIP:      VIP{Netmask: 24, Interface: "eth0"},
 		Election: Election{LeaderTTLMs: 10000, HeartbeatIntervalMs: 3000, SafetyMarginMs: 1000, MaxLagTXIDs: 500},
-		WAL:      WAL{StreamRetention: "24h", SnapshotIntervalMs: 3600000, ReplicaPath: "/var/lib/convex/replica", CaptureIntervalMs: 20},
+		WAL:      WAL{StreamRetention: "24h", SnapshotIntervalMs: 3600000, ReplicaPath: "/var/lib/convex/replica", CaptureIntervalMs: 20, SnapshotKeep: 3},
 		Backend: Backend{
 			ServiceName:    "convex-backend",
 			HealthEndpoint: "http://localhost:3210/version",
@@ -114,6 +116,9 @@ func (c Config) ShadowPath() string { return filepath.Join(c.WAL.ReplicaPath, c.
 
 // CaptureInterval is how often the leader looks for new WAL frames.
 func (w WAL) CaptureInterval() time.Duration { return ms(w.CaptureIntervalMs) }
+
+// SnapshotInterval is the time between full snapshots.
+func (w WAL) SnapshotInterval() time.Duration { return ms(w.SnapshotIntervalMs) }
 
 // Retention is the WAL stream's retention (valid after Validate).
 func (w WAL) Retention() time.Duration {

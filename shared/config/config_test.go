@@ -55,6 +55,7 @@ func TestValidate(t *testing.T) {
 		{"retention not duration", func(c *Config) { c.WAL.StreamRetention = "1 day" }, "wal.streamRetention"},
 		{"retention too short", func(c *Config) { c.WAL.StreamRetention = "10s" }, "wal.streamRetention"},
 		{"snapshot interval", func(c *Config) { c.WAL.SnapshotIntervalMs = 10 }, "wal.snapshotIntervalMs"},
+		{"snapshot keep 0", func(c *Config) { c.WAL.SnapshotKeep = 0 }, "wal.snapshotKeep"},
 		{"replica relative", func(c *Config) { c.WAL.ReplicaPath = "replica" }, "wal.replicaPath"},
 		{"replica equals data", func(c *Config) { c.WAL.ReplicaPath = "/var/lib/convex/data/" }, "wal.replicaPath"},
 		{"service name", func(c *Config) { c.Backend.ServiceName = "convex backend" }, "backend.serviceName"},

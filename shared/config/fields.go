@@ -59,6 +59,7 @@ func (c *Config) fields() []field {
 		{path: "election.maxLagTxids", num: &c.Election.MaxLagTXIDs, usage: "a passive more than this many TXIDs behind the WAL stream does not campaign"},
 		{path: "wal.streamRetention", str: &c.WAL.StreamRetention, usage: "how long the WAL stream keeps changes (Go duration)"},
 		{path: "wal.snapshotIntervalMs", num: &c.WAL.SnapshotIntervalMs, usage: "interval between full snapshots in ms"},
+		{path: "wal.snapshotKeep", num: &c.WAL.SnapshotKeep, usage: "snapshots kept in the Object Store (1-100)"},
 		{path: "wal.replicaPath", str: &c.WAL.ReplicaPath, usage: "directory of the shadow database on passives"},
 		{path: "wal.captureIntervalMs", num: &c.WAL.CaptureIntervalMs, usage: "how often the leader captures new WAL frames, in ms (5-1000)"},
 		{path: "backend.serviceName", str: &c.Backend.ServiceName, usage: "systemd unit of the Convex backend"},

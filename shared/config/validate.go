@@ -97,6 +97,9 @@ func (c Config) Validate() error {
 	if c.WAL.SnapshotIntervalMs < 1000 {
 		bad("wal.snapshotIntervalMs", c.WAL.SnapshotIntervalMs, "must be at least 1000")
 	}
+	if c.WAL.SnapshotKeep < 1 || c.WAL.SnapshotKeep > 100 {
+		bad("wal.snapshotKeep", c.WAL.SnapshotKeep, "must be 1 to 100")
+	}
 	if !filepath.IsAbs(c.WAL.ReplicaPath) {
 		bad("wal.replicaPath", c.WAL.ReplicaPath, "must be an absolute path")
 	}

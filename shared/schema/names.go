@@ -10,6 +10,7 @@ const (
 	ServiceElector  = "ccm-elector"
 	ServiceWalship  = "ccm-walship"
 	ServiceWalapply = "ccm-walapply"
+	ServiceSnapshot = "ccm-snapshot"
 )
 
 // KeyLeader is the KV key holding the LeaderRecord.
@@ -26,6 +27,10 @@ func NodeKey(node string) string { return nodeKeyPrefix + node }
 
 // ApplyKey is the KV key of a node's replication status.
 func ApplyKey(node string) string { return nodeKeyPrefix + node + ".apply" }
+
+// KeySnapshotLock is held (created, renewed, deleted) by the node taking a
+// snapshot, so that the cluster never takes two at once.
+const KeySnapshotLock = "snapshot.lock"
 
 // NodeKeys matches every node status key.
 const NodeKeys = nodeKeyPrefix + "*"

@@ -1,0 +1,305 @@
+// Package snapshot is ccm-snapshot: every wal.snapshotIntervalMs one caught-up
+// passive of the cluster copies its shadow database (through its
+// ccm-walapply, at an exact WAL position) into the cluster's Object Store,
+// so that new nodes can join from it. A cluster-wide lock in the KV bucket
+// keeps two snapshots from running at once.
+package snapshot
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/convex-cluster-manager/ccm/services/walapply"
+	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/snapstore"
+)
+
+// Spec describes the ccm-snapshot binary to the daemon runtime.
+func Spec() daemon.Spec {
+	return daemon.Spec{
+		Name:        schema.ServiceSnapshot,
+		Description: "ccm periodic database snapshots",
+		MetricsAddr: ":9473",
+		New:         func(env daemon.Env) (daemon.Daemon, error) { return New(env) },
+	}
+}
+
+// Errors of the now endpoint.
+var (
+	ErrLeader = errors.New("this node is the leader: snapshots are taken on a caught-up passive")
+	ErrBusy   = errors.New("another node is taking a snapshot")
+)
+
+// Daemon takes snapshots on a passive node.
+type Daemon struct {
+	cfg   config.Config
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	log   *slog.Logger
+	ready chan struct{}
+	roles *rolewatch.Tracker
+	store *snapstore.Store
+	kv    jetstream.KeyValue
+
+	takeMu sync.Mutex // one snapshot at a time on this node
+
+	mu      sync.Mutex
+	last    snapstore.Snapshot
+	lastErr error
+	loopAt  time.Time
+
+	duration prometheus.Gauge
+	failures prometheus.Counter
+}
+
+var _ daemon.Daemon = (*Daemon)(nil)
+
+// New returns the snapshot daemon for env.
+func New(env daemon.Env) (*Daemon, error) {
+	js, err := jetstream.New(env.NC)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	d := &Daemon{cfg: env.Config, nc: env.NC, js: js, log: env.Log, ready: make(chan struct{}), loopAt: time.Now(),
+		duration: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_snapshot_duration_seconds", Help: "Duration of the last snapshot taken here."}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "ccm_snapshot_failures_total", Help: "Snapshots attempted here that failed."}),
+	}
+	if env.Metrics != nil {
+		env.Metrics.MustRegister(d.duration, d.failures,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ccm_snapshot_last_seq", Help: "WAL stream sequence of the last snapshot taken here."},
+				func() float64 { d.mu.Lock(); defer d.mu.Unlock(); return float64(d.last.Seq) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ccm_snapshot_last_bytes", Help: "Size of the last snapshot taken here."},
+				func() float64 { d.mu.Lock(); defer d.mu.Unlock(); return float64(d.last.Size) }))
+	}
+	return d, nil
+}
+
+// Run opens the snapshot bucket and takes a snapshot whenever the newest one
+// is older than the interval and this node is a caught-up passive.
+func (d *Daemon) Run(ctx context.Context) error {
+	for {
+		if err := d.open(ctx); err == nil {
+			break
+		} else {
+			d.log.Warn("waiting for NATS JetStream", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	roles, err := rolewatch.Subscribe(d.nc, d.cfg.ClusterID, d.cfg.NodeID, d.log)
+	if err != nil {
+		return err
+	}
+	defer roles.Close()
+	d.roles = roles
+	close(d.ready)
+	every := min(d.cfg.WAL.SnapshotInterval()/4, 30*time.Second)
+	for {
+		d.mu.Lock()
+		d.loopAt = time.Now()
+		d.mu.Unlock()
+		if due, err := d.due(ctx); err != nil {
+			d.log.Debug("check snapshot age", "err", err)
+		} else if due {
+			if s, err := d.Take(ctx); err == nil {
+				d.log.Info("snapshot stored", "name", s.Name, "epoch", s.Epoch, "txid", s.TXID, "seq", s.Seq, "bytes", s.Size)
+			} else if !errors.Is(err, ErrLeader) && !errors.Is(err, ErrBusy) {
+				d.log.Warn("snapshot not taken", "err", err)
+			}
+		}
+		jitter := time.Duration(rand.Int64N(int64(every/4) + 1))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(every + jitter):
+		}
+	}
+}
+
+func (d *Daemon) open(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := snapstore.Open(ctx, d.js, d.cfg.ClusterID, d.cfg.NATS.Replicas)
+	if err != nil {
+		return err
+	}
+	kv, err := d.js.KeyValue(ctx, schema.Bucket(d.cfg.ClusterID))
+	if err != nil {
+		return fmt.Errorf("cluster bucket (created by ccm-elector): %w", err)
+	}
+	d.store, d.kv = st, kv
+	return nil
+}
+
+// due reports whether the newest snapshot is older than the interval.
+func (d *Daemon) due(ctx context.Context) (bool, error) {
+	s, err := d.store.Newest(ctx)
+	if errors.Is(err, snapstore.ErrNone) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return time.Since(s.Created) >= d.cfg.WAL.SnapshotInterval(), nil
+}
+
+// Take takes a snapshot now: it holds the cluster's snapshot lock, asks the
+// local ccm-walapply for a consistent copy of the shadow database, and
+// uploads it with its position.
+func (d *Daemon) Take(ctx context.Context) (snapstore.Snapshot, error) {
+	d.takeMu.Lock()
+	defer d.takeMu.Unlock()
+	if _, _, leading := d.roles.Leading(time.Now()); leading {
+		return snapstore.Snapshot{}, ErrLeader
+	}
+	start := time.Now()
+	s, err := d.take(ctx)
+	d.mu.Lock()
+	d.lastErr = err
+	if err == nil {
+		d.last = s
+	}
+	d.mu.Unlock()
+	if err != nil && !errors.Is(err, ErrBusy) {
+		d.failures.Inc()
+	}
+	if err == nil {
+		d.duration.Set(time.Since(start).Seconds())
+	}
+	return s, err
+}
+
+func (d *Daemon) take(ctx context.Context) (snapstore.Snapshot, error) {
+	lock, _ := json.Marshal(map[string]any{"node": d.cfg.NodeID, "at": time.Now()})
+	rev, err := d.kv.Create(ctx, schema.KeySnapshotLock, lock)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return snapstore.Snapshot{}, ErrBusy
+	}
+	if err != nil {
+		return snapstore.Snapshot{}, fmt.Errorf("take snapshot lock: %w", err)
+	}
+	// Renew the lock (the bucket's TTL would expire it) while working.
+	lctx, stopRenew := context.WithCancel(ctx)
+	renewed := make(chan uint64, 1)
+	go func() {
+		t := time.NewTicker(d.cfg.Election.Heartbeat())
+		defer t.Stop()
+		r := rev
+		defer func() { renewed <- r }()
+		for {
+			select {
+			case <-lctx.Done():
+				return
+			case <-t.C:
+				if nr, err := d.kv.Update(lctx, schema.KeySnapshotLock, lock, r); err == nil {
+					r = nr
+				}
+			}
+		}
+	}()
+	defer func() {
+		stopRenew()
+		r := <-renewed
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		d.kv.Delete(dctx, schema.KeySnapshotLock, jetstream.LastRevision(r))
+	}()
+
+	var cp walapply.Checkpoint
+	msg, err := d.nc.RequestWithContext(ctx, schema.Endpoint(d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, "checkpoint"), nil)
+	if err != nil {
+		return snapstore.Snapshot{}, fmt.Errorf("ask ccm-walapply for a checkpoint: %w", err)
+	}
+	if e := msg.Header.Get(micro.ErrorHeader); e != "" {
+		return snapstore.Snapshot{}, fmt.Errorf("ccm-walapply checkpoint: %s", e)
+	}
+	if err := json.Unmarshal(msg.Data, &cp); err != nil {
+		return snapstore.Snapshot{}, fmt.Errorf("checkpoint reply %q: %w", msg.Data, err)
+	}
+	defer os.Remove(cp.Path)
+	p := cp.Position
+	return d.store.Put(ctx, cp.Path, snapstore.Snapshot{
+		Epoch: p.Epoch, TXID: p.TXID, Seq: p.Seq, Checksum: p.Checksum, PageSize: p.PageSize,
+		Node: d.cfg.NodeID, Captured: p.Captured,
+	}, d.cfg.WAL.SnapshotKeep)
+}
+
+// Ready is closed once the buckets are open and role events are followed.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
+
+// Healthy fails when the schedule loop has stalled; a snapshot upload
+// may hold it for up to 30 minutes.
+func (d *Daemon) Healthy() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if limit := d.cfg.WAL.SnapshotInterval()/2 + 30*time.Minute; time.Since(d.loopAt) > limit {
+		return fmt.Errorf("schedule loop stalled since %s", d.loopAt.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// Status is the reply of the status endpoint.
+type Status struct {
+	Last  *snapstore.Snapshot `json:"last,omitempty"`
+	Error string              `json:"error,omitempty"`
+}
+
+// Status reports the last snapshot taken here.
+func (d *Daemon) Status() any {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := Status{}
+	if d.last.Name != "" {
+		l := d.last
+		st.Last = &l
+	}
+	if d.lastErr != nil {
+		st.Error = d.lastErr.Error()
+	}
+	return st
+}
+
+// StatusLine summarises the state for systemctl status.
+func (d *Daemon) StatusLine() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.last.Name == "" {
+		return "no snapshot taken here yet"
+	}
+	return fmt.Sprintf("last snapshot %s (%d bytes) at %s", d.last.Name, d.last.Size, d.last.Created.Format(time.RFC3339))
+}
+
+// AddEndpoints adds now.
+func (d *Daemon) AddEndpoints(g micro.Group) error {
+	return g.AddEndpoint("now", micro.HandlerFunc(func(req micro.Request) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+		defer cancel()
+		s, err := d.Take(ctx)
+		switch {
+		case errors.Is(err, ErrLeader), errors.Is(err, ErrBusy):
+			req.Error("409", err.Error(), nil)
+		case err != nil:
+			req.Error("500", err.Error(), nil)
+		default:
+			req.RespondJSON(s)
+		}
+	}))
+}

@@ -1,0 +1,272 @@
+// Package snapstore keeps full snapshots of a cluster's database in a NATS
+// Object Store: each a page image of the database at a known WAL stream
+// position, with its rolling LTX checksum, so that a new node can start
+// from it and replay the stream after it.
+package snapstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/superfly/ltx"
+)
+
+// Bucket is the Object Store bucket of a cluster's snapshots.
+func Bucket(cluster string) string { return "ccm_snap_" + cluster }
+
+// DefaultKeep is how many snapshots are kept when a new one is stored.
+const DefaultKeep = 3
+
+// chunkSize is the object chunk size: large chunks upload faster, and stay
+// below the NATS default max_payload of 1 MiB.
+const chunkSize = 512 << 10
+
+// Snapshot describes one stored snapshot.
+type Snapshot struct {
+	Name     string
+	Epoch    uint64
+	TXID     ltx.TXID
+	Seq      uint64 // WAL stream sequence the snapshot includes
+	Checksum ltx.Checksum
+	PageSize uint32
+	Size     int64
+	Node     string
+	Captured time.Time // leader capture time of the last change included
+	Created  time.Time
+}
+
+// Store is a cluster's snapshot bucket.
+type Store struct {
+	obs jetstream.ObjectStore
+}
+
+// ErrNone means no snapshot is stored.
+var ErrNone = errors.New("no snapshot stored")
+
+// ErrCorrupt means a downloaded snapshot failed verification.
+var ErrCorrupt = errors.New("snapshot corrupt")
+
+// Open creates or opens the cluster's snapshot bucket.
+func Open(ctx context.Context, js jetstream.JetStream, cluster string, replicas int) (*Store, error) {
+	obs, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      Bucket(cluster),
+		Description: "ccm database snapshots of cluster " + cluster,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open snapshot bucket %s: %w", Bucket(cluster), err)
+	}
+	return &Store{obs: obs}, nil
+}
+
+// Lookup opens the cluster's snapshot bucket without creating it.
+func Lookup(ctx context.Context, js jetstream.JetStream, cluster string) (*Store, error) {
+	obs, err := js.ObjectStore(ctx, Bucket(cluster))
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, ErrNone
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open snapshot bucket %s: %w", Bucket(cluster), err)
+	}
+	return &Store{obs: obs}, nil
+}
+
+func (s Snapshot) metadata() map[string]string {
+	return map[string]string{
+		"epoch":    strconv.FormatUint(s.Epoch, 10),
+		"txid":     strconv.FormatUint(uint64(s.TXID), 10),
+		"seq":      strconv.FormatUint(s.Seq, 10),
+		"checksum": s.Checksum.String(),
+		"pageSize": strconv.FormatUint(uint64(s.PageSize), 10),
+		"node":     s.Node,
+		"captured": strconv.FormatInt(s.Captured.UnixMilli(), 10),
+	}
+}
+
+func fromInfo(info *jetstream.ObjectInfo) (Snapshot, error) {
+	md := info.Metadata
+	s := Snapshot{Name: info.Name, Size: int64(info.Size), Node: md["node"], Created: info.ModTime}
+	var err error
+	num := func(k string) uint64 {
+		if err != nil {
+			return 0
+		}
+		var v uint64
+		if v, err = strconv.ParseUint(md[k], 10, 64); err != nil {
+			err = fmt.Errorf("snapshot %s: metadata %s=%q: %w", info.Name, k, md[k], err)
+		}
+		return v
+	}
+	s.Epoch, s.TXID, s.Seq, s.PageSize = num("epoch"), ltx.TXID(num("txid")), num("seq"), uint32(num("pageSize"))
+	s.Captured = time.UnixMilli(int64(num("captured")))
+	if err != nil {
+		return s, err
+	}
+	if s.Checksum, err = ltx.ParseChecksum(md["checksum"]); err != nil {
+		return s, fmt.Errorf("snapshot %s: metadata checksum=%q: %w", info.Name, md["checksum"], err)
+	}
+	if s.PageSize == 0 || s.Size%int64(s.PageSize) != 0 {
+		return s, fmt.Errorf("snapshot %s: size %d is not a multiple of page size %d", info.Name, s.Size, s.PageSize)
+	}
+	return s, nil
+}
+
+// Put stores the page image in file as a snapshot described by s (Name and
+// Size are filled in), then keeps only the newest keep snapshots.
+func (st *Store) Put(ctx context.Context, file string, s Snapshot, keep int) (Snapshot, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return s, fmt.Errorf("open snapshot file: %w", err)
+	}
+	defer f.Close()
+	s.Name = fmt.Sprintf("snap-%020d-%020d", s.Seq, s.Epoch)
+	info, err := st.obs.Put(ctx, jetstream.ObjectMeta{
+		Name:        s.Name,
+		Description: fmt.Sprintf("epoch %d TXID %d seq %d from %s", s.Epoch, s.TXID, s.Seq, s.Node),
+		Metadata:    s.metadata(),
+		Opts:        &jetstream.ObjectMetaOptions{ChunkSize: chunkSize},
+	}, f)
+	if err != nil {
+		return s, fmt.Errorf("upload snapshot %s: %w", s.Name, err)
+	}
+	s.Size, s.Created = int64(info.Size), info.ModTime
+	if keep > 0 {
+		if err := st.prune(ctx, keep); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+// List returns the valid snapshots, oldest first. Objects with invalid
+// metadata are skipped.
+func (st *Store) List(ctx context.Context) ([]Snapshot, error) {
+	infos, err := st.obs.List(ctx)
+	if errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list snapshots: %w", err)
+	}
+	var out []Snapshot
+	for _, info := range infos {
+		if info.Deleted {
+			continue
+		}
+		if s, err := fromInfo(info); err == nil {
+			out = append(out, s)
+		}
+	}
+	slices.SortFunc(out, func(a, b Snapshot) int {
+		if a.Seq != b.Seq {
+			return int(a.Seq) - int(b.Seq)
+		}
+		return a.Created.Compare(b.Created)
+	})
+	return out, nil
+}
+
+// Newest returns the snapshot at the highest stream sequence, or ErrNone.
+func (st *Store) Newest(ctx context.Context) (Snapshot, error) {
+	all, err := st.List(ctx)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	if len(all) == 0 {
+		return Snapshot{}, ErrNone
+	}
+	return all[len(all)-1], nil
+}
+
+func (st *Store) prune(ctx context.Context, keep int) error {
+	all, err := st.List(ctx)
+	if err != nil {
+		return err
+	}
+	for len(all) > keep {
+		if err := st.obs.Delete(ctx, all[0].Name); err != nil {
+			return fmt.Errorf("delete old snapshot %s: %w", all[0].Name, err)
+		}
+		all = all[1:]
+	}
+	return nil
+}
+
+// Download writes snapshot s to path (through a temporary file, fsynced,
+// then renamed) and verifies it: the object's SHA-256 digest, its size and
+// its rolling LTX checksum must all match, or the file is removed and
+// ErrCorrupt returned. progress, if set, is called with bytes written.
+func (st *Store) Download(ctx context.Context, s Snapshot, path string, progress func(int64)) error {
+	obj, err := st.obs.Get(ctx, s.Name)
+	if err != nil {
+		return fmt.Errorf("download snapshot %s: %w", s.Name, err)
+	}
+	defer obj.Close()
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return err
+	}
+	tmp := path + ".download"
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", tmp, err)
+	}
+	defer os.Remove(tmp)
+	defer f.Close()
+	sum, n, err := copyChecksum(f, obj, s.PageSize, progress)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrDigestMismatch) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("%w: %s: %w", ErrCorrupt, s.Name, err)
+		}
+		return fmt.Errorf("download snapshot %s: %w", s.Name, err)
+	}
+	if n != s.Size {
+		return fmt.Errorf("%w: %s: got %d bytes, want %d", ErrCorrupt, s.Name, n, s.Size)
+	}
+	if sum != s.Checksum {
+		return fmt.Errorf("%w: %s: database checksum %s, recorded %s", ErrCorrupt, s.Name, sum, s.Checksum)
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// copyChecksum copies r to w page by page, computing the rolling LTX checksum.
+func copyChecksum(w io.Writer, r io.Reader, pageSize uint32, progress func(int64)) (ltx.Checksum, int64, error) {
+	var sum ltx.Checksum
+	var n int64
+	buf := make([]byte, pageSize)
+	lock := ltx.LockPgno(pageSize)
+	h := ltx.NewHasher()
+	for pgno := uint32(1); ; pgno++ {
+		k, err := io.ReadFull(r, buf)
+		if errors.Is(err, io.EOF) {
+			return sum, n, nil
+		}
+		if err != nil {
+			return sum, n, err
+		}
+		if _, err := w.Write(buf[:k]); err != nil {
+			return sum, n, err
+		}
+		n += int64(k)
+		if pgno != lock {
+			sum = ltx.ChecksumFlag | (sum ^ ltx.ChecksumPageWithHasher(h, pgno, buf))
+		}
+		if progress != nil && pgno%256 == 0 {
+			progress(n)
+		}
+	}
+}
