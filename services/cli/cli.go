@@ -82,6 +82,8 @@ func New(stdout, stderr io.Writer) *ffcli.Command {
 			newStatus(stdout, stderr),
 			newPromote(stdout, stderr),
 			newDemote(stdout, stderr),
+			newJoin(stdout, stderr),
+			newLeave(stdout, stderr),
 		},
 		Exec: func(context.Context, []string) error { return flag.ErrHelp },
 	}

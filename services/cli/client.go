@@ -18,6 +18,9 @@ import (
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
+// errNotRunning means a daemon did not answer: it is not running.
+var errNotRunning = errors.New("not running")
+
 // client is a connection to one cluster.
 type client struct {
 	cfg config.Config
@@ -140,7 +143,7 @@ func (c *client) request(ctx context.Context, node, daemon, verb string, body, o
 	}
 	msg, err := c.nc.RequestWithContext(ctx, subj, data)
 	if errors.Is(err, nats.ErrNoResponders) {
-		return fmt.Errorf("%s on node %s is not running (no responders on %s)", daemon, node, subj)
+		return fmt.Errorf("%w: %s on node %s (no responders on %s)", errNotRunning, daemon, node, subj)
 	}
 	if err != nil {
 		return fmt.Errorf("%s %s on node %s: %w", daemon, verb, node, err)

@@ -58,6 +58,7 @@ type Elector struct {
 	since   time.Time // when this node took the key
 	holdOff time.Time // no campaigning before this (after resigning)
 	dirty   bool      // role changed since the node status was last written
+	left    bool      // ccm leave: no campaigning, no status until restarted
 	gate    schema.EpochGate
 }
 
@@ -270,7 +271,7 @@ func (e *Elector) onEntry(ctx context.Context, ent jetstream.KeyValueEntry) {
 		e.apply(Event{Kind: Lost, Reason: fmt.Sprintf("leader key changed behind our back (revision %d, ours %d, node %q)", ent.Revision(), e.rev, rec.Node)})
 	}
 	switch {
-	case rec.HandoverTo == e.node:
+	case rec.HandoverTo == e.node && !e.left:
 		e.take(ctx, ent.Revision(), rec)
 	case rec.HandoverTo != "":
 		e.apply(Event{Kind: Vacated})
@@ -388,7 +389,7 @@ func (e *Elector) verify(ctx context.Context) {
 // passive, not holding off after a demotion, and caught up (eligible); the
 // more it lags, the longer it waits before trying.
 func (e *Elector) campaign(ctx context.Context) {
-	if e.State().Role != schema.RolePassive || time.Now().Before(e.holdOff) {
+	if e.State().Role != schema.RolePassive || time.Now().Before(e.holdOff) || e.left {
 		return
 	}
 	delay, err := e.eligible(ctx)
@@ -547,6 +548,9 @@ func (e *Elector) publish(s State) {
 
 // writeStatus records this node's status under nodes.<node>.
 func (e *Elector) writeStatus(ctx context.Context) {
+	if e.left {
+		return
+	}
 	s := e.State()
 	timeout := e.heartbeat / 2
 	if s.Role == schema.RoleLeader {

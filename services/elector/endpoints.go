@@ -70,12 +70,36 @@ func (e *Elector) Status() any {
 	return st
 }
 
-// AddEndpoints adds promote and demote.
+// AddEndpoints adds promote, demote and leave.
 func (e *Elector) AddEndpoints(g micro.Group) error {
 	if err := g.AddEndpoint("promote", micro.HandlerFunc(e.handlePromote)); err != nil {
 		return err
 	}
-	return g.AddEndpoint("demote", micro.HandlerFunc(e.handleDemote))
+	if err := g.AddEndpoint("demote", micro.HandlerFunc(e.handleDemote)); err != nil {
+		return err
+	}
+	return g.AddEndpoint("leave", micro.HandlerFunc(func(req micro.Request) {
+		ctx, cancel := context.WithTimeout(context.Background(), e.ttl)
+		defer cancel()
+		e.respond(req, e.Leave(ctx))
+	}))
+}
+
+// Leave takes this passive node out of the cluster until the elector
+// restarts: it no longer campaigns or writes its status, and its status key
+// is removed. A leader must be demoted first.
+func (e *Elector) Leave(ctx context.Context) error {
+	return e.do(ctx, func(ctx context.Context) error {
+		if e.State().Role == schema.RoleLeader {
+			return fmt.Errorf("%w: demote this node before it leaves", ErrNotLeader)
+		}
+		e.left = true
+		if err := e.kv.Delete(ctx, schema.NodeKey(e.node)); err != nil {
+			return fmt.Errorf("remove status key: %w", err)
+		}
+		e.log.Info("left the cluster: not campaigning until restarted")
+		return nil
+	})
 }
 
 func (e *Elector) handlePromote(req micro.Request) {
@@ -144,11 +168,13 @@ func (e *Elector) Promote(ctx context.Context) error {
 	var current string
 	err := e.do(ctx, func(ctx context.Context) error {
 		s := e.State()
-		switch s.Role {
-		case schema.RoleLeader:
+		switch {
+		case s.Role == schema.RoleLeader:
 			return nil
-		case schema.RoleStarting:
+		case s.Role == schema.RoleStarting:
 			return ErrNotReady
+		case e.left:
+			return fmt.Errorf("%w: this node has left the cluster", ErrNotEligible)
 		}
 		ent, err := e.kv.Get(ctx, schema.KeyLeader)
 		switch {

@@ -19,6 +19,8 @@ func (d *Daemon) Status() any {
 	st := d.status
 	st.Node = d.cfg.NodeID
 	switch {
+	case d.left:
+		st.State = "left"
 	case d.failed != nil:
 		st.State, st.Error = "failed", d.failed.Error()
 	case d.paused:
@@ -46,7 +48,10 @@ func (d *Daemon) publish(ctx context.Context) error {
 		if kv == nil {
 			kv, _ = d.js.KeyValue(ctx, schema.Bucket(d.cfg.ClusterID)) // created by ccm-elector
 		}
-		if kv != nil {
+		d.mu.Lock()
+		left := d.left
+		d.mu.Unlock()
+		if kv != nil && !left {
 			st := d.Status().(schema.ApplyStatus)
 			st.UpdatedAt = time.Now()
 			b, _ := json.Marshal(st)

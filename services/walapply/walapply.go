@@ -52,6 +52,7 @@ type Daemon struct {
 	paused    bool   // drained, for promotion; resumed by the resume endpoint
 	drainTo   uint64 // pause once this stream sequence is consumed
 	following bool
+	left      bool // ccm leave: stopped, status key removed
 	status    schema.ApplyStatus
 	loopAt    time.Time
 }
@@ -151,7 +152,7 @@ func (d *Daemon) control(ctx context.Context, roles *rolewatch.Tracker) error {
 	for {
 		_, _, leading := roles.Leading(time.Now())
 		d.mu.Lock()
-		want := !leading && !d.paused && d.failed == nil && d.applier != nil
+		want := !leading && !d.paused && !d.left && d.failed == nil && d.applier != nil
 		d.loopAt = time.Now()
 		d.mu.Unlock()
 		if f != nil && f.ended() {
@@ -305,6 +306,33 @@ func (d *Daemon) Drain(ctx context.Context) (Position, error) {
 	}
 }
 
+// Leave stops applying and publishing for good (until restarted) and
+// removes this node's apply status key.
+func (d *Daemon) Leave(ctx context.Context) error {
+	d.mu.Lock()
+	d.left = true
+	d.mu.Unlock()
+	d.poke()
+	for {
+		d.mu.Lock()
+		following := d.following
+		d.mu.Unlock()
+		if !following {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	kv, err := d.js.KeyValue(ctx, schema.Bucket(d.cfg.ClusterID))
+	if err != nil {
+		return err
+	}
+	return kv.Delete(ctx, schema.ApplyKey(d.cfg.NodeID))
+}
+
 // Resume lifts a drain's pause.
 func (d *Daemon) Resume() {
 	d.mu.Lock()
@@ -343,7 +371,7 @@ func (d *Daemon) StatusLine() string {
 // DrainReply is the reply of drain.
 type DrainReply = Position
 
-// AddEndpoints adds drain, resume, checkpoint and position.
+// AddEndpoints adds drain, resume, checkpoint, leave and position.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
 	if err := g.AddEndpoint("drain", micro.HandlerFunc(func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -370,6 +398,17 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 			return
 		}
 		req.RespondJSON(cp)
+	})); err != nil {
+		return err
+	}
+	if err := g.AddEndpoint("leave", micro.HandlerFunc(func(req micro.Request) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := d.Leave(ctx); err != nil {
+			req.Error("500", err.Error(), nil)
+			return
+		}
+		req.RespondJSON(d.Status())
 	})); err != nil {
 		return err
 	}

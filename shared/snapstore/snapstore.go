@@ -88,7 +88,7 @@ func (s Snapshot) metadata() map[string]string {
 		"checksum": s.Checksum.String(),
 		"pageSize": strconv.FormatUint(uint64(s.PageSize), 10),
 		"node":     s.Node,
-		"captured": strconv.FormatInt(s.Captured.UnixMilli(), 10),
+		"captured": strconv.FormatInt(max(0, s.Captured.UnixMilli()), 10),
 	}
 }
 
@@ -107,9 +107,11 @@ func fromInfo(info *jetstream.ObjectInfo) (Snapshot, error) {
 		return v
 	}
 	s.Epoch, s.TXID, s.Seq, s.PageSize = num("epoch"), ltx.TXID(num("txid")), num("seq"), uint32(num("pageSize"))
-	s.Captured = time.UnixMilli(int64(num("captured")))
 	if err != nil {
 		return s, err
+	}
+	if ms, err := strconv.ParseInt(md["captured"], 10, 64); err == nil && ms > 0 {
+		s.Captured = time.UnixMilli(ms)
 	}
 	if s.Checksum, err = ltx.ParseChecksum(md["checksum"]); err != nil {
 		return s, fmt.Errorf("snapshot %s: metadata checksum=%q: %w", info.Name, md["checksum"], err)

@@ -1,0 +1,116 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/peterbourgon/ff/v3/ffcli"
+
+	"github.com/convex-cluster-manager/ccm/services/walapply"
+	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/snapstore"
+	"github.com/convex-cluster-manager/ccm/shared/walstream"
+)
+
+func newJoin(stdout, stderr io.Writer) *ffcli.Command {
+	fs := newFlagSet("ccm join", stderr)
+	force := fs.Bool("force", false, "replace an existing shadow database (also: resync a node whose replication failed)")
+	flags := config.Bind(fs)
+	return &ffcli.Command{
+		Name:       "join",
+		ShortUsage: "ccm join [--force] [--config FILE]",
+		ShortHelp:  "bootstrap this node's shadow database from the newest snapshot",
+		LongHelp: "Downloads the cluster's newest snapshot into wal.replicaPath, verifies it, and records\n" +
+			"its WAL position, so that ccm-walapply replays the stream from there. With no snapshot\n" +
+			"stored, prepares an empty shadow that ccm-walapply fills from the start of the stream.\n" +
+			"ccm-walapply must be stopped on this node while it runs.",
+		FlagSet: fs,
+		Options: config.ParseOptions(),
+		Exec: func(ctx context.Context, args []string) error {
+			return withClient(ctx, args, flags, func(c *client) error {
+				return c.join(ctx, stdout, *force)
+			})
+		},
+	}
+}
+
+func (c *client) join(ctx context.Context, w io.Writer, force bool) error {
+	node, path := c.cfg.NodeID, c.cfg.ShadowPath()
+	if err := c.request(ctx, node, schema.ServiceWalapply, "status", nil, nil); !errors.Is(err, errNotRunning) {
+		return fmt.Errorf("%w: ccm-walapply is running on %s: stop it first (systemctl stop ccm-walapply)", ErrUsage, node)
+	}
+	if walapply.Exists(path) && !force {
+		return fmt.Errorf("%w: a shadow database already exists at %s (use --force to replace it)", ErrUsage, path)
+	}
+	js, err := jetstream.New(c.nc)
+	if err != nil {
+		return err
+	}
+	store, err := snapstore.Lookup(ctx, js, c.cfg.ClusterID)
+	var snap snapstore.Snapshot
+	if err == nil {
+		snap, err = store.Newest(ctx)
+	}
+	switch {
+	case errors.Is(err, snapstore.ErrNone):
+		return c.joinFromStream(ctx, w, js, path)
+	case err != nil:
+		return err
+	}
+	fmt.Fprintf(w, "snapshot %s: epoch %d TXID %d, stream sequence %d, taken on %s at %s\n",
+		snap.Name, snap.Epoch, snap.TXID, snap.Seq, snap.Node, snap.Created.Local().Format(time.RFC3339))
+	if err := walapply.Reset(path); err != nil {
+		return err
+	}
+	p := newProgress(w, "download", snap.Size)
+	if err := store.Download(ctx, snap, path, p.update); err != nil {
+		return err
+	}
+	p.finish(snap.Size)
+	pos := walapply.Position{Epoch: snap.Epoch, TXID: snap.TXID, Seq: snap.Seq, Checksum: snap.Checksum,
+		PageSize: snap.PageSize, Captured: snap.Captured}
+	if err := walapply.Install(path, pos); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%s joined cluster %s: shadow database %s at epoch %d TXID %d; start ccm-walapply to replay from sequence %d\n",
+		c.cfg.NodeID, c.cfg.ClusterID, path, snap.Epoch, snap.TXID, snap.Seq+1)
+	return nil
+}
+
+// joinFromStream prepares an empty shadow when no snapshot exists; that
+// works only while the stream still begins with an epoch marker.
+func (c *client) joinFromStream(ctx context.Context, w io.Writer, js jetstream.JetStream, path string) error {
+	s, err := js.Stream(ctx, walstream.Stream(c.cfg.ClusterID))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if err := walapply.Reset(path); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "%s joined cluster %s: nothing replicated yet; ccm-walapply will start with the first change\n", c.cfg.NodeID, c.cfg.ClusterID)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("WAL stream: %w", err)
+	}
+	info := s.CachedInfo()
+	if info.State.Msgs > 0 {
+		first, err := s.GetMsg(ctx, info.State.FirstSeq)
+		if err != nil {
+			return fmt.Errorf("read the WAL stream's first message: %w", err)
+		}
+		if m, err := walstream.ParseMeta(first.Header); err != nil || m.Kind != walstream.KindMarker {
+			return fmt.Errorf("no snapshot is stored and the WAL stream no longer starts at an epoch (first sequence %d): take one on a caught-up passive with `nats req %s ''` and join again",
+				info.State.FirstSeq, schema.Endpoint(c.cfg.ClusterID, "<passive>", schema.ServiceSnapshot, "now"))
+		}
+	}
+	if err := walapply.Reset(path); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%s joined cluster %s: no snapshot stored; ccm-walapply will replay the WAL stream from its start (%d messages, %s)\n",
+		c.cfg.NodeID, c.cfg.ClusterID, info.State.Msgs, mib(int64(info.State.Bytes)))
+	return nil
+}
