@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/convex-cluster-manager/ccm/shared/daemon.version=
 BINARIES := $(notdir $(wildcard cmd/*))
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: help build test lint clean
+.PHONY: help build test lint bench clean
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
@@ -21,6 +21,9 @@ lint: ## go vet and a gofmt check
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+bench: build ## replication lag vs Litestream, and ccm join throughput (needs nats-server, litestream on PATH)
+	$(GO) run ./itest/bench/lag -bin bin $(BENCH_FLAGS)
 
 clean: ## remove build output
 	rm -rf bin

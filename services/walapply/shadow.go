@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/superfly/ltx"
+
+	"github.com/convex-cluster-manager/ccm/shared/snapstore"
 )
 
 // Position is how far the shadow database has applied the WAL stream; it
@@ -87,21 +89,11 @@ func (s *Shadow) Verify() error {
 	return nil
 }
 
-// checksum computes the rolling LTX checksum of the whole file, skipping
-// SQLite's lock page as LTX does.
+// checksum computes the rolling LTX checksum of the whole file.
 func (s *Shadow) checksum() (ltx.Checksum, error) {
-	var sum ltx.Checksum
-	buf := make([]byte, s.pos.PageSize)
-	lock := ltx.LockPgno(s.pos.PageSize)
-	h := ltx.NewHasher()
-	for pgno := uint32(1); pgno <= s.pages; pgno++ {
-		if pgno == lock {
-			continue
-		}
-		if _, err := s.f.ReadAt(buf, int64(pgno-1)*int64(s.pos.PageSize)); err != nil {
-			return 0, fmt.Errorf("read page %d: %w", pgno, err)
-		}
-		sum = ltx.ChecksumFlag | (sum ^ ltx.ChecksumPageWithHasher(h, pgno, buf))
+	sum, _, err := snapstore.Checksum(io.NewSectionReader(s.f, 0, int64(s.pages)*int64(s.pos.PageSize)), s.pos.PageSize)
+	if err != nil {
+		return 0, fmt.Errorf("checksum shadow database: %w", err)
 	}
 	return sum, nil
 }

@@ -245,6 +245,12 @@ func (st *Store) Download(ctx context.Context, s Snapshot, path string, progress
 	return os.Rename(tmp, path)
 }
 
+// Checksum computes the rolling LTX checksum of a database image read from
+// r (skipping SQLite's lock page, as LTX does) and returns it with the size.
+func Checksum(r io.Reader, pageSize uint32) (ltx.Checksum, int64, error) {
+	return copyChecksum(io.Discard, r, pageSize, nil)
+}
+
 // copyChecksum copies r to w page by page, computing the rolling LTX checksum.
 func copyChecksum(w io.Writer, r io.Reader, pageSize uint32, progress func(int64)) (ltx.Checksum, int64, error) {
 	var sum ltx.Checksum

@@ -1,0 +1,90 @@
+// Command lag measures replication lag from commit on the leader to
+// visibility on a passive, for ccm (ccm-walship → NATS → ccm-walapply, as
+// separate processes) and for the baseline a user would otherwise pick:
+// Litestream replicating to NATS with `litestream restore -f`. It also
+// times `ccm join` of a large database. Run by `make bench`.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "lag:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	rates      []int
+	duration   time.Duration
+	bin        string
+	litestream string
+	bootstrap  int64
+	keep       bool
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("lag", flag.ContinueOnError)
+	var o options
+	rates := fs.String("rates", "100,500,1000", "commit rates to measure, per second")
+	fs.DurationVar(&o.duration, "duration", 30*time.Second, "writing time per rate")
+	fs.StringVar(&o.bin, "bin", "bin", "directory of the ccm binaries")
+	fs.StringVar(&o.litestream, "litestream", "litestream", "litestream binary for the baseline (\"\" to skip)")
+	fs.Int64Var(&o.bootstrap, "bootstrap-mib", 1024, "size of the database for the ccm join measurement (0 to skip)")
+	fs.BoolVar(&o.keep, "keep", false, "keep the work directories")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	for _, r := range strings.Split(*rates, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(r))
+		if err != nil || n <= 0 {
+			return fmt.Errorf("-rates: %q is not a positive number", r)
+		}
+		o.rates = append(o.rates, n)
+	}
+	fmt.Printf("# replication lag, commit on the leader -> row visible on the passive; %s per rate, ~200-byte rows\n", o.duration)
+	fmt.Printf("# machine: %s\n", machine())
+	var results []result
+	for _, rate := range o.rates {
+		r, err := measureCCM(ctx, o, rate)
+		if err != nil {
+			return fmt.Errorf("ccm at %d/s: %w", rate, err)
+		}
+		results = append(results, r)
+		r.print()
+		if o.litestream != "" {
+			b, err := measureLitestream(ctx, o, rate)
+			if err != nil {
+				return fmt.Errorf("litestream at %d/s: %w", rate, err)
+			}
+			results = append(results, b)
+			b.print()
+			fmt.Printf("  ratio litestream/ccm: p50 %.0fx, p99 %.0fx\n", ratio(b.p(50), r.p(50)), ratio(b.p(99), r.p(99)))
+		}
+	}
+	if o.bootstrap > 0 {
+		if err := measureJoin(ctx, o); err != nil {
+			return fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+	return nil
+}
+
+func ratio(a, b time.Duration) float64 {
+	if b <= 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
