@@ -1,8 +1,9 @@
 // Package snapshot is ccm-snapshot: every wal.snapshotIntervalMs one caught-up
 // passive of the cluster copies its shadow database (through its
 // ccm-walapply, at an exact WAL position) into the cluster's Object Store,
-// so that new nodes can join from it. A cluster-wide lock in the KV bucket
-// keeps two snapshots from running at once.
+// so that new nodes can join from it. With no caught-up passive, the leader's
+// daemon builds the snapshot from the stream instead. A cluster-wide lock in
+// the KV bucket keeps two snapshots from running at once.
 package snapshot
 
 import (
@@ -13,6 +14,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -41,7 +43,7 @@ func Spec() daemon.Spec {
 
 // Errors of the now endpoint.
 var (
-	ErrLeader = errors.New("this node is the leader: snapshots are taken on a caught-up passive")
+	ErrLeader = errors.New("this node is the leader and a caught-up passive will take the snapshot")
 	ErrBusy   = errors.New("another node is taking a snapshot")
 )
 
@@ -116,10 +118,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.mu.Lock()
 		d.loopAt = time.Now()
 		d.mu.Unlock()
-		if due, err := d.due(ctx); err != nil {
+		if due, err := d.due(ctx, every); err != nil {
 			d.log.Debug("check snapshot age", "err", err)
 		} else if due {
-			if s, err := d.Take(ctx); err == nil {
+			if s, err := d.Take(ctx, false); err == nil {
 				d.log.Info("snapshot stored", "name", s.Name, "epoch", s.Epoch, "txid", s.TXID, "seq", s.Seq, "bytes", s.Size)
 			} else if !errors.Is(err, ErrLeader) && !errors.Is(err, ErrBusy) {
 				d.log.Warn("snapshot not taken", "err", err)
@@ -149,8 +151,9 @@ func (d *Daemon) open(ctx context.Context) error {
 	return nil
 }
 
-// due reports whether the newest snapshot is older than the interval.
-func (d *Daemon) due(ctx context.Context) (bool, error) {
+// due reports whether the newest snapshot is older than the interval; on
+// the leader, older by two more checks, so that passives go first.
+func (d *Daemon) due(ctx context.Context, every time.Duration) (bool, error) {
 	s, err := d.store.Newest(ctx)
 	if errors.Is(err, snapstore.ErrNone) {
 		return true, nil
@@ -158,16 +161,22 @@ func (d *Daemon) due(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return time.Since(s.Created) >= d.cfg.WAL.SnapshotInterval(), nil
+	limit := d.cfg.WAL.SnapshotInterval()
+	if _, _, leading := d.roles.Leading(time.Now()); leading {
+		limit += 2 * every
+	}
+	return time.Since(s.Created) >= limit, nil
 }
 
-// Take takes a snapshot now: it holds the cluster's snapshot lock, asks the
-// local ccm-walapply for a consistent copy of the shadow database, and
-// uploads it with its position.
-func (d *Daemon) Take(ctx context.Context) (snapstore.Snapshot, error) {
+// Take takes a snapshot now, holding the cluster's snapshot lock. A passive
+// uploads a consistent copy of its shadow database from its ccm-walapply;
+// the leader (or a node without a working walapply) builds one from the
+// stream. The leader leaves it to a caught-up passive if there is one,
+// unless force.
+func (d *Daemon) Take(ctx context.Context, force bool) (snapstore.Snapshot, error) {
 	d.takeMu.Lock()
 	defer d.takeMu.Unlock()
-	if _, _, leading := d.roles.Leading(time.Now()); leading {
+	if _, _, leading := d.roles.Leading(time.Now()); leading && !force && d.passiveAvailable(ctx) {
 		return snapstore.Snapshot{}, ErrLeader
 	}
 	start := time.Now()
@@ -223,23 +232,54 @@ func (d *Daemon) take(ctx context.Context) (snapstore.Snapshot, error) {
 		d.kv.Delete(dctx, schema.KeySnapshotLock, jetstream.LastRevision(r))
 	}()
 
-	var cp walapply.Checkpoint
-	msg, err := d.nc.RequestWithContext(ctx, schema.Endpoint(d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, "checkpoint"), nil)
+	path, p, err := d.source(ctx)
 	if err != nil {
-		return snapstore.Snapshot{}, fmt.Errorf("ask ccm-walapply for a checkpoint: %w", err)
+		return snapstore.Snapshot{}, err
 	}
-	if e := msg.Header.Get(micro.ErrorHeader); e != "" {
-		return snapstore.Snapshot{}, fmt.Errorf("ccm-walapply checkpoint: %s", e)
-	}
-	if err := json.Unmarshal(msg.Data, &cp); err != nil {
-		return snapstore.Snapshot{}, fmt.Errorf("checkpoint reply %q: %w", msg.Data, err)
-	}
-	defer os.Remove(cp.Path)
-	p := cp.Position
-	return d.store.Put(ctx, cp.Path, snapstore.Snapshot{
+	defer os.RemoveAll(path)
+	return d.store.Put(ctx, path, snapstore.Snapshot{
 		Epoch: p.Epoch, TXID: p.TXID, Seq: p.Seq, Checksum: p.Checksum, PageSize: p.PageSize,
 		Node: d.cfg.NodeID, Captured: p.Captured,
 	}, d.cfg.WAL.SnapshotKeep)
+}
+
+// source returns a database image at an exact position: a checkpoint of
+// the local shadow on a following passive, otherwise one built from the
+// stream (the file's directory is the caller's to remove, in that case).
+func (d *Daemon) source(ctx context.Context) (string, walapply.Position, error) {
+	if _, _, leading := d.roles.Leading(time.Now()); !leading {
+		var cp walapply.Checkpoint
+		msg, err := d.nc.RequestWithContext(ctx, schema.Endpoint(d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, "checkpoint"), nil)
+		switch {
+		case err != nil:
+			d.log.Info("no checkpoint from ccm-walapply; building the snapshot from the stream", "err", err)
+		case msg.Header.Get(micro.ErrorHeader) != "":
+			d.log.Info("no checkpoint from ccm-walapply; building the snapshot from the stream", "err", msg.Header.Get(micro.ErrorHeader))
+		default:
+			if err := json.Unmarshal(msg.Data, &cp); err != nil {
+				return "", walapply.Position{}, fmt.Errorf("checkpoint reply %q: %w", msg.Data, err)
+			}
+			return cp.Path, cp.Position, nil
+		}
+	}
+	dir, err := os.MkdirTemp(filepath.Dir(filepath.Clean(d.cfg.WAL.ReplicaPath)), ".ccm-snapshot-")
+	if err != nil {
+		return "", walapply.Position{}, fmt.Errorf("work directory: %w", err)
+	}
+	db, pos, err := d.materialize(ctx, dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", walapply.Position{}, err
+	}
+	// Move the image out of the work directory so that removing the
+	// returned path removes both.
+	img := dir + ".db"
+	if err := os.Rename(db, img); err != nil {
+		os.RemoveAll(dir)
+		return "", walapply.Position{}, err
+	}
+	os.RemoveAll(dir)
+	return img, pos, nil
 }
 
 // Ready is closed once the buckets are open and role events are followed.
@@ -292,7 +332,7 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 	return g.AddEndpoint("now", micro.HandlerFunc(func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		defer cancel()
-		s, err := d.Take(ctx)
+		s, err := d.Take(ctx, true)
 		switch {
 		case errors.Is(err, ErrLeader), errors.Is(err, ErrBusy):
 			req.Error("409", err.Error(), nil)

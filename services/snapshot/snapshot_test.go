@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -159,11 +160,12 @@ func TestSnapshotJoinAndLeave(t *testing.T) {
 	if snap.Seq < f.Seq || snap.Size == 0 {
 		t.Fatalf("snapshot %+v does not cover the flushed sequence %d", snap, f.Seq)
 	}
-	// The leader does not take snapshots, and two never run at once.
-	if _, err := request[snapstore.Snapshot](t, nc, schema.Endpoint("sc", "n1", schema.ServiceSnapshot, "now")); err == nil || !strings.Contains(err.Error(), "409") {
-		t.Fatalf("snapshot on the leader: err = %v, want 409", err)
+	// The leader leaves scheduled snapshots to the caught-up passive, and
+	// two never run at once.
+	time.Sleep(1100 * time.Millisecond) // n2's apply status is published
+	if _, err := snap1.D.Take(context.Background(), false); !errors.Is(err, snapshot.ErrLeader) {
+		t.Fatalf("scheduled snapshot on the leader: err = %v, want ErrLeader", err)
 	}
-	_ = snap1
 	js, _ := jetstream.New(nc)
 	kv, _ := js.KeyValue(context.Background(), schema.Bucket("sc"))
 	rev, err := kv.Create(context.Background(), schema.KeySnapshotLock, []byte(`{"node":"other"}`))
@@ -281,4 +283,56 @@ func flip(b []byte) []byte {
 	c := bytes.Clone(b)
 	c[len(c)/2] ^= 1
 	return c
+}
+
+// TestLeaderBuildsSnapshotFromStream covers a cluster with no passive: the
+// leader's ccm-snapshot replays the stream into a snapshot, and a new node
+// joins from it.
+func TestLeaderBuildsSnapshotFromStream(t *testing.T) {
+	srv := natstest.Server(t)
+	dir := t.TempDir()
+	c1, _ := nodeConfig(t, dir, "n1", srv.ClientURL())
+	c2, conf2 := nodeConfig(t, dir, "n2", srv.ClientURL())
+	db := openDB(t, c1.Backend.DBPath())
+	db.Exec(`CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT, blob BLOB)`)
+	db.Close()
+	n1 := et.Start(t, c1)
+	et.WaitLeader(t, []*et.Node{n1}, et.TTL)
+	ship := daemontest.Start[*walship.Daemon](t, walship.Spec(), c1)
+	snap1 := daemontest.Start[*snapshot.Daemon](t, snapshot.Spec(), c1)
+	for ship.D.Status().(walship.Status).TXID == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	w := openDB(t, "file:"+c1.Backend.DBPath()+"?_pragma=busy_timeout(5000)")
+	defer w.Close()
+	write(t, w, 0, 300)
+	nc := natstest.Connect(t, srv.ClientURL())
+	if _, err := request[walship.FlushReply](t, nc, schema.Endpoint("sc", "n1", schema.ServiceWalship, "flush")); err != nil {
+		t.Fatal(err)
+	}
+	s, err := snap1.D.Take(context.Background(), false) // no passive: the leader builds it
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("snapshot %+v", s)
+	write(t, w, 300, 100)
+	if out, code := ccm(t, "join", "--config", conf2); code != 0 || !strings.Contains(out, "download") {
+		t.Fatalf("join: %d %s", code, out)
+	}
+	et.Start(t, c2)
+	daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
+	f, err := request[walship.FlushReply](t, nc, schema.Endpoint("sc", "n1", schema.ServiceWalship, "flush"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos, err := request[walapply.Position](t, nc, schema.Endpoint("sc", "n2", schema.ServiceWalapply, "drain"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uint64(pos.TXID) != f.TXID {
+		t.Fatalf("n2 drained to %+v, leader flushed %+v", pos, f)
+	}
+	if got, want := rows(t, c2.ShadowPath(), true), rows(t, c1.Backend.DBPath(), false); got != want || !strings.HasPrefix(got, "ok 400") {
+		t.Fatalf("joined node has %q, leader %q", got, want)
+	}
 }
