@@ -97,7 +97,7 @@ func TestRuntime(t *testing.T) {
 	for _, ep := range info.Endpoints {
 		subjects = append(subjects, ep.Subject)
 	}
-	if want := "ccm.rt.n1.elector.status ccm.rt.n1.elector.promote ccm.rt.n1.elector.demote"; strings.Join(subjects, " ") != want {
+	if want := "ccm.rt.n1.elector.status ccm.rt.n1.elector.promote ccm.rt.n1.elector.demote ccm.rt.n1.elector.leave"; strings.Join(subjects, " ") != want {
 		t.Errorf("endpoints = %v, want %s", subjects, want)
 	}
 	msg, err = nc.Request("ccm.rt.n1.elector.status", nil, 2*time.Second)
