@@ -2,7 +2,9 @@ package walapply_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -257,4 +259,49 @@ func TestApplierChunkedFileAndRestart(t *testing.T) {
 		t.Fatalf("position %+v, want TXID 3 checksum %s", p, db.sum())
 	}
 	must(t, sh2.Verify())
+}
+
+// TestApplierRecoversInterruptedApply simulates a crash after some pages
+// of a verified file were written but before the position was recorded:
+// the next start re-applies the journal and ends at the file's position.
+func TestApplierRecoversInterruptedApply(t *testing.T) {
+	ap, sh, db := base(t)
+	data, m := db.commit(t, 2, false, map[uint32]byte{1: 'x', 3: 'y', 5: 'z'})
+	next := walapply.Position{Epoch: 2, TXID: m.MaxTXID, Seq: 4, Checksum: m.Post, Captured: m.Captured}
+	// What applyJournal leaves behind when it dies inside Shadow.Apply:
+	// the journal, the record of the apply in progress, and a half-written page.
+	path := sh.Path()
+	must(t, os.WriteFile(path+".ccm-incoming", data, 0o640))
+	rec, _ := json.Marshal(next)
+	must(t, os.WriteFile(path+".ccm-incoming.apply", rec, 0o640))
+	ap.Close()
+	sh.Close()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	must(t, err)
+	f.WriteAt(page(1, 'x')[:1000], 0)
+	f.Close()
+
+	sh2, err := walapply.OpenShadow(path)
+	must(t, err)
+	defer sh2.Close()
+	ap2, err := walapply.NewApplier(sh2)
+	must(t, err)
+	if p := ap2.Position(); p.TXID != m.MaxTXID || p.Seq != 4 || p.Checksum != db.sum() {
+		t.Fatalf("after recovery %+v, want TXID %d seq 4 checksum %s", p, m.MaxTXID, db.sum())
+	}
+	must(t, sh2.Verify())
+	if _, err := os.Stat(path + ".ccm-incoming.apply"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("apply record left behind: %v", err)
+	}
+	// And a shadow damaged without a journal to repair it is refused.
+	sh2.Close()
+	f, _ = os.OpenFile(path, os.O_RDWR, 0)
+	f.WriteAt([]byte("damage"), 100)
+	f.Close()
+	sh3, err := walapply.OpenShadow(path)
+	must(t, err)
+	defer sh3.Close()
+	if _, err := walapply.NewApplier(sh3); !errors.Is(err, walapply.ErrDiverged) {
+		t.Fatalf("damaged shadow: err = %v, want ErrDiverged", err)
+	}
 }
