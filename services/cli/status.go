@@ -54,45 +54,40 @@ func newStatus(stdout, stderr io.Writer) *ffcli.Command {
 		FlagSet:    fs,
 		Options:    config.ParseOptions(),
 		Exec: func(ctx context.Context, args []string) error {
-			if err := noArgs(args); err != nil {
-				return err
-			}
-			cfg, err := flags.Loaded()
-			if err != nil {
-				return err
-			}
-			c, err := dial(ctx, cfg)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			for {
-				st, err := c.status(ctx)
-				if err != nil {
-					return err
-				}
-				if *watch > 0 && !*asJSON {
-					fmt.Fprint(stdout, "\033[H\033[2J") // clear the terminal
-				}
-				if *asJSON {
-					enc := json.NewEncoder(stdout)
-					enc.SetIndent("", "  ")
-					if err := enc.Encode(st); err != nil {
-						return err
-					}
-				} else {
-					printStatus(stdout, st)
-				}
-				if *watch <= 0 {
-					return nil
-				}
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(*watch):
-				}
-			}
+			return withClient(ctx, args, flags, func(c *client) error {
+				return c.printStatus(ctx, stdout, *asJSON, *watch)
+			})
 		},
+	}
+}
+
+// printStatus prints the status once, or every watch interval until ctx ends.
+func (c *client) printStatus(ctx context.Context, stdout io.Writer, asJSON bool, watch time.Duration) error {
+	for {
+		st, err := c.status(ctx)
+		if err != nil {
+			return err
+		}
+		if watch > 0 && !asJSON {
+			fmt.Fprint(stdout, "\033[H\033[2J") // clear the terminal
+		}
+		if asJSON {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			if err := enc.Encode(st); err != nil {
+				return err
+			}
+		} else {
+			printStatus(stdout, st)
+		}
+		if watch <= 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(watch):
+		}
 	}
 }
 

@@ -215,23 +215,16 @@ func (e *Elector) Run(ctx context.Context) error {
 
 // connect opens the bucket, retrying while NATS is unreachable.
 func (e *Elector) connect(ctx context.Context) (jetstream.KeyValue, error) {
-	for {
-		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		kv, err := openBucket(octx, e.js, e.cluster, e.ttl, e.replicas)
-		cancel()
-		if err == nil {
-			return kv, nil
-		}
+	var kv jetstream.KeyValue
+	err := daemon.Retry(ctx, e.log, "NATS JetStream", func(ctx context.Context) error {
+		var err error
+		kv, err = openBucket(ctx, e.js, e.cluster, e.ttl, e.replicas)
 		if errors.Is(err, ErrBucketMismatch) {
-			return nil, err
+			return fmt.Errorf("%w: %w", daemon.ErrPermanent, err)
 		}
-		e.log.Warn("waiting for NATS JetStream", "err", err)
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
+		return err
+	})
+	return kv, err
 }
 
 // onEntry reacts to a change of the leader key; nil marks the end of the

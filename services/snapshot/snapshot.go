@@ -94,17 +94,8 @@ func New(env daemon.Env) (*Daemon, error) {
 // Run opens the snapshot bucket and takes a snapshot whenever the newest one
 // is older than the interval and this node is a caught-up passive.
 func (d *Daemon) Run(ctx context.Context) error {
-	for {
-		if err := d.open(ctx); err == nil {
-			break
-		} else {
-			d.log.Warn("waiting for NATS JetStream", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
+	if err := daemon.Retry(ctx, d.log, "the snapshot and cluster buckets", d.open); err != nil {
+		return err
 	}
 	roles, err := rolewatch.Subscribe(d.nc, d.cfg.ClusterID, d.cfg.NodeID, d.log)
 	if err != nil {
@@ -137,8 +128,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 }
 
 func (d *Daemon) open(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
 	st, err := snapstore.Open(ctx, d.js, d.cfg.ClusterID, d.cfg.NATS.Replicas)
 	if err != nil {
 		return err

@@ -74,19 +74,11 @@ func New(env daemon.Env) (*Daemon, error) {
 // Run opens the shadow database, then follows the stream while the node is
 // passive, and publishes its status every second.
 func (d *Daemon) Run(ctx context.Context) error {
-	for {
-		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := walstream.Ensure(sctx, d.js, d.cfg.ClusterID, d.cfg.WAL.Retention(), d.cfg.NATS.Replicas)
-		cancel()
-		if err == nil {
-			break
-		}
-		d.log.Warn("waiting for the WAL stream", "err", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
+	if err := daemon.Retry(ctx, d.log, "the WAL stream", func(ctx context.Context) error {
+		_, err := walstream.Ensure(ctx, d.js, d.cfg.ClusterID, d.cfg.WAL.Retention(), d.cfg.NATS.Replicas)
+		return err
+	}); err != nil {
+		return err
 	}
 	if err := d.open(); err != nil {
 		d.fail(err)

@@ -93,19 +93,11 @@ func (d *Daemon) shipper() *Shipper {
 
 // Run follows the node's role and starts or stops shipping.
 func (d *Daemon) Run(ctx context.Context) error {
-	for {
-		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := walstream.Ensure(sctx, d.js, d.cfg.ClusterID, d.cfg.WAL.Retention(), d.cfg.NATS.Replicas)
-		cancel()
-		if err == nil {
-			break
-		}
-		d.log.Warn("waiting for the WAL stream", "err", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
+	if err := daemon.Retry(ctx, d.log, "the WAL stream", func(ctx context.Context) error {
+		_, err := walstream.Ensure(ctx, d.js, d.cfg.ClusterID, d.cfg.WAL.Retention(), d.cfg.NATS.Replicas)
+		return err
+	}); err != nil {
+		return err
 	}
 	roles, err := rolewatch.Subscribe(d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, d.log)
 	if err != nil {
