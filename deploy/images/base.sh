@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds the Debian base image ccm-base:bookworm without any registry:
+# debootstrap into a folder, then `docker import`. Skipped when the image
+# exists. Needs root, debootstrap and a reachable Debian mirror.
+set -euo pipefail
+IMAGE=${IMAGE:-ccm-base:bookworm}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  echo "$IMAGE exists"
+  exit 0
+fi
+command -v debootstrap >/dev/null || apt-get install -y debootstrap
+root=$(mktemp -d /var/tmp/ccm-rootfs.XXXXXX)
+trap 'rm -rf "$root"' EXIT
+debootstrap --variant=minbase \
+  --include=systemd,systemd-sysv,dbus,iproute2,iputils-arping,iputils-ping,procps,ca-certificates,sqlite3,curl \
+  bookworm "$root" "$MIRROR"
+# A container has no consoles to log in on, and must not try to fix its clock.
+rm -f "$root"/etc/systemd/system/getty.target.wants/* \
+      "$root"/lib/systemd/system/multi-user.target.wants/getty.target
+ln -sf /dev/null "$root"/etc/systemd/system/systemd-timesyncd.service
+echo "ccm-node" > "$root"/etc/hostname
+tar -C "$root" -c . | docker import \
+  --change 'ENTRYPOINT ["/sbin/init"]' --change 'STOPSIGNAL SIGRTMIN+3' - "$IMAGE"
+echo "built $IMAGE"

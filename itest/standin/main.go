@@ -1,0 +1,163 @@
+// Command standin is a test fixture that behaves like the Convex backend
+// in the respects ccm depends on: it opens its SQLite database with no
+// pragmas, keeps files under storage/ beside it, opens its HTTP port only
+// once loaded (after -start-delay), answers GET /version, drains on SIGINT
+// and dies at once on SIGTERM. It adds a small API for tests to count
+// acknowledged and surviving writes:
+//
+//	POST /write?v=X  commits a row, answers its id once committed
+//	GET  /count      number of rows
+//	GET  /ids        every row id, one per line
+//	GET  /storage?f=NAME  the content of storage/NAME
+//
+// It is not shipped as a product binary.
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	_ "modernc.org/sqlite"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "standin:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("standin", flag.ContinueOnError)
+	data := fs.String("data", "/var/lib/convex/data", "data directory")
+	dbFile := fs.String("db-file", "db.sqlite3", "database file in the data directory")
+	addr := fs.String("addr", ":3210", "HTTP listen address")
+	delay := fs.Duration("start-delay", 0, "time to 'load' before the port opens")
+	crash := fs.Bool("crash", false, "exit with an error right after start (crash loop)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	if *crash || os.Getenv("STANDIN_CRASH") != "" {
+		return errors.New("crashing as asked")
+	}
+	// SIGTERM kills at once, like the real backend; SIGINT drains.
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	go func() {
+		<-term
+		log.Warn("SIGTERM: exiting at once")
+		os.Exit(143)
+	}()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+
+	db, err := sql.Open("sqlite", filepath.Join(*data, *dbFile))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	if _, err := exec(ctx, db, `CREATE TABLE IF NOT EXISTS writes (id INTEGER PRIMARY KEY, v TEXT, at INTEGER)`); err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	storage := filepath.Join(*data, "storage", "modules")
+	if err := os.MkdirAll(storage, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(storage, "standin.js"), []byte("export default 1;\n"), 0o644); err != nil {
+		return err
+	}
+	log.Info("loading", "delay", *delay)
+	select {
+	case <-time.After(*delay):
+	case <-ctx.Done():
+		return nil
+	}
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /version", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "standin-1.0") })
+	mux.HandleFunc("GET /instance_name", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "standin") })
+	mux.HandleFunc("POST /write", func(w http.ResponseWriter, r *http.Request) {
+		res, err := exec(r.Context(), db, `INSERT INTO writes (v, at) VALUES (?, ?)`, r.URL.Query().Get("v"), time.Now().UnixNano())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		id, _ := res.LastInsertId()
+		fmt.Fprint(w, id)
+	})
+	mux.HandleFunc("GET /count", func(w http.ResponseWriter, r *http.Request) {
+		var n int
+		if err := db.QueryRowContext(r.Context(), `SELECT count(*) FROM writes`).Scan(&n); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprint(w, n)
+	})
+	mux.HandleFunc("GET /ids", func(w http.ResponseWriter, r *http.Request) {
+		rows, err := db.QueryContext(r.Context(), `SELECT id FROM writes ORDER BY id`)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		defer rows.Close()
+		var b strings.Builder
+		for rows.Next() {
+			var id int64
+			rows.Scan(&id)
+			fmt.Fprintln(&b, id)
+		}
+		io.WriteString(w, b.String())
+	})
+	mux.HandleFunc("GET /storage", func(w http.ResponseWriter, r *http.Request) {
+		name := filepath.Base(r.URL.Query().Get("f"))
+		b, err := os.ReadFile(filepath.Join(*data, "storage", name))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		w.Write(b)
+	})
+	srv := &http.Server{Addr: *addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	log.Info("serving", "addr", *addr)
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("SIGINT: draining")
+	shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return srv.Shutdown(shut)
+}
+
+// exec runs a statement, retrying while the database is busy (Litestream
+// holds short locks); the real backend retries too.
+func exec(ctx context.Context, db *sql.DB, q string, args ...any) (sql.Result, error) {
+	for {
+		res, err := db.ExecContext(ctx, q, args...)
+		if err == nil || !strings.Contains(err.Error(), "SQLITE_BUSY") {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
