@@ -49,6 +49,10 @@ type VIP struct {
 	Address   string `json:"address"`
 	Netmask   int    `json:"netmask"`
 	Interface string `json:"interface"`
+	// ARPCount is the number of gratuitous ARPs in each burst; a second
+	// burst follows ARPRepeatMs later to correct caches that missed the first.
+	ARPCount    int `json:"arpCount"`
+	ARPRepeatMs int `json:"arpRepeatMs"`
 }
 
 // Election tunes the leader lease.
@@ -87,7 +91,7 @@ type Backend struct {
 func Default() Config {
 	return Config{
 		NATS:     NATS{Servers: []string{"nats://127.0.0.1:4222"}, Replicas: 1},
-		VIP:      VIP{Netmask: 24, Interface: "eth0"},
+		VIP:      VIP{Netmask: 24, Interface: "eth0", ARPCount: 3, ARPRepeatMs: 2000},
 		Election: Election{LeaderTTLMs: 10000, HeartbeatIntervalMs: 3000, SafetyMarginMs: 1000, MaxLagTXIDs: 500},
 		WAL:      WAL{StreamRetention: "24h", SnapshotIntervalMs: 3600000, ReplicaPath: "/var/lib/convex/replica", CaptureIntervalMs: 20, SnapshotKeep: 3},
 		Backend: Backend{

@@ -40,6 +40,8 @@ func TestValidate(t *testing.T) {
 		{"vip garbage", func(c *Config) { c.VIP.Address = "10.1.2" }, "vip.address"},
 		{"vip bad interface", func(c *Config) { c.VIP.Address = "10.1.2.3"; c.VIP.Interface = "eth0/1" }, "vip.interface"},
 		{"vip long interface", func(c *Config) { c.VIP.Address = "10.1.2.3"; c.VIP.Interface = "abcdefghijklmnop" }, "vip.interface"},
+		{"arp count 0", func(c *Config) { c.VIP.ARPCount = 0 }, "vip.arpCount"},
+		{"arp repeat negative", func(c *Config) { c.VIP.ARPRepeatMs = -1 }, "vip.arpRepeatMs"},
 		{"netmask 0", func(c *Config) { c.VIP.Netmask = 0 }, "vip.netmask"},
 		{"netmask 33", func(c *Config) { c.VIP.Netmask = 33 }, "vip.netmask"},
 		{"netmask 32", func(c *Config) { c.VIP.Netmask = 32 }, ""},

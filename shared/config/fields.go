@@ -53,6 +53,8 @@ func (c *Config) fields() []field {
 		{path: "vip.address", str: &c.VIP.Address, usage: "floating IPv4 address (empty: no VIP)"},
 		{path: "vip.netmask", num: &c.VIP.Netmask, usage: "VIP prefix length (1-32)"},
 		{path: "vip.interface", str: &c.VIP.Interface, usage: "interface that carries the VIP"},
+		{path: "vip.arpCount", num: &c.VIP.ARPCount, usage: "gratuitous ARPs per burst on acquiring the VIP (1-20)"},
+		{path: "vip.arpRepeatMs", num: &c.VIP.ARPRepeatMs, usage: "delay of the second ARP burst in ms (0: none)"},
 		{path: "election.leaderTtlMs", num: &c.Election.LeaderTTLMs, usage: "leader lease TTL in ms"},
 		{path: "election.heartbeatIntervalMs", num: &c.Election.HeartbeatIntervalMs, usage: "lease renewal interval in ms"},
 		{path: "election.safetyMarginMs", num: &c.Election.SafetyMarginMs, usage: "a leader that cannot renew steps down this long before the lease expires, in ms"},

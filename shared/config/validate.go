@@ -72,6 +72,12 @@ func (c Config) Validate() error {
 			bad("vip.interface", c.VIP.Interface, "must be a network interface name (1-15 characters, no '/', ':' or spaces)")
 		}
 	}
+	if c.VIP.ARPCount < 1 || c.VIP.ARPCount > 20 {
+		bad("vip.arpCount", c.VIP.ARPCount, "must be 1 to 20")
+	}
+	if c.VIP.ARPRepeatMs < 0 || c.VIP.ARPRepeatMs > 60000 {
+		bad("vip.arpRepeatMs", c.VIP.ARPRepeatMs, "must be 0 to 60000")
+	}
 	if c.VIP.Netmask < 1 || c.VIP.Netmask > 32 {
 		bad("vip.netmask", c.VIP.Netmask, "must be a prefix length from 1 to 32")
 	}

@@ -77,6 +77,16 @@ func (t *Tracker) Leading(now time.Time) (epoch uint64, deadline time.Time, ok b
 	return ev.Epoch, ev.Deadline, true
 }
 
+// Serving reports whether, at now, the node is a leader whose promotion
+// has finished (the event's Ready), and until when.
+func (t *Tracker) Serving(now time.Time) (deadline time.Time, ok bool) {
+	t.mu.Lock()
+	ready := t.last.Ready
+	t.mu.Unlock()
+	_, deadline, leading := t.Leading(now)
+	return deadline, leading && ready
+}
+
 // Changed is closed when a newer event arrives.
 func (t *Tracker) Changed() <-chan struct{} {
 	t.mu.Lock()

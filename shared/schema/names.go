@@ -11,6 +11,8 @@ const (
 	ServiceWalship  = "ccm-walship"
 	ServiceWalapply = "ccm-walapply"
 	ServiceSnapshot = "ccm-snapshot"
+	ServiceVIP      = "ccm-vip"
+	ServiceBackend  = "ccm-backend"
 )
 
 // KeyLeader is the KV key holding the LeaderRecord.

@@ -59,8 +59,11 @@ type RoleEvent struct {
 	// Deadline is when a leader must have stopped serving unless it publishes
 	// a newer event first: the dead-man switch for the node's other daemons.
 	Deadline time.Time `json:"deadline,omitzero"`
-	Reason   string    `json:"reason,omitempty"`
-	At       time.Time `json:"at"`
+	// Ready, on a leader, says its promotion finished: the database is in
+	// place and the backend serves, so the VIP may point at it.
+	Ready  bool      `json:"ready,omitempty"`
+	Reason string    `json:"reason,omitempty"`
+	At     time.Time `json:"at"`
 }
 
 // ApplyStatus is the value of a passive's apply status key (ApplyKey),

@@ -1,0 +1,265 @@
+// Package vip is ccm-vip: it holds the floating address exactly while its
+// node is the ready leader — by the newest role event, and only until that
+// event's deadline — announces it with gratuitous ARP, removes it from a
+// node that is not, and releases it on stop.
+package vip
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// Spec describes the ccm-vip binary to the daemon runtime.
+func Spec() daemon.Spec {
+	return daemon.Spec{
+		Name:        schema.ServiceVIP,
+		Description: "ccm floating IP",
+		MetricsAddr: ":9474",
+		New:         func(env daemon.Env) (daemon.Daemon, error) { return New(env) },
+	}
+}
+
+// reconcileEvery bounds how long a VIP added or removed behind ccm-vip's
+// back stays wrong.
+const reconcileEvery = time.Second
+
+// Daemon holds the VIP while the node is the ready leader.
+type Daemon struct {
+	cfg   config.VIP
+	cidr  string
+	nc    *nats.Conn
+	env   daemon.Env
+	log   *slog.Logger
+	ip    iproute
+	ready chan struct{}
+	arp   chan struct{} // requests a gratuitous ARP burst
+
+	mu      sync.Mutex
+	held    bool
+	since   time.Time
+	lastErr error
+	loopAt  time.Time
+	changes prometheus.Counter
+}
+
+var _ daemon.Daemon = (*Daemon)(nil)
+
+// New returns the VIP daemon for env.
+func New(env daemon.Env) (*Daemon, error) {
+	return newDaemon(env, nil)
+}
+
+// newDaemon runs ip and arping through prefix (tests: a network namespace).
+func newDaemon(env daemon.Env, prefix []string) (*Daemon, error) {
+	c := env.Config.VIP
+	d := &Daemon{cfg: c, cidr: fmt.Sprintf("%s/%d", c.Address, c.Netmask), nc: env.NC, env: env, log: env.Log,
+		ip: iproute{prefix: prefix}, ready: make(chan struct{}), arp: make(chan struct{}, 1), loopAt: time.Now(),
+		changes: prometheus.NewCounter(prometheus.CounterOpts{Name: "ccm_vip_changes_total", Help: "VIP additions and removals by this node."})}
+	if env.Metrics != nil {
+		env.Metrics.MustRegister(d.changes, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ccm_vip_held", Help: "1 while this node holds the VIP."}, func() float64 {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if d.held {
+				return 1
+			}
+			return 0
+		}))
+	}
+	return d, nil
+}
+
+// Run reconciles the VIP with the node's role until ctx ends, then releases it.
+func (d *Daemon) Run(ctx context.Context) error {
+	if d.cfg.Address == "" {
+		d.log.Info("no vip.address configured: nothing to hold")
+		close(d.ready)
+		<-ctx.Done()
+		return nil
+	}
+	if err := d.ip.checkInterface(ctx, d.cfg.Interface); err != nil {
+		return err
+	}
+	roles, err := rolewatch.Subscribe(d.nc, d.env.Config.ClusterID, d.env.Config.NodeID, d.log)
+	if err != nil {
+		return err
+	}
+	defer roles.Close()
+	defer d.release()
+	// ARP bursts take a second or more: they run beside the loop so that
+	// they never delay a release.
+	g, ctx := errgroup.WithContext(ctx)
+	defer g.Wait()
+	g.Go(func() error {
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-d.arp:
+				if err := d.ip.announce(ctx, d.cfg.Interface, d.cfg.Address, d.cfg.ARPCount); err != nil && ctx.Err() == nil {
+					d.log.Warn("gratuitous ARP", "err", err)
+				}
+			}
+		}
+	})
+	close(d.ready)
+	var second <-chan time.Time // the second ARP burst
+	for {
+		changed := roles.Changed()
+		deadline, want := roles.Serving(time.Now())
+		acquired := d.reconcile(ctx, want)
+		if acquired && d.cfg.ARPRepeatMs > 0 {
+			second = time.After(time.Duration(d.cfg.ARPRepeatMs) * time.Millisecond)
+		}
+		wait := reconcileEvery
+		if want {
+			wait = min(wait, time.Until(deadline)) // dead-man switch
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-time.After(wait):
+		case <-second:
+			second = nil
+			if _, ok := roles.Serving(time.Now()); ok {
+				d.garp()
+			}
+		}
+	}
+}
+
+// reconcile adds or removes the VIP; it reports whether it just added it.
+func (d *Daemon) reconcile(ctx context.Context, want bool) bool {
+	d.mu.Lock()
+	d.loopAt = time.Now()
+	d.mu.Unlock()
+	has, err := d.ip.has(ctx, d.cfg.Interface, d.cidr)
+	if err != nil {
+		d.fail(err)
+		return false
+	}
+	switch {
+	case want && !has:
+		if err := d.ip.add(ctx, d.cfg.Interface, d.cidr); err != nil {
+			d.fail(err)
+			return false
+		}
+		d.set(true)
+		d.log.Info("VIP acquired", "vip", d.cidr, "interface", d.cfg.Interface)
+		d.garp()
+		return true
+	case !want && has:
+		if err := d.ip.del(ctx, d.cfg.Interface, d.cidr); err != nil {
+			d.fail(err)
+			return false
+		}
+		d.set(false)
+		d.log.Info("VIP released", "vip", d.cidr)
+	default:
+		d.set(has)
+	}
+	d.fail(nil)
+	return false
+}
+
+// garp asks for a gratuitous ARP burst (coalesced with one pending).
+func (d *Daemon) garp() {
+	select {
+	case d.arp <- struct{}{}:
+	default:
+	}
+}
+
+func (d *Daemon) set(held bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if held != d.held {
+		d.changes.Inc()
+		d.since = time.Now()
+	}
+	d.held = held
+}
+
+func (d *Daemon) fail(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil && (d.lastErr == nil || d.lastErr.Error() != err.Error()) {
+		d.log.Error("reconcile VIP", "err", err)
+	}
+	d.lastErr = err
+}
+
+// release removes the VIP on the way out.
+func (d *Daemon) release() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if has, err := d.ip.has(ctx, d.cfg.Interface, d.cidr); err == nil && has {
+		if err := d.ip.del(ctx, d.cfg.Interface, d.cidr); err != nil {
+			d.log.Error("release VIP on stop", "err", err)
+			return
+		}
+		d.log.Info("VIP released on stop", "vip", d.cidr)
+	}
+	d.set(false)
+}
+
+// Ready is closed once the interface is checked and role events followed.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
+
+// Healthy fails while ip(8) fails, or the loop stalls.
+func (d *Daemon) Healthy() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.lastErr != nil {
+		return d.lastErr
+	}
+	if time.Since(d.loopAt) > 30*time.Second && d.cfg.Address != "" {
+		return fmt.Errorf("reconcile loop stalled since %s", d.loopAt.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// Status is the reply of the status endpoint.
+type Status struct {
+	VIP   string    `json:"vip"`
+	Held  bool      `json:"held"`
+	Since time.Time `json:"since,omitzero"`
+	Error string    `json:"error,omitempty"`
+}
+
+// Status reports whether this node holds the VIP.
+func (d *Daemon) Status() any {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := Status{VIP: d.cidr, Held: d.held, Since: d.since}
+	if d.lastErr != nil {
+		st.Error = d.lastErr.Error()
+	}
+	return st
+}
+
+// StatusLine summarises the state for systemctl status.
+func (d *Daemon) StatusLine() string {
+	st := d.Status().(Status)
+	if st.Held {
+		return "holding " + st.VIP
+	}
+	return "not holding " + st.VIP
+}
+
+// AddEndpoints adds nothing beyond status: the VIP follows role events only.
+func (d *Daemon) AddEndpoints(micro.Group) error { return nil }
