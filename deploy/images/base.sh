@@ -21,5 +21,5 @@ rm -f "$root"/etc/systemd/system/getty.target.wants/* \
 ln -sf /dev/null "$root"/etc/systemd/system/systemd-timesyncd.service
 echo "ccm-node" > "$root"/etc/hostname
 tar -C "$root" -c . | docker import \
-  --change 'ENTRYPOINT ["/sbin/init"]' --change 'STOPSIGNAL SIGRTMIN+3' - "$IMAGE"
+  --change 'ENTRYPOINT ["/sbin/init"]' - "$IMAGE"
 echo "built $IMAGE"

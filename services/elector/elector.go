@@ -44,6 +44,10 @@ type Elector struct {
 	ready   chan struct{}
 	cmds    chan command
 
+	runCtx     context.Context    // Run's context, for promotions
+	wg         sync.WaitGroup     // promotions in flight
+	promotions chan promotionStep // promotion progress, to the loop
+
 	mu       sync.Mutex
 	state    State
 	changed  chan struct{} // closed and replaced on every state change
@@ -72,23 +76,24 @@ func New(env daemon.Env) (*Elector, error) {
 	}
 	c := env.Config
 	e := &Elector{
-		cluster:   c.ClusterID,
-		node:      c.NodeID,
-		version:   env.Version,
-		ttl:       c.Election.LeaderTTL(),
-		heartbeat: c.Election.Heartbeat(),
-		lease:     c.Election.LeaderTTL() - c.Election.SafetyMargin(),
-		replicas:  c.NATS.Replicas,
-		maxLag:    c.Election.MaxLagTXIDs,
-		nc:        env.NC,
-		js:        js,
-		log:       env.Log,
-		started:   time.Now(),
-		ready:     make(chan struct{}),
-		cmds:      make(chan command),
-		state:     State{Role: schema.RoleStarting},
-		changed:   make(chan struct{}),
-		lastLoop:  time.Now(),
+		cluster:    c.ClusterID,
+		node:       c.NodeID,
+		version:    env.Version,
+		ttl:        c.Election.LeaderTTL(),
+		heartbeat:  c.Election.Heartbeat(),
+		lease:      c.Election.LeaderTTL() - c.Election.SafetyMargin(),
+		replicas:   c.NATS.Replicas,
+		maxLag:     c.Election.MaxLagTXIDs,
+		nc:         env.NC,
+		js:         js,
+		log:        env.Log,
+		started:    time.Now(),
+		ready:      make(chan struct{}),
+		cmds:       make(chan command),
+		promotions: make(chan promotionStep),
+		state:      State{Role: schema.RoleStarting},
+		changed:    make(chan struct{}),
+		lastLoop:   time.Now(),
 	}
 	e.metrics = newMetrics(env.Metrics, e)
 	return e, nil
@@ -136,6 +141,10 @@ func (e *Elector) StatusLine() string {
 // Run campaigns, renews and watches until ctx is cancelled. It does not
 // release the key on exit, so a restarted elector resumes its leadership.
 func (e *Elector) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer e.wg.Wait()
+	defer cancel()
+	e.runCtx = ctx
 	kv, err := e.connect(ctx)
 	if err != nil {
 		return err
@@ -194,6 +203,8 @@ func (e *Elector) Run(ctx context.Context) error {
 			e.apply(Event{Kind: Expired, At: time.Now()})
 		case c := <-e.cmds:
 			c.reply <- c.run(ctx)
+		case p := <-e.promotions:
+			e.onPromotion(ctx, p)
 		}
 		if w == nil && updates == nil {
 			// No watcher yet: avoid a hot loop while NATS is away.
@@ -523,6 +534,10 @@ func (e *Elector) apply(ev Event) {
 	e.log.Info("role changed", "from", old.Role, "to", next.Role, "epoch", next.Epoch, "reason", next.Reason)
 	e.publish(next)
 	e.markReady()
+	if next.Role == schema.RoleLeader {
+		// Also after a restart of the elector: every step is idempotent.
+		e.startPromotion(next.Epoch)
+	}
 }
 
 // publish sends the node's role event.
@@ -532,7 +547,7 @@ func (e *Elector) publish(s State) {
 		Leader: s.Leader, Reason: s.Reason, At: time.Now(),
 	}
 	if s.Role == schema.RoleLeader {
-		ev.Deadline = s.Deadline
+		ev.Deadline, ev.Prepared, ev.Ready = s.Deadline, s.Prepared, s.Ready
 	}
 	if err := e.nc.Publish(schema.RoleSubject(e.cluster), encode(ev)); err != nil {
 		e.log.Warn("publish role event", "err", err)

@@ -219,10 +219,14 @@ func (e *Elector) Promote(ctx context.Context) error {
 	return e.waitRole(ctx, schema.RoleLeader)
 }
 
-// Demote makes this leader step down: it stops serving first, then hands
-// the key to the node named to, or deletes it so that the others campaign.
+// Demote makes this leader step down gracefully: it stops serving first
+// (role event not ready: the VIP goes; then the backend is stopped, which
+// drains it; then everything committed is flushed to the WAL stream), and
+// only then hands the key to the node named to, or deletes it so that the
+// others campaign. The lease is renewed throughout.
 func (e *Elector) Demote(ctx context.Context, to string) error {
-	return e.do(ctx, func(ctx context.Context) error {
+	var epoch uint64
+	err := e.do(ctx, func(ctx context.Context) error {
 		s := e.State()
 		if s.Role != schema.RoleLeader {
 			if s.Leader != "" {
@@ -238,27 +242,52 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 				return fmt.Errorf("%w %q: no live status for it in %s: %v", ErrUnknownNode, to, schema.Bucket(e.cluster), err)
 			}
 		}
-		reason := "demoted"
-		if to != "" {
-			reason = "handing over to " + to
-		}
-		e.apply(Event{Kind: Resigned, Reason: reason})
-		now := time.Now()
-		if to != "" {
-			e.holdOff = now.Add(e.ttl)
-			rec := schema.LeaderRecord{Node: e.node, Epoch: s.Epoch, Since: e.since, RenewedAt: now,
-				LeaderTTLMs: e.ttl.Milliseconds(), HandoverTo: to}
-			if _, err := e.kv.Update(ctx, schema.KeyLeader, encode(rec), e.rev); err != nil {
-				return fmt.Errorf("stepped down, but the handover write failed (the key expires within %s): %w", e.ttl, err)
-			}
-			return nil
-		}
-		e.holdOff = now.Add(2 * e.heartbeat)
-		if err := e.kv.Delete(ctx, schema.KeyLeader, jetstream.LastRevision(e.rev)); err != nil {
-			return fmt.Errorf("stepped down, but releasing the key failed (it expires within %s): %w", e.ttl, err)
-		}
+		epoch = s.Epoch
+		e.apply(Event{Kind: Draining})
+		e.publish(e.State())
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	if _, err := e.call(ctx, schema.ServiceBackend, "stop", PrepareRequest{Epoch: epoch}, time.Minute); err != nil && !errors.Is(err, errSkipped) {
+		e.log.Error("demote: stopping the backend failed; handing over anyway", "err", err)
+	}
+	if _, err := e.call(ctx, schema.ServiceWalship, "flush", nil, 30*time.Second); err != nil && !errors.Is(err, errSkipped) {
+		e.log.Error("demote: final WAL flush failed; handing over anyway", "err", err)
+	}
+	reason := "demoted"
+	if to != "" {
+		reason = "handing over to " + to
+	}
+	return e.do(ctx, func(ctx context.Context) error {
+		if s := e.State(); s.Role != schema.RoleLeader || s.Epoch != epoch {
+			return fmt.Errorf("%w: leadership of epoch %d was lost while draining", ErrNotLeader, epoch)
+		}
+		return e.resign(ctx, to, reason)
+	})
+}
+
+// resign steps down locally, then hands the key over to to (or releases
+// it), holding off campaigning so that another node takes it.
+func (e *Elector) resign(ctx context.Context, to, reason string) error {
+	s := e.State()
+	e.apply(Event{Kind: Resigned, Reason: reason})
+	now := time.Now()
+	if to != "" {
+		e.holdOff = now.Add(e.ttl)
+		rec := schema.LeaderRecord{Node: e.node, Epoch: s.Epoch, Since: e.since, RenewedAt: now,
+			LeaderTTLMs: e.ttl.Milliseconds(), HandoverTo: to}
+		if _, err := e.kv.Update(ctx, schema.KeyLeader, encode(rec), e.rev); err != nil {
+			return fmt.Errorf("stepped down, but the handover write failed (the key expires within %s): %w", e.ttl, err)
+		}
+		return nil
+	}
+	e.holdOff = now.Add(2 * e.heartbeat)
+	if err := e.kv.Delete(ctx, schema.KeyLeader, jetstream.LastRevision(e.rev)); err != nil {
+		return fmt.Errorf("stepped down, but releasing the key failed (it expires within %s): %w", e.ttl, err)
+	}
+	return nil
 }
 
 // waitRole waits until the node has role r.

@@ -16,6 +16,11 @@ type State struct {
 	// Deadline, on a leader, is when it must have stopped serving unless it
 	// renews first: last renewal sent + TTL - safety margin.
 	Deadline time.Time
+	// Prepared and Ready track a leader's promotion: the database is in
+	// place (WAL shipping may start), then the backend serves (the VIP may
+	// point at it).
+	Prepared bool
+	Ready    bool
 	Reason   string // why the role last changed
 }
 
@@ -32,6 +37,9 @@ const (
 	Resigned                      // demote requested; Node is the handover target or ""
 	Observed                      // the key or a role event says Node leads Epoch
 	Vacated                       // the key was deleted, expired or is being handed over
+	Prepared                      // promotion of Epoch: the database is in place
+	Ready                         // promotion of Epoch: the backend serves
+	Draining                      // graceful demotion: stop serving, keep the lease
 )
 
 func (k EventKind) String() string {
@@ -52,6 +60,12 @@ func (k EventKind) String() string {
 		return "observed"
 	case Vacated:
 		return "vacated"
+	case Prepared:
+		return "prepared"
+	case Ready:
+		return "ready"
+	case Draining:
+		return "draining"
 	}
 	return fmt.Sprintf("event(%d)", int(k))
 }
@@ -122,6 +136,18 @@ func Next(s State, ev Event, self string, lease time.Duration) State {
 			return stepDown(s, "", reasonOr(ev, "leader key removed"))
 		}
 		s.Leader = ""
+		return s
+	case Draining:
+		if s.Role == schema.RoleLeader {
+			s.Ready = false
+		}
+		return s
+	case Prepared, Ready:
+		if s.Role != schema.RoleLeader || ev.Epoch != s.Epoch {
+			return s // a promotion of an epoch this node no longer leads
+		}
+		s.Prepared = true
+		s.Ready = s.Ready || ev.Kind == Ready
 		return s
 	}
 	return s

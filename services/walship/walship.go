@@ -112,7 +112,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer retry.Stop()
 	for {
 		changed := roles.Changed()
-		epoch, deadline, leading := roles.Leading(time.Now())
+		epoch, deadline, leading := roles.Prepared(time.Now())
 		d.reconcile(ctx, epoch, leading, retry)
 		wait := 10 * time.Second // also proves the loop alive to Healthy
 		if leading {

@@ -87,6 +87,16 @@ func (t *Tracker) Serving(now time.Time) (deadline time.Time, ok bool) {
 	return deadline, leading && ready
 }
 
+// Prepared reports whether, at now, the node is a leader whose database is
+// in place (the event's Prepared), of which epoch, and until when.
+func (t *Tracker) Prepared(now time.Time) (epoch uint64, deadline time.Time, ok bool) {
+	t.mu.Lock()
+	prepared := t.last.Prepared
+	t.mu.Unlock()
+	epoch, deadline, leading := t.Leading(now)
+	return epoch, deadline, leading && prepared
+}
+
 // Changed is closed when a newer event arrives.
 func (t *Tracker) Changed() <-chan struct{} {
 	t.mu.Lock()

@@ -59,11 +59,13 @@ type RoleEvent struct {
 	// Deadline is when a leader must have stopped serving unless it publishes
 	// a newer event first: the dead-man switch for the node's other daemons.
 	Deadline time.Time `json:"deadline,omitzero"`
-	// Ready, on a leader, says its promotion finished: the database is in
-	// place and the backend serves, so the VIP may point at it.
-	Ready  bool      `json:"ready,omitempty"`
-	Reason string    `json:"reason,omitempty"`
-	At     time.Time `json:"at"`
+	// Prepared, on a leader, says the database is in place: WAL shipping
+	// may start. Ready says the promotion finished and the backend serves:
+	// the VIP may point at it.
+	Prepared bool      `json:"prepared,omitempty"`
+	Ready    bool      `json:"ready,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
+	At       time.Time `json:"at"`
 }
 
 // ApplyStatus is the value of a passive's apply status key (ApplyKey),

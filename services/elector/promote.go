@@ -1,0 +1,142 @@
+package elector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// promotionStep is reported by a promotion to the election loop.
+type promotionStep struct {
+	epoch uint64
+	kind  EventKind // Prepared or Ready; 0 with err when the promotion failed
+	err   error
+}
+
+// PrepareRequest is the body of ccm-backend's prepare and start requests.
+type PrepareRequest struct {
+	Epoch uint64 `json:"epoch"`
+}
+
+// errSkipped means the daemon of a step does not run on this node.
+var errSkipped = errors.New("daemon not running")
+
+// startPromotion runs the promotion of epoch beside the loop, which keeps
+// renewing the lease meanwhile; the loop applies each step it reports.
+func (e *Elector) startPromotion(epoch uint64) {
+	ctx := e.runCtx
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		report := func(s promotionStep) {
+			select {
+			case e.promotions <- s:
+			case <-ctx.Done():
+			}
+		}
+		if err := e.promote(ctx, epoch, report); err != nil {
+			report(promotionStep{epoch: epoch, err: err})
+		}
+	}()
+}
+
+// promote brings this node from leader-elect to serving leader of epoch,
+// each step a request with a timeout to one of the node's daemons; a daemon
+// that does not run here is skipped:
+//
+//  1. ccm-walapply drains the stream into the shadow database and pauses;
+//  2. ccm-backend moves the shadow database into the data path (Prepared:
+//     ccm-walship opens the epoch on the stream and ships);
+//  3. ccm-walship reports shipping epoch;
+//  4. ccm-backend starts the backend and waits for its health check
+//     (Ready: ccm-vip takes the VIP).
+func (e *Elector) promote(ctx context.Context, epoch uint64, report func(promotionStep)) error {
+	start := time.Now()
+	if _, err := e.call(ctx, schema.ServiceWalapply, "drain", nil, 3*e.ttl); err != nil && !errors.Is(err, errSkipped) {
+		return fmt.Errorf("drain the WAL stream: %w", err)
+	}
+	if _, err := e.call(ctx, schema.ServiceBackend, "prepare", PrepareRequest{Epoch: epoch}, time.Minute); err != nil && !errors.Is(err, errSkipped) {
+		return fmt.Errorf("install the database: %w", err)
+	}
+	report(promotionStep{epoch: epoch, kind: Prepared})
+	if err := e.waitShipping(ctx, epoch); err != nil && !errors.Is(err, errSkipped) {
+		return fmt.Errorf("open the epoch on the WAL stream: %w", err)
+	}
+	if _, err := e.call(ctx, schema.ServiceBackend, "start", PrepareRequest{Epoch: epoch}, 5*time.Minute); err != nil && !errors.Is(err, errSkipped) {
+		return fmt.Errorf("start the backend: %w", err)
+	}
+	report(promotionStep{epoch: epoch, kind: Ready})
+	e.log.Info("promotion complete", "epoch", epoch, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// waitShipping polls ccm-walship until it ships epoch.
+func (e *Elector) waitShipping(ctx context.Context, epoch uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		b, err := e.call(ctx, schema.ServiceWalship, "status", nil, time.Second)
+		if err != nil && (errors.Is(err, errSkipped) || ctx.Err() != nil) {
+			return err
+		}
+		var st struct {
+			Status struct {
+				Shipping bool   `json:"shipping"`
+				Epoch    uint64 `json:"epoch"`
+				Error    string `json:"error"`
+			} `json:"status"`
+		}
+		if err == nil && json.Unmarshal(b, &st) == nil && st.Status.Shipping && st.Status.Epoch == epoch {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("ccm-walship not shipping epoch %d (last: %s): %w", epoch, st.Status.Error, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// call requests verb of a daemon on this node; errSkipped if it does not run.
+func (e *Elector) call(ctx context.Context, daemon, verb string, body any, timeout time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var data []byte
+	if body != nil {
+		data, _ = json.Marshal(body)
+	}
+	msg, err := e.nc.RequestWithContext(ctx, schema.Endpoint(e.cluster, e.node, daemon, verb), data)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return nil, fmt.Errorf("%s: %w", daemon, errSkipped)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", daemon, verb, err)
+	}
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return nil, fmt.Errorf("%s %s: %s %s", daemon, verb, code, msg.Header.Get(micro.ErrorHeader))
+	}
+	return msg.Data, nil
+}
+
+// onPromotion applies a promotion step reported to the loop; a failed
+// promotion gives the leadership up so that another node can try.
+func (e *Elector) onPromotion(ctx context.Context, s promotionStep) {
+	cur := e.State()
+	if cur.Role != schema.RoleLeader || cur.Epoch != s.epoch {
+		return // stale: this node no longer leads that epoch
+	}
+	if s.err != nil {
+		e.log.Error("promotion failed: giving up leadership", "epoch", s.epoch, "err", s.err)
+		e.resign(ctx, "", "promotion failed: "+s.err.Error())
+		return
+	}
+	e.apply(Event{Kind: s.kind, Epoch: s.epoch})
+	e.publish(e.State())
+}
