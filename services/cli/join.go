@@ -51,32 +51,27 @@ func (c *client) join(ctx context.Context, w io.Writer, force bool) error {
 	if err != nil {
 		return err
 	}
-	store, err := snapstore.Lookup(ctx, js, c.cfg.ClusterID)
-	var snap snapstore.Snapshot
-	if err == nil {
-		snap, err = store.Newest(ctx)
-	}
+	var p *progress
+	snap, err := walapply.Bootstrap(ctx, js, c.cfg.ClusterID, path, func(s snapstore.Snapshot, n int64) {
+		if p == nil {
+			fmt.Fprintf(w, "snapshot %s: epoch %d TXID %d, stream sequence %d, taken on %s at %s\n",
+				s.Name, s.Epoch, s.TXID, s.Seq, s.Node, s.Created.Local().Format(time.RFC3339))
+			p = newProgress(w, "download", s.Size)
+		}
+		p.update(n)
+	})
 	switch {
-	case errors.Is(err, snapstore.ErrNone):
+	case errors.Is(err, walapply.ErrNoSnapshot):
 		return c.joinFromStream(ctx, w, js, path)
 	case err != nil:
 		return err
 	}
-	fmt.Fprintf(w, "snapshot %s: epoch %d TXID %d, stream sequence %d, taken on %s at %s\n",
-		snap.Name, snap.Epoch, snap.TXID, snap.Seq, snap.Node, snap.Created.Local().Format(time.RFC3339))
-	if err := walapply.Reset(path); err != nil {
-		return err
-	}
-	p := newProgress(w, "download", snap.Size)
-	if err := store.Download(ctx, snap, path, p.update); err != nil {
-		return err
+	if p == nil {
+		fmt.Fprintf(w, "snapshot %s: epoch %d TXID %d, stream sequence %d, taken on %s at %s\n",
+			snap.Name, snap.Epoch, snap.TXID, snap.Seq, snap.Node, snap.Created.Local().Format(time.RFC3339))
+		p = newProgress(w, "download", snap.Size)
 	}
 	p.finish(snap.Size)
-	pos := walapply.Position{Epoch: snap.Epoch, TXID: snap.TXID, Seq: snap.Seq, Checksum: snap.Checksum,
-		PageSize: snap.PageSize, Captured: snap.Captured}
-	if err := walapply.Install(path, pos); err != nil {
-		return err
-	}
 	fmt.Fprintf(w, "%s joined cluster %s: shadow database %s at epoch %d TXID %d; start ccm-walapply to replay from sequence %d\n",
 		c.cfg.NodeID, c.cfg.ClusterID, path, snap.Epoch, snap.TXID, snap.Seq+1)
 	return nil

@@ -21,6 +21,8 @@ func (d *Daemon) Status() any {
 	switch {
 	case d.left:
 		st.State = "left"
+	case d.released:
+		st.State = "released"
 	case d.failed != nil:
 		st.State, st.Error = "failed", d.failed.Error()
 	case d.paused:

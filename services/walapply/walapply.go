@@ -53,6 +53,8 @@ type Daemon struct {
 	drainTo   uint64 // pause once this stream sequence is consumed
 	following bool
 	left      bool // ccm leave: stopped, status key removed
+	released  bool // the shadow was handed to ccm-backend on promotion
+	leading   bool // the node led at the last look
 	status    schema.ApplyStatus
 	loopAt    time.Time
 }
@@ -80,7 +82,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if err := d.open(); err != nil {
+	if err := d.open(ctx); err != nil {
 		d.fail(err)
 	}
 	defer d.close()
@@ -97,7 +99,20 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-func (d *Daemon) open() error {
+// open opens the shadow database; a node without one first bootstraps it
+// from the newest snapshot, if there is one (otherwise it replays the
+// stream from its start).
+func (d *Daemon) open(ctx context.Context) error {
+	if path := d.cfg.ShadowPath(); !Exists(path) {
+		snap, err := Bootstrap(ctx, d.js, d.cfg.ClusterID, path, nil)
+		switch {
+		case err == nil:
+			d.log.Info("bootstrapped the shadow database from a snapshot", "snapshot", snap.Name, "epoch", snap.Epoch, "txid", snap.TXID, "seq", snap.Seq)
+		case errors.Is(err, ErrNoSnapshot):
+		default:
+			return fmt.Errorf("bootstrap from a snapshot: %w", err)
+		}
+	}
 	sh, err := OpenShadow(d.cfg.ShadowPath())
 	if err != nil {
 		return err
@@ -144,7 +159,25 @@ func (d *Daemon) control(ctx context.Context, roles *rolewatch.Tracker) error {
 	for {
 		_, _, leading := roles.Leading(time.Now())
 		d.mu.Lock()
-		want := !leading && !d.paused && !d.left && d.failed == nil && d.applier != nil
+		demoted := d.leading && !leading
+		d.leading = leading
+		if demoted {
+			// Passive again: apply again, from a fresh shadow if it was
+			// handed over (the old tail stays with the backend's data).
+			d.paused, d.drainTo = false, 0
+		}
+		reopen := demoted && d.released
+		d.mu.Unlock()
+		if reopen {
+			if err := d.open(ctx); err != nil {
+				d.fail(err)
+			}
+			d.mu.Lock()
+			d.released = false
+			d.mu.Unlock()
+		}
+		d.mu.Lock()
+		want := !leading && !d.paused && !d.left && !d.released && d.failed == nil && d.applier != nil
 		d.loopAt = time.Now()
 		d.mu.Unlock()
 		if f != nil && f.ended() {
@@ -325,6 +358,26 @@ func (d *Daemon) Leave(ctx context.Context) error {
 	return kv.Delete(ctx, schema.ApplyKey(d.cfg.NodeID))
 }
 
+// Release hands the shadow database over (ccm-backend moves it into the
+// data path on promotion): applying must be drained first; the shadow is
+// closed and not touched again until the node is passive once more.
+func (d *Daemon) Release() (Position, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.applier == nil {
+		return Position{}, errors.New("no shadow database")
+	}
+	if !d.paused || d.following {
+		return Position{}, errors.New("drain before releasing the shadow database")
+	}
+	pos := d.applier.Position()
+	d.applier.Close()
+	d.shadow.Close()
+	d.applier, d.shadow, d.released = nil, nil, true
+	d.log.Info("shadow database released for promotion", "epoch", pos.Epoch, "txid", pos.TXID)
+	return pos, nil
+}
+
 // Resume lifts a drain's pause.
 func (d *Daemon) Resume() {
 	d.mu.Lock()
@@ -363,7 +416,7 @@ func (d *Daemon) StatusLine() string {
 // DrainReply is the reply of drain.
 type DrainReply = Position
 
-// AddEndpoints adds drain, resume, checkpoint, leave and position.
+// AddEndpoints adds drain, resume, release, checkpoint, leave and position.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
 	if err := g.AddEndpoint("drain", micro.HandlerFunc(func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -380,6 +433,16 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 	if err := g.AddEndpoint("resume", micro.HandlerFunc(func(req micro.Request) {
 		d.Resume()
 		req.RespondJSON(d.Status())
+	})); err != nil {
+		return err
+	}
+	if err := g.AddEndpoint("release", micro.HandlerFunc(func(req micro.Request) {
+		pos, err := d.Release()
+		if err != nil {
+			req.Error("409", err.Error(), nil)
+			return
+		}
+		req.RespondJSON(pos)
 	})); err != nil {
 		return err
 	}
