@@ -85,6 +85,12 @@ type Backend struct {
 	DataPath       string `json:"dataPath"`
 	// DBFile is the database file name inside DataPath (and ReplicaPath).
 	DBFile string `json:"dbFile"`
+	// StartGraceMs is how long a starting backend may take to answer its
+	// health check (the real backend loads for tens of seconds).
+	StartGraceMs int `json:"startGraceMs"`
+	// MaxFailures is how many failed health checks in a row make a ready
+	// leader hand over to another node.
+	MaxFailures int `json:"maxFailures"`
 }
 
 // Default returns the configuration with every default filled in.
@@ -99,6 +105,8 @@ func Default() Config {
 			HealthEndpoint: "http://localhost:3210/version",
 			DataPath:       "/var/lib/convex/data",
 			DBFile:         "db.sqlite3",
+			StartGraceMs:   120000,
+			MaxFailures:    5,
 		},
 	}
 }

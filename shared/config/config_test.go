@@ -67,6 +67,8 @@ func TestValidate(t *testing.T) {
 		{"capture too slow", func(c *Config) { c.WAL.CaptureIntervalMs = 5000 }, "wal.captureIntervalMs"},
 		{"db file with dir", func(c *Config) { c.Backend.DBFile = "a/db.sqlite3" }, "backend.dbFile"},
 		{"db file empty", func(c *Config) { c.Backend.DBFile = "" }, "backend.dbFile"},
+		{"start grace too short", func(c *Config) { c.Backend.StartGraceMs = 10 }, "backend.startGraceMs"},
+		{"max failures 0", func(c *Config) { c.Backend.MaxFailures = 0 }, "backend.maxFailures"},
 		{"data relative", func(c *Config) { c.Backend.DataPath = "./data" }, "backend.dataPath"},
 	}
 	for _, tt := range tests {

@@ -68,5 +68,7 @@ func (c *Config) fields() []field {
 		{path: "backend.healthEndpoint", str: &c.Backend.HealthEndpoint, usage: "backend health URL"},
 		{path: "backend.dataPath", str: &c.Backend.DataPath, usage: "backend data directory"},
 		{path: "backend.dbFile", str: &c.Backend.DBFile, usage: "database file name in dataPath and replicaPath"},
+		{path: "backend.startGraceMs", num: &c.Backend.StartGraceMs, usage: "time a starting backend has to pass its health check, in ms"},
+		{path: "backend.maxFailures", num: &c.Backend.MaxFailures, usage: "failed health checks in a row before the leader hands over"},
 	}
 }

@@ -122,6 +122,12 @@ func (c Config) Validate() error {
 	if err := checkURL(c.Backend.HealthEndpoint, "http", "https"); err != "" {
 		bad("backend.healthEndpoint", c.Backend.HealthEndpoint, "%s", err)
 	}
+	if c.Backend.StartGraceMs < 1000 {
+		bad("backend.startGraceMs", c.Backend.StartGraceMs, "must be at least 1000")
+	}
+	if c.Backend.MaxFailures < 1 {
+		bad("backend.maxFailures", c.Backend.MaxFailures, "must be at least 1")
+	}
 	if !filepath.IsAbs(c.Backend.DataPath) {
 		bad("backend.dataPath", c.Backend.DataPath, "must be an absolute path")
 	}

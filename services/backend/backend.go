@@ -1,0 +1,406 @@
+// Package backend is ccm-backend: it runs the Convex backend's systemd unit
+// on the leader and nowhere else. On promotion it moves the drained shadow
+// database into the data path and starts the unit, waiting for its health
+// check; on demotion it stops it (the backend drains on SIGINT); when the
+// lease deadline of the newest role event passes it kills it by itself;
+// and a backend that keeps failing on the ready leader makes the elector
+// hand over to another node.
+package backend
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/convex-cluster-manager/ccm/services/walapply"
+	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// Spec describes the ccm-backend binary to the daemon runtime.
+func Spec() daemon.Spec {
+	return daemon.Spec{
+		Name:        schema.ServiceBackend,
+		Description: "ccm backend control",
+		MetricsAddr: ":9475",
+		New:         func(env daemon.Env) (daemon.Daemon, error) { return New(env) },
+	}
+}
+
+// checkEvery is the interval of the reconcile loop and health checks.
+const checkEvery = time.Second
+
+// ErrNotLeader refuses starting the backend on a node that does not lead.
+var ErrNotLeader = errors.New("this node does not lead that epoch")
+
+// Daemon controls the backend unit of one node.
+type Daemon struct {
+	cfg    config.Config
+	nc     *nats.Conn
+	log    *slog.Logger
+	unit   systemctl
+	http   *http.Client
+	ready  chan struct{}
+	roles  *rolewatch.Tracker
+	health prometheus.Gauge
+
+	opMu sync.Mutex // one of prepare, start, stop, reconcile at a time
+
+	mu        sync.Mutex
+	state     string // unit ActiveState at the last look
+	healthy   bool
+	failures  int // consecutive failed health checks on the ready leader
+	handedOff uint64
+	lastErr   error
+	loopAt    time.Time
+}
+
+var _ daemon.Daemon = (*Daemon)(nil)
+
+// New returns the backend daemon for env.
+func New(env daemon.Env) (*Daemon, error) {
+	d := &Daemon{cfg: env.Config, nc: env.NC, log: env.Log, unit: systemctl{unit: env.Config.Backend.ServiceName},
+		http: &http.Client{Timeout: 2 * time.Second}, ready: make(chan struct{}), loopAt: time.Now(),
+		health: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_backend_healthy", Help: "1 while the backend answers its health check here."})}
+	if env.Metrics != nil {
+		env.Metrics.MustRegister(d.health)
+	}
+	return d, nil
+}
+
+// Run follows the node's role and keeps the unit stopped unless the node leads.
+func (d *Daemon) Run(ctx context.Context) error {
+	roles, err := rolewatch.Subscribe(d.nc, d.cfg.ClusterID, d.cfg.NodeID, d.log)
+	if err != nil {
+		return err
+	}
+	defer roles.Close()
+	d.roles = roles
+	close(d.ready)
+	for {
+		changed := roles.Changed()
+		_, deadline, leading := roles.Leading(time.Now())
+		d.reconcile(ctx)
+		wait := checkEvery
+		if leading {
+			wait = min(wait, time.Until(deadline)) // dead-man switch
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-time.After(wait):
+		}
+	}
+}
+
+// reconcile stops a backend running on a node that does not lead (killing
+// it if the lease deadline passed) and health-checks it on the ready leader.
+func (d *Daemon) reconcile(ctx context.Context) {
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := d.unit.state(ctx)
+	d.mu.Lock()
+	d.loopAt, d.state, d.lastErr = time.Now(), st, err
+	d.mu.Unlock()
+	if err != nil {
+		d.log.Error("unit state", "err", err)
+		return
+	}
+	epoch, _, leading := d.roles.Leading(time.Now())
+	_, serving := d.roles.Serving(time.Now())
+	switch {
+	case !leading && running(st):
+		// Not the leader (any more): the deadline passed or the node was
+		// demoted. Never leave the backend serving.
+		d.log.Warn("backend running on a node that does not lead: killing it", "unit", d.unit.unit, "state", st)
+		if err := d.unit.kill(ctx); err != nil {
+			d.fail(err)
+		}
+		d.setHealth(false)
+	case serving:
+		d.check(ctx, epoch)
+	default:
+		d.setHealth(false)
+	}
+}
+
+// check health-checks the backend on the ready leader and, after
+// backend.maxFailures failures in a row, asks the elector to hand over.
+func (d *Daemon) check(ctx context.Context, epoch uint64) {
+	err := d.probe(ctx)
+	d.setHealth(err == nil)
+	d.mu.Lock()
+	if err == nil {
+		d.failures = 0
+		d.mu.Unlock()
+		return
+	}
+	d.failures++
+	n, handed := d.failures, d.handedOff == epoch
+	d.mu.Unlock()
+	d.log.Warn("backend health check failed", "failures", n, "err", err)
+	if n < d.cfg.Backend.MaxFailures || handed {
+		if n < d.cfg.Backend.MaxFailures {
+			d.unit.start(ctx) // systemd's Restart= may have given up
+		}
+		return
+	}
+	d.mu.Lock()
+	d.handedOff = epoch
+	d.mu.Unlock()
+	d.log.Error("backend keeps failing on the leader: asking the elector to hand over", "failures", n)
+	msg, err := d.nc.RequestWithContext(ctx, schema.Endpoint(d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceElector, "demote"), nil)
+	if err == nil && msg.Header.Get(micro.ErrorHeader) != "" {
+		err = errors.New(msg.Header.Get(micro.ErrorHeader))
+	}
+	if err != nil {
+		d.log.Error("hand over", "err", err)
+	}
+}
+
+// probe GETs the health endpoint.
+func (d *Daemon) probe(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.cfg.Backend.HealthEndpoint, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := d.http.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", d.cfg.Backend.HealthEndpoint, resp.Status)
+	}
+	return nil
+}
+
+func (d *Daemon) setHealth(ok bool) {
+	d.mu.Lock()
+	d.healthy = ok
+	d.mu.Unlock()
+	if ok {
+		d.health.Set(1)
+	} else {
+		d.health.Set(0)
+	}
+}
+
+func (d *Daemon) fail(err error) {
+	d.mu.Lock()
+	d.lastErr = err
+	d.mu.Unlock()
+	d.log.Error("backend control", "err", err)
+}
+
+// waitLeading waits briefly for the role event of epoch: a promotion step
+// may arrive before the event that announced the promotion.
+func (d *Daemon) waitLeading(ctx context.Context, epoch uint64) error {
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		if e, _, ok := d.roles.Leading(time.Now()); ok && e == epoch {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			e, _, ok := d.roles.Leading(time.Now())
+			return fmt.Errorf("%w: epoch %d (newest event: epoch %d, leading %v)", ErrNotLeader, epoch, e, ok)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-d.roles.Changed():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Prepare puts the database in place for epoch: with the unit stopped, the
+// drained shadow (released by ccm-walapply) is moved into the data path;
+// a node without a shadow keeps the database it has.
+func (d *Daemon) Prepare(ctx context.Context, epoch uint64) error {
+	if err := d.waitLeading(ctx, epoch); err != nil {
+		return err
+	}
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
+	if err := d.unit.stop(ctx); err != nil {
+		return err
+	}
+	shadow := d.cfg.ShadowPath()
+	if !walapply.Exists(shadow) {
+		d.log.Info("no shadow database: keeping the data path's database", "path", d.cfg.Backend.DBPath())
+		return nil
+	}
+	pos, err := d.release(ctx)
+	if err != nil {
+		return err
+	}
+	aside, err := install(shadow, d.cfg.Backend.DBPath(), epoch)
+	if err != nil {
+		return err
+	}
+	d.log.Info("database installed for promotion", "epoch", epoch, "from_epoch", pos.Epoch, "txid", pos.TXID, "path", d.cfg.Backend.DBPath())
+	if aside != "" {
+		d.log.Warn("previous database set aside, not merged: it may hold changes that never reached the cluster", "dir", aside)
+	}
+	return nil
+}
+
+// release asks the local ccm-walapply to hand over its drained shadow; a
+// node without walapply has nobody writing the shadow.
+func (d *Daemon) release(ctx context.Context) (walapply.Position, error) {
+	var pos walapply.Position
+	msg, err := d.nc.RequestWithContext(ctx, schema.Endpoint(d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, "release"), nil)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return pos, nil
+	}
+	if err != nil {
+		return pos, fmt.Errorf("release the shadow database: %w", err)
+	}
+	if e := msg.Header.Get(micro.ErrorHeader); e != "" {
+		return pos, fmt.Errorf("release the shadow database: %s", e)
+	}
+	return pos, json.Unmarshal(msg.Data, &pos)
+}
+
+// Start starts the unit for epoch and waits until the health check passes
+// (up to backend.startGraceMs). It refuses unless the node leads epoch.
+func (d *Daemon) Start(ctx context.Context, epoch uint64) error {
+	if err := d.waitLeading(ctx, epoch); err != nil {
+		return err
+	}
+	d.opMu.Lock()
+	if err := d.unit.start(ctx); err != nil {
+		d.opMu.Unlock()
+		return err
+	}
+	d.opMu.Unlock()
+	grace := time.Duration(d.cfg.Backend.StartGraceMs) * time.Millisecond
+	deadline := time.Now().Add(grace)
+	for {
+		if _, _, ok := d.roles.Leading(time.Now()); !ok {
+			return ErrNotLeader
+		}
+		err := d.probe(ctx)
+		if err == nil {
+			d.setHealth(true)
+			d.mu.Lock()
+			d.failures = 0
+			d.mu.Unlock()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("backend not healthy after %s: %w", grace, err)
+		}
+		if st, _ := d.unit.state(ctx); st == "failed" {
+			return fmt.Errorf("unit %s failed while starting: %w", d.unit.unit, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Stop stops the unit gracefully (the backend drains on SIGINT).
+func (d *Daemon) Stop(ctx context.Context) error {
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
+	d.setHealth(false)
+	return d.unit.stop(ctx)
+}
+
+// Ready is closed once role events are followed.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
+
+// Healthy fails while systemctl fails or the loop stalls; a failing
+// backend is reported in status, not by withholding this daemon's watchdog.
+func (d *Daemon) Healthy() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.lastErr != nil {
+		return d.lastErr
+	}
+	if time.Since(d.loopAt) > time.Minute {
+		return fmt.Errorf("reconcile loop stalled since %s", d.loopAt.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// Status is the reply of the status endpoint.
+type Status struct {
+	Unit     string `json:"unit"`
+	State    string `json:"state"`
+	Healthy  bool   `json:"healthy"`
+	Failures int    `json:"failures,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// Status reports the unit and its health.
+func (d *Daemon) Status() any {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := Status{Unit: d.unit.unit, State: d.state, Healthy: d.healthy, Failures: d.failures}
+	if d.lastErr != nil {
+		st.Error = d.lastErr.Error()
+	}
+	return st
+}
+
+// StatusLine summarises the state for systemctl status.
+func (d *Daemon) StatusLine() string {
+	st := d.Status().(Status)
+	return fmt.Sprintf("%s %s, healthy %v", st.Unit, st.State, st.Healthy)
+}
+
+// AddEndpoints adds prepare, start and stop.
+func (d *Daemon) AddEndpoints(g micro.Group) error {
+	op := func(fn func(context.Context, uint64) error, timeout time.Duration) micro.HandlerFunc {
+		return func(req micro.Request) {
+			var r struct {
+				Epoch uint64 `json:"epoch"`
+			}
+			if err := json.Unmarshal(req.Data(), &r); err != nil && len(req.Data()) > 0 {
+				req.Error("400", fmt.Sprintf("invalid request %q: %v", req.Data(), err), nil)
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			if err := fn(ctx, r.Epoch); err != nil {
+				code := "500"
+				if errors.Is(err, ErrNotLeader) {
+					code = "409"
+				}
+				req.Error(code, err.Error(), nil)
+				return
+			}
+			req.RespondJSON(d.Status())
+		}
+	}
+	grace := time.Duration(d.cfg.Backend.StartGraceMs)*time.Millisecond + 10*time.Second
+	for name, h := range map[string]micro.HandlerFunc{
+		"prepare": op(d.Prepare, time.Minute),
+		"start":   op(d.Start, grace),
+		"stop":    op(func(ctx context.Context, _ uint64) error { return d.Stop(ctx) }, time.Minute),
+	} {
+		if err := g.AddEndpoint(name, h); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,122 @@
+package backend
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/convex-cluster-manager/ccm/services/walapply"
+)
+
+// setAsideDir keeps, beside the database, the files a promotion replaced:
+// an old leader's unreplicated tail is set aside, never merged or deleted.
+const setAsideDir = ".ccm-set-aside"
+
+// install moves the drained shadow database at shadow into the data path as
+// db, atomically (rename in the same directory) and in WAL mode. Whatever
+// database was there, with its -wal and -shm, is moved to the set-aside
+// directory first. It returns where the old files went ("" if none).
+func install(shadow, db string, epoch uint64) (string, error) {
+	if err := os.MkdirAll(filepath.Dir(db), 0o750); err != nil {
+		return "", err
+	}
+	if err := setWALMode(shadow); err != nil {
+		return "", err
+	}
+	// Stage the new file beside the target so that the final rename is
+	// atomic even when the shadow lives on another file system.
+	staged := db + ".ccm-incoming"
+	if err := moveFile(shadow, staged); err != nil {
+		return "", fmt.Errorf("stage the shadow database: %w", err)
+	}
+	aside := ""
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		old := db + suffix
+		if _, err := os.Stat(old); errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if aside == "" {
+			aside = filepath.Join(filepath.Dir(db), setAsideDir, fmt.Sprintf("epoch-%d-%s", epoch, time.Now().UTC().Format("20060102T150405Z")))
+			if err := os.MkdirAll(aside, 0o750); err != nil {
+				return "", err
+			}
+		}
+		if err := os.Rename(old, filepath.Join(aside, filepath.Base(old))); err != nil {
+			return "", fmt.Errorf("set aside %s: %w", old, err)
+		}
+	}
+	if err := os.Rename(staged, db); err != nil {
+		return aside, fmt.Errorf("install the database: %w", err)
+	}
+	if err := syncDir(filepath.Dir(db)); err != nil {
+		return aside, err
+	}
+	// The shadow's bookkeeping belongs to the file that just moved away.
+	return aside, walapply.Reset(shadow)
+}
+
+// setWALMode makes the database header say WAL (file format read and write
+// versions 2), so SQLite opens it in WAL mode; a shadow copied from a
+// Litestream-managed leader already does.
+func setWALMode(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("open shadow database: %w", err)
+	}
+	defer f.Close()
+	hdr := make([]byte, 20)
+	if _, err := io.ReadFull(f, hdr); err != nil {
+		return fmt.Errorf("shadow database %s has no SQLite header: %w", path, err)
+	}
+	if string(hdr[:16]) != "SQLite format 3\x00" {
+		return fmt.Errorf("shadow database %s is not an SQLite database", path)
+	}
+	if hdr[18] == 2 && hdr[19] == 2 {
+		return nil
+	}
+	if _, err := f.WriteAt([]byte{2, 2}, 18); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// moveFile renames src to dst, copying (with fsync) across file systems.
+func moveFile(src, dst string) error {
+	if err := os.Rename(src, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Remove(src)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

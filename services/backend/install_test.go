@@ -1,0 +1,64 @@
+package backend
+
+import (
+	"database/sql"
+	"os"
+	"path/filepath"
+	"testing"
+
+	_ "modernc.org/sqlite"
+)
+
+func TestInstallMovesShadowAndSetsAsideOldDatabase(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data", "db.sqlite3")
+	shadow := filepath.Join(dir, "replica", "db.sqlite3")
+	os.MkdirAll(filepath.Dir(data), 0o755)
+	os.MkdirAll(filepath.Dir(shadow), 0o755)
+	// The shadow: a rollback-journal database (header versions 1) with a row.
+	db, _ := sql.Open("sqlite", shadow)
+	db.Exec(`CREATE TABLE t (v TEXT)`)
+	db.Exec(`INSERT INTO t VALUES ('replicated')`)
+	db.Close()
+	os.WriteFile(shadow+".ccm-position", []byte(`{}`), 0o644)
+	// The old database, with a WAL that holds an unreplicated tail.
+	os.WriteFile(data, []byte("old database"), 0o644)
+	os.WriteFile(data+"-wal", []byte("old tail"), 0o644)
+
+	aside, err := install(shadow, data, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(aside, "db.sqlite3-wal")); string(b) != "old tail" {
+		t.Fatalf("old WAL not set aside in %s", aside)
+	}
+	if _, err := os.Stat(data + "-wal"); err == nil {
+		t.Fatal("old WAL left beside the new database")
+	}
+	if _, err := os.Stat(shadow); err == nil {
+		t.Fatal("shadow still in the replica path")
+	}
+	if _, err := os.Stat(shadow + ".ccm-position"); err == nil {
+		t.Fatal("shadow position left behind")
+	}
+	db, _ = sql.Open("sqlite", data)
+	defer db.Close()
+	var mode, v string
+	db.QueryRow(`PRAGMA journal_mode`).Scan(&mode)
+	db.QueryRow(`SELECT v FROM t`).Scan(&v)
+	if mode != "wal" || v != "replicated" {
+		t.Fatalf("installed database: journal_mode %q, row %q; want wal and the replicated row", mode, v)
+	}
+}
+
+func TestInstallRefusesNonSQLite(t *testing.T) {
+	dir := t.TempDir()
+	shadow := filepath.Join(dir, "shadow")
+	os.WriteFile(shadow, []byte("definitely not a database, just text"), 0o644)
+	if _, err := install(shadow, filepath.Join(dir, "db"), 1); err == nil {
+		t.Fatal("installed a file that is not an SQLite database")
+	}
+	if _, err := os.Stat(shadow); err != nil {
+		t.Fatal("refused shadow was moved or removed")
+	}
+}
