@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/convex-cluster-manager/ccm/shared/daemon.version=
 BINARIES := $(notdir $(wildcard cmd/*))
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: help build test lint bench clean
+.PHONY: help build test lint bench images clean
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
@@ -24,6 +24,10 @@ lint: ## go vet and a gofmt check
 
 bench: build ## replication lag vs Litestream, and ccm join throughput (needs nats-server, litestream on PATH)
 	$(GO) run ./itest/bench/lag -bin bin $(BENCH_FLAGS)
+
+images: build ## base image (debootstrap, cached) and node image ccm-node:dev, no registry
+	deploy/images/base.sh
+	deploy/images/node.sh
 
 clean: ## remove build output
 	rm -rf bin

@@ -242,7 +242,15 @@ func (d *Daemon) Prepare(ctx context.Context, epoch uint64) error {
 	}
 	shadow := d.cfg.ShadowPath()
 	if !walapply.Exists(shadow) {
-		d.log.Info("no shadow database: keeping the data path's database", "path", d.cfg.Backend.DBPath())
+		created, err := ensureDatabase(d.cfg.Backend.DBPath())
+		if err != nil {
+			return err
+		}
+		if created {
+			d.log.Info("no database yet: created an empty one so that shipping starts with the first write", "path", d.cfg.Backend.DBPath())
+		} else {
+			d.log.Info("no shadow database: keeping the data path's database", "path", d.cfg.Backend.DBPath())
+		}
 		return nil
 	}
 	pos, err := d.release(ctx)

@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	_ "modernc.org/sqlite"
 
 	"github.com/convex-cluster-manager/ccm/services/walapply"
 )
@@ -57,6 +60,27 @@ func install(shadow, db string, epoch uint64) (string, error) {
 	}
 	// The shadow's bookkeeping belongs to the file that just moved away.
 	return aside, walapply.Reset(shadow)
+}
+
+// ensureDatabase creates an empty database in WAL mode at path unless a
+// database is there: a new cluster's first leader has nothing to install,
+// and WAL shipping needs a database to open before the backend starts.
+func ensureDatabase(path string) (bool, error) {
+	if st, err := os.Stat(path); err == nil && st.Size() > 0 {
+		return false, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return false, err
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		return false, err
+	}
+	defer db.Close()
+	if _, err := db.Exec(`PRAGMA journal_mode=WAL`); err != nil {
+		return false, fmt.Errorf("create %s: %w", path, err)
+	}
+	return true, nil
 }
 
 // setWALMode makes the database header say WAL (file format read and write

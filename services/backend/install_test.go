@@ -62,3 +62,21 @@ func TestInstallRefusesNonSQLite(t *testing.T) {
 		t.Fatal("refused shadow was moved or removed")
 	}
 }
+
+func TestEnsureDatabase(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "data", "db.sqlite3")
+	created, err := ensureDatabase(path)
+	if err != nil || !created {
+		t.Fatalf("ensureDatabase = %v, %v; want created", created, err)
+	}
+	db, _ := sql.Open("sqlite", path)
+	var mode string
+	db.QueryRow(`PRAGMA journal_mode`).Scan(&mode)
+	db.Close()
+	if mode != "wal" {
+		t.Fatalf("journal_mode %q, want wal", mode)
+	}
+	if created, err := ensureDatabase(path); err != nil || created {
+		t.Fatalf("second ensureDatabase = %v, %v; want kept", created, err)
+	}
+}

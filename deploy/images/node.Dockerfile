@@ -1,0 +1,11 @@
+# A ccm node: systemd as PID 1, nats-server, every ccm daemon and unit,
+# and the stand-in backend as convex-backend.service. Built by `make images`
+# from a context that deploy/images/node.sh assembles (no registry).
+FROM ccm-base:bookworm
+COPY bin/ /usr/local/bin/
+COPY units/ /etc/systemd/system/
+COPY nats.conf /etc/nats/nats.conf
+RUN mkdir -p /etc/convex /var/lib/convex/data /var/lib/convex/replica /var/lib/nats \
+ && systemctl enable nats-server.service
+STOPSIGNAL SIGRTMIN+3
+ENTRYPOINT ["/sbin/init"]

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds the node image ccm-node:dev from ccm-base:bookworm: static ccm
+# binaries, the stand-in backend, nats-server (built from its Go module)
+# and the systemd units. Run from the repository root (make images).
+set -euo pipefail
+IMAGE=${IMAGE:-ccm-node:dev}
+NATS_SERVER_VERSION=${NATS_SERVER_VERSION:-v2.15.2}
+root=$(pwd)
+ctx=$(mktemp -d /var/tmp/ccm-image.XXXXXX)
+trap 'rm -rf "$ctx"' EXIT
+mkdir -p "$ctx/bin" "$ctx/units"
+cp bin/* "$ctx/bin/"
+CGO_ENABLED=0 go build -trimpath -o "$ctx/bin/standin" ./itest/standin
+GOBIN="$ctx/bin" CGO_ENABLED=0 go install "github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION"
+cp systemd/*.service systemd/ccm.target "$ctx/units/"
+rm "$ctx/units/convex-backend.service"
+cp deploy/images/standin-backend.service "$ctx/units/convex-backend.service"
+cp deploy/images/nats-server.service "$ctx/units/"
+cp deploy/images/nats.conf "$ctx/"
+docker build -q -t "$IMAGE" -f "$root/deploy/images/node.Dockerfile" "$ctx"
+echo "built $IMAGE"
