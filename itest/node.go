@@ -1,0 +1,180 @@
+//go:build integration
+
+// Package itest holds the node and cluster tests: real systemd, iproute2
+// and NATS in containers from locally built images (make images).
+package itest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	dnetwork "github.com/docker/docker/api/types/network"
+	"github.com/testcontainers/testcontainers-go"
+	tcexec "github.com/testcontainers/testcontainers-go/exec"
+	"github.com/testcontainers/testcontainers-go/network"
+	"github.com/testcontainers/testcontainers-go/wait"
+
+	"github.com/convex-cluster-manager/ccm/services/cli"
+)
+
+// Image is the node image built by `make images`.
+const Image = "ccm-node:dev"
+
+// Net is a docker network with an explicit /24 the test picked.
+type Net struct {
+	Name   string
+	Prefix string // e.g. "10.213.44"
+}
+
+// NewNet creates a network on a random 10.2xx.yyy.0/24, removed after the test.
+func NewNet(t *testing.T) Net {
+	t.Helper()
+	ctx := context.Background()
+	prefix := fmt.Sprintf("10.%d.%d", 200+rand.IntN(50), rand.IntN(250))
+	nw, err := network.New(ctx, network.WithIPAM(&dnetwork.IPAM{
+		Config: []dnetwork.IPAMConfig{{Subnet: prefix + ".0/24", Gateway: prefix + ".1"}},
+	}))
+	if err != nil {
+		t.Fatalf("create network %s.0/24: %v", prefix, err)
+	}
+	t.Cleanup(func() { nw.Remove(context.Background()) })
+	return Net{Name: nw.Name, Prefix: prefix}
+}
+
+// Node is a container running systemd with the ccm units installed.
+type Node struct {
+	C    testcontainers.Container
+	Name string
+	IP   string
+}
+
+// StartNode starts a node container at ip on nw and waits for systemd.
+func StartNode(t *testing.T, nw Net, name, ip string) *Node {
+	t.Helper()
+	ctx := context.Background()
+	req := testcontainers.ContainerRequest{
+		Image:    Image,
+		Name:     fmt.Sprintf("ccm-it-%s-%04x", name, rand.IntN(1<<16)),
+		Networks: []string{nw.Name},
+		Tmpfs:    map[string]string{"/run": "", "/run/lock": "", "/tmp": ""},
+		HostConfigModifier: func(hc *container.HostConfig) {
+			// systemd as PID 1 without --privileged (not allowed here).
+			hc.CapAdd = []string{"SYS_ADMIN", "NET_ADMIN", "NET_RAW"}
+			hc.SecurityOpt = []string{"seccomp=unconfined", "apparmor=unconfined"}
+			hc.Binds = []string{"/sys/fs/cgroup:/sys/fs/cgroup:ro"}
+		},
+		EndpointSettingsModifier: func(m map[string]*dnetwork.EndpointSettings) {
+			if es, ok := m[nw.Name]; ok {
+				es.IPAMConfig = &dnetwork.EndpointIPAMConfig{IPv4Address: ip}
+			}
+		},
+		WaitingFor: wait.ForExec([]string{"systemctl", "is-system-running", "--wait"}).WithStartupTimeout(60 * time.Second),
+	}
+	c, err := testcontainers.GenericContainer(ctx, testcontainers.GenericContainerRequest{ContainerRequest: req, Started: true})
+	if err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	n := &Node{C: c, Name: name, IP: ip}
+	t.Cleanup(func() {
+		if t.Failed() {
+			_, out := n.Exec(t, "journalctl", "--no-pager", "-n", "80", "-u", "ccm-*", "-u", "convex-backend")
+			t.Logf("journal of %s:\n%s", name, out)
+		}
+		c.Terminate(context.Background())
+	})
+	return n
+}
+
+// Exec runs cmd in the node and returns its exit code and output.
+func (n *Node) Exec(t *testing.T, cmd ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	code, r, err := n.C.Exec(ctx, cmd, tcexec.Multiplexed())
+	if err != nil {
+		t.Fatalf("%s: exec %v: %v", n.Name, cmd, err)
+	}
+	b, _ := io.ReadAll(r)
+	return code, string(b)
+}
+
+// Must runs cmd and fails the test unless it succeeds.
+func (n *Node) Must(t *testing.T, cmd ...string) string {
+	t.Helper()
+	code, out := n.Exec(t, cmd...)
+	if code != 0 {
+		t.Fatalf("%s: %s: exit %d: %s", n.Name, strings.Join(cmd, " "), code, out)
+	}
+	return out
+}
+
+// Init writes the node's configuration with ccm init.
+func (n *Node) Init(t *testing.T, cluster, natsURL string, extra ...string) {
+	t.Helper()
+	args := append([]string{"ccm", "init", "--force", "--cluster-id", cluster, "--node-id", n.Name,
+		"--nats-servers", natsURL}, extra...)
+	n.Must(t, args...)
+}
+
+// Status runs ccm status --json on the node.
+func (n *Node) Status(t *testing.T) cli.ClusterStatus {
+	t.Helper()
+	code, out := n.Exec(t, "ccm", "status", "--json")
+	var st cli.ClusterStatus
+	if code == 0 {
+		json.Unmarshal([]byte(out), &st)
+	}
+	return st
+}
+
+// HasVIP reports whether the node carries addr.
+func (n *Node) HasVIP(t *testing.T, addr string) bool {
+	t.Helper()
+	_, out := n.Exec(t, "ip", "-o", "-4", "addr", "show", "dev", "eth0")
+	return strings.Contains(out, " "+addr+"/")
+}
+
+// Active reports whether a unit is active on the node.
+func (n *Node) Active(t *testing.T, unit string) bool {
+	t.Helper()
+	code, _ := n.Exec(t, "systemctl", "is-active", "--quiet", unit)
+	return code == 0
+}
+
+// MAC is the node's eth0 address.
+func (n *Node) MAC(t *testing.T) string {
+	t.Helper()
+	return strings.TrimSpace(n.Must(t, "cat", "/sys/class/net/eth0/address"))
+}
+
+// Eventually polls cond every 50 ms until it holds or within passes.
+func Eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// RequireImage fails with instructions when the node image is missing.
+func RequireImage() error {
+	var out bytes.Buffer
+	cmd := exec.Command("docker", "image", "inspect", Image)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("image %s missing (run `make images`): %v", Image, err)
+	}
+	return nil
+}

@@ -1,0 +1,172 @@
+//go:build integration
+
+package itest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/convex-cluster-manager/ccm/services/elector"
+	"github.com/convex-cluster-manager/ccm/services/walship"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/walstream"
+)
+
+// leaderNode starts one node, configures it as a one-node cluster with a
+// VIP and a short lease, enables ccm.target and waits until it serves.
+func leaderNode(t *testing.T) (*Node, Net, string) {
+	t.Helper()
+	nw := NewNet(t)
+	n := StartNode(t, nw, "n1", nw.Prefix+".11")
+	vip := nw.Prefix + ".100"
+	n.Init(t, "one", "nats://127.0.0.1:4222", "--vip-address", vip, "--vip-interface", "eth0",
+		"--election-leader-ttl-ms", "3000", "--election-heartbeat-interval-ms", "1000", "--election-safety-margin-ms", "500")
+	n.Must(t, "systemctl", "enable", "--now", "ccm.target")
+	Eventually(t, 30*time.Second, "n1 serves as leader", func() bool {
+		st := n.Status(t)
+		return st.Leader != nil && st.Leader.Node == "n1" && n.Active(t, "convex-backend") && n.HasVIP(t, vip)
+	})
+	return n, nw, vip
+}
+
+func TestSingleNodeCluster(t *testing.T) {
+	n, _, vip := leaderNode(t)
+	// Writes through the backend on the VIP reach the WAL stream.
+	for i := range 5 {
+		out := n.Must(t, "curl", "-sf", "-XPOST", fmt.Sprintf("http://%s:3210/write?v=w%d", vip, i))
+		if _, err := strconv.Atoi(strings.TrimSpace(out)); err != nil {
+			t.Fatalf("write %d: %q", i, out)
+		}
+	}
+	nc, err := nats.Connect("nats://" + n.IP + ":4222")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	msg, err := nc.Request(schema.Endpoint("one", "n1", schema.ServiceWalship, "flush"), nil, 10*time.Second)
+	if err != nil || msg.Header.Get("Nats-Service-Error") != "" {
+		t.Fatalf("flush: %v %s", err, msg.Header.Get("Nats-Service-Error"))
+	}
+	var f walship.FlushReply
+	json.Unmarshal(msg.Data, &f)
+	js, _ := jetstream.New(nc)
+	s, err := js.Stream(context.Background(), walstream.Stream("one"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := s.GetLastMsgForSubject(context.Background(), walstream.Subject("one"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := walstream.ParseMeta(last.Header)
+	if err != nil || m.Kind != walstream.KindLTX || uint64(m.MaxTXID) != f.TXID || last.Sequence != f.Seq {
+		t.Fatalf("last stream message %+v (seq %d), flush says TXID %d seq %d", m, last.Sequence, f.TXID, f.Seq)
+	}
+	if f.TXID < 2 {
+		t.Fatalf("flushed TXID %d: the writes did not reach the stream", f.TXID)
+	}
+}
+
+func TestBackendControlWithSystemd(t *testing.T) {
+	n, _, _ := leaderNode(t)
+	nc, err := nats.Connect("nats://" + n.IP + ":4222")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	st := n.Status(t)
+	call := func(verb string) error {
+		body, _ := json.Marshal(elector.PrepareRequest{Epoch: st.Leader.Epoch})
+		msg, err := nc.Request(schema.Endpoint("one", "n1", schema.ServiceBackend, verb), body, time.Minute)
+		if err != nil {
+			return err
+		}
+		if e := msg.Header.Get("Nats-Service-Error"); e != "" {
+			return fmt.Errorf("%s", e)
+		}
+		return nil
+	}
+	if err := call("stop"); err != nil {
+		t.Fatal(err)
+	}
+	if n.Active(t, "convex-backend") {
+		t.Fatal("backend still active after stop")
+	}
+	if err := call("start"); err != nil {
+		t.Fatal(err)
+	}
+	if !n.Active(t, "convex-backend") {
+		t.Fatal("backend not active after start")
+	}
+	n.Must(t, "curl", "-sf", "http://127.0.0.1:3210/version")
+
+	// A crash is restarted by systemd, and health comes back.
+	n.Must(t, "systemctl", "kill", "--signal=SIGKILL", "convex-backend")
+	Eventually(t, 15*time.Second, "backend restarted after SIGKILL", func() bool {
+		code, _ := n.Exec(t, "curl", "-sf", "http://127.0.0.1:3210/version")
+		return code == 0
+	})
+
+	// A backend that cannot start fails its start request.
+	n.Must(t, "sh", "-c", "echo STANDIN_CRASH=1 > /etc/convex/standin.env")
+	call("stop")
+	if err := call("start"); err == nil {
+		t.Fatal("start of a crashing backend succeeded")
+	} else {
+		t.Logf("start refused: %v", err)
+	}
+}
+
+func TestWatchdogRestartsHungDaemon(t *testing.T) {
+	n, _, _ := leaderNode(t)
+	before := n.Status(t).Leader.Epoch
+	restarts := func() int {
+		out := n.Must(t, "systemctl", "show", "--property=NRestarts", "--value", "ccm-walship")
+		v, _ := strconv.Atoi(strings.TrimSpace(out))
+		return v
+	}
+	r0 := restarts()
+	n.Must(t, "systemctl", "kill", "--signal=SIGSTOP", "ccm-walship")
+	Eventually(t, 40*time.Second, "systemd restarts the hung ccm-walship", func() bool {
+		return restarts() > r0 && n.Active(t, "ccm-walship")
+	})
+	st := n.Status(t)
+	if st.Leader == nil || st.Leader.Node != "n1" || st.Leader.Epoch != before {
+		t.Fatalf("leadership moved while walship hung: %+v (epoch before %d)", st.Leader, before)
+	}
+}
+
+func TestDeadManSwitch(t *testing.T) {
+	n, _, vip := leaderNode(t)
+	nc, err := nats.Connect("nats://" + n.IP + ":4222")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := nc.Request(schema.Endpoint("one", "n1", schema.ServiceElector, "status"), nil, 5*time.Second)
+	nc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct{ Status elector.Status }
+	json.Unmarshal(msg.Data, &st)
+	// Cut the elector and the local NATS away at once; nothing tells the
+	// other daemons to stop: they must enforce the deadline themselves.
+	n.Must(t, "sh", "-c", "systemctl kill --signal=SIGKILL ccm-elector nats-server; systemctl stop ccm-elector nats-server")
+	deadline := st.Status.LeaseDeadline
+	Eventually(t, time.Until(deadline)+3*time.Second, "VIP and backend gone", func() bool {
+		return !n.HasVIP(t, vip) && !n.Active(t, "convex-backend")
+	})
+	late := time.Since(deadline)
+	t.Logf("VIP and backend gone %s after the lease deadline (renewed at most 1 heartbeat before the kill)", late.Round(time.Millisecond))
+	if late > time.Second {
+		t.Fatalf("VIP/backend gone %s after the deadline, want within 1s", late)
+	}
+}
