@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/convex-cluster-manager/ccm/shared/daemon.version=
 BINARIES := $(notdir $(wildcard cmd/*))
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: help build test lint bench images clean
+.PHONY: help build test unit-test lint bench images clean
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
@@ -14,7 +14,11 @@ build: ## build every binary under cmd/ (static) into bin/
 	@mkdir -p bin
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ $(addprefix ./cmd/,$(BINARIES))
 
-test: ## run all tests (real embedded NATS, no Docker needed)
+test: images ## all tests: package tests (embedded NATS) and node tests (systemd containers)
+	$(GO) test $(GOTEST_FLAGS) ./...
+	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test $(GOTEST_FLAGS) -tags integration ./itest/...
+
+unit-test: ## package tests only: real embedded NATS, no Docker
 	$(GO) test $(GOTEST_FLAGS) ./...
 
 lint: ## go vet and a gofmt check

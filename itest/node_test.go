@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -146,26 +147,41 @@ func TestWatchdogRestartsHungDaemon(t *testing.T) {
 
 func TestDeadManSwitch(t *testing.T) {
 	n, _, vip := leaderNode(t)
+	// Follow the leader's role events to know the newest deadline it gave.
 	nc, err := nats.Connect("nats://" + n.IP + ":4222")
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, err := nc.Request(schema.Endpoint("one", "n1", schema.ServiceElector, "status"), nil, 5*time.Second)
-	nc.Close()
+	var mu sync.Mutex
+	var deadline time.Time
+	sub, err := nc.Subscribe(schema.RoleSubject("one"), func(m *nats.Msg) {
+		var ev schema.RoleEvent
+		if json.Unmarshal(m.Data, &ev) == nil && ev.Deadline.After(deadline) {
+			mu.Lock()
+			deadline = ev.Deadline
+			mu.Unlock()
+		}
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st struct{ Status elector.Status }
-	json.Unmarshal(msg.Data, &st)
+	Eventually(t, 5*time.Second, "a role event with a deadline", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return !deadline.IsZero()
+	})
 	// Cut the elector and the local NATS away at once; nothing tells the
 	// other daemons to stop: they must enforce the deadline themselves.
 	n.Must(t, "sh", "-c", "systemctl kill --signal=SIGKILL ccm-elector nats-server; systemctl stop ccm-elector nats-server")
-	deadline := st.Status.LeaseDeadline
+	sub.Unsubscribe()
+	nc.Close()
+	mu.Lock()
+	defer mu.Unlock()
 	Eventually(t, time.Until(deadline)+3*time.Second, "VIP and backend gone", func() bool {
 		return !n.HasVIP(t, vip) && !n.Active(t, "convex-backend")
 	})
 	late := time.Since(deadline)
-	t.Logf("VIP and backend gone %s after the lease deadline (renewed at most 1 heartbeat before the kill)", late.Round(time.Millisecond))
+	t.Logf("VIP and backend gone %s after the newest lease deadline the leader announced", late.Round(time.Millisecond))
 	if late > time.Second {
 		t.Fatalf("VIP/backend gone %s after the deadline, want within 1s", late)
 	}
