@@ -33,7 +33,11 @@ func leaderNode(t *testing.T) (*Node, Net, string) {
 	n.Must(t, "systemctl", "enable", "--now", "ccm.target")
 	Eventually(t, 30*time.Second, "n1 serves as leader", func() bool {
 		st := n.Status(t)
-		return st.Leader != nil && st.Leader.Node == "n1" && n.Active(t, "convex-backend") && n.HasVIP(t, vip)
+		if st.Leader == nil || st.Leader.Node != "n1" || !n.HasVIP(t, vip) {
+			return false
+		}
+		code, _ := n.Exec(t, "curl", "-sf", "http://"+vip+":3210/version")
+		return code == 0
 	})
 	return n, nw, vip
 }

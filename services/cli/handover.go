@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -138,5 +137,3 @@ func timeoutOr(err error) error {
 	}
 	return err
 }
-
-var _ = flag.ErrHelp

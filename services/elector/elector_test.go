@@ -277,8 +277,8 @@ func TestRestartedElectorResumesLeadership(t *testing.T) {
 	srv := natstest.Server(t)
 	cfg := testConfig("test", "n1", srv.ClientURL())
 	n1 := startNode(t, cfg)
-	n2 := startNode(t, testConfig("test", "n2", srv.ClientURL()))
 	l := waitLeader(t, []*node{n1}, testTTL)
+	n2 := startNode(t, testConfig("test", "n2", srv.ClientURL()))
 	epoch := l.El.State().Epoch
 	n1.Stop()
 	again := startNode(t, cfg)

@@ -59,10 +59,24 @@ func (e *Elector) startPromotion(epoch uint64) {
 //     (Ready: ccm-vip takes the VIP).
 func (e *Elector) promote(ctx context.Context, epoch uint64, report func(promotionStep)) error {
 	start := time.Now()
-	if _, err := e.call(ctx, schema.ServiceWalapply, "drain", nil, 3*e.ttl); err != nil && !errors.Is(err, errSkipped) {
+	drained, err := e.call(ctx, schema.ServiceWalapply, "drain", nil, 3*e.ttl)
+	if err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("drain the WAL stream: %w", err)
 	}
-	if _, err := e.call(ctx, schema.ServiceBackend, "prepare", PrepareRequest{Epoch: epoch}, time.Minute); err != nil && !errors.Is(err, errSkipped) {
+	var shadow struct {
+		Epoch    uint64 `json:"epoch"`
+		TXID     uint64 `json:"txid"`
+		PageSize uint32 `json:"pageSize"`
+	}
+	if err == nil {
+		json.Unmarshal(drained, &shadow)
+	}
+	_, err = e.call(ctx, schema.ServiceBackend, "prepare", PrepareRequest{Epoch: epoch}, time.Minute)
+	switch {
+	case errors.Is(err, errSkipped) && shadow.PageSize != 0:
+		// Shipping the data path's database instead would go back in time.
+		return fmt.Errorf("the drained shadow database (epoch %d TXID %d) must be installed, but ccm-backend does not answer", shadow.Epoch, shadow.TXID)
+	case err != nil && !errors.Is(err, errSkipped):
 		return fmt.Errorf("install the database: %w", err)
 	}
 	report(promotionStep{epoch: epoch, kind: Prepared})
