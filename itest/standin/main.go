@@ -8,6 +8,7 @@
 //	POST /write?v=X  commits a row, answers its id once committed
 //	GET  /count      number of rows
 //	GET  /ids        every row id, one per line
+//	GET  /values     every row's value, one per line
 //	GET  /storage?f=NAME  the content of storage/NAME
 //
 // It is not shipped as a product binary.
@@ -119,6 +120,21 @@ func run(args []string, stderr io.Writer) error {
 			var id int64
 			rows.Scan(&id)
 			fmt.Fprintln(&b, id)
+		}
+		io.WriteString(w, b.String())
+	})
+	mux.HandleFunc("GET /values", func(w http.ResponseWriter, r *http.Request) {
+		rows, err := db.QueryContext(r.Context(), `SELECT v FROM writes ORDER BY id`)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		defer rows.Close()
+		var b strings.Builder
+		for rows.Next() {
+			var v string
+			rows.Scan(&v)
+			fmt.Fprintln(&b, v)
 		}
 		io.WriteString(w, b.String())
 	})

@@ -293,6 +293,11 @@ func (d *Daemon) Drain(ctx context.Context) (Position, error) {
 	}
 	target := info.State.LastSeq
 	d.mu.Lock()
+	if d.released {
+		// Already promoted (e.g. the elector restarted): nothing to drain.
+		d.mu.Unlock()
+		return Position{}, nil
+	}
 	if d.failed != nil {
 		err := d.failed
 		d.mu.Unlock()

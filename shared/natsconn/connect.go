@@ -39,6 +39,10 @@ func Options(cfg config.NATS, name string) []nats.Option {
 // change of connection state.
 func Daemon(cfg config.NATS, name string, log *slog.Logger) (*nats.Conn, error) {
 	opts := append(Options(cfg, name),
+		// Servers are tried in the configured order: list the node's own
+		// NATS server first, so that a partitioned node loses its lease
+		// with its server and the others keep theirs.
+		nats.DontRandomize(),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(250*time.Millisecond),

@@ -1,0 +1,238 @@
+//go:build integration
+
+package itest
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Cluster is three node containers, each a NATS cluster member with all
+// ccm units and the stand-in backend, and a client container, on one
+// network with a subnet the test picked.
+type Cluster struct {
+	Net    Net
+	Nodes  []*Node
+	Client *Node
+	VIP    string
+	Name   string
+}
+
+// ClusterOptions tune StartCluster.
+type ClusterOptions struct {
+	TTLMs, HeartbeatMs, MarginMs int
+}
+
+// StartCluster brings up a three-node cluster: n1 with `ccm init`, n2 and
+// n3 with `ccm join`, and waits until n1 serves on the VIP with two
+// caught-up passives.
+func StartCluster(t *testing.T, o ClusterOptions) *Cluster {
+	t.Helper()
+	nw := NewNet(t)
+	c := &Cluster{Net: nw, VIP: nw.Prefix + ".100", Name: "three"}
+	var routes, servers []string
+	for i := 1; i <= 3; i++ {
+		ip := fmt.Sprintf("%s.%d", nw.Prefix, 10+i)
+		routes = append(routes, fmt.Sprintf("nats://%s:6222", ip))
+		servers = append(servers, fmt.Sprintf("nats://%s:4222", ip))
+	}
+	for i := 1; i <= 3; i++ {
+		n := StartNode(t, nw, fmt.Sprintf("n%d", i), fmt.Sprintf("%s.%d", nw.Prefix, 10+i))
+		conf := fmt.Sprintf("server_name: %s\nport: 4222\nhttp: 8222\njetstream { store_dir: /var/lib/nats }\ncluster { name: ccm, port: 6222, routes: [%s] }\n",
+			n.Name, strings.Join(routes, ", "))
+		n.Must(t, "sh", "-c", "cat > /etc/nats/nats.conf <<'EOF'\n"+conf+"EOF\nsystemctl restart nats-server")
+		c.Nodes = append(c.Nodes, n)
+	}
+	c.Client = StartNode(t, nw, "client", nw.Prefix+".50")
+	c.Client.Must(t, "systemctl", "disable", "--now", "nats-server")
+	for i, n := range c.Nodes {
+		// The node's own server first (see natsconn.Daemon).
+		own := append([]string{servers[i]}, append(append([]string{}, servers[:i]...), servers[i+1:]...)...)
+		n.Init(t, c.Name, strings.Join(own, ","), "--nats-replicas", "3", "--vip-address", c.VIP, "--vip-interface", "eth0",
+			"--election-leader-ttl-ms", strconv.Itoa(o.TTLMs), "--election-heartbeat-interval-ms", strconv.Itoa(o.HeartbeatMs),
+			"--election-safety-margin-ms", strconv.Itoa(o.MarginMs), "--backend-start-grace-ms", "30000")
+	}
+	// JetStream needs its meta leader before ccm can create anything.
+	Eventually(t, 60*time.Second, "NATS JetStream cluster up", func() bool {
+		code, out := c.Nodes[0].Exec(t, "curl", "-sf", "http://127.0.0.1:8222/jsz")
+		return code == 0 && strings.Contains(out, `"meta_cluster"`) && strings.Contains(out, `"leader"`)
+	})
+	c.Nodes[0].Must(t, "systemctl", "enable", "--now", "ccm.target")
+	c.WaitServing(t, c.Nodes[0], 60*time.Second)
+	for _, n := range c.Nodes[1:] {
+		n.Must(t, "ccm", "join")
+		n.Must(t, "systemctl", "enable", "--now", "ccm.target")
+	}
+	c.WaitPassivesCaughtUp(t, 60*time.Second)
+	return c
+}
+
+// WaitServing waits until n is the leader, holds the VIP and its backend
+// answers on it.
+func (c *Cluster) WaitServing(t *testing.T, n *Node, within time.Duration) {
+	t.Helper()
+	Eventually(t, within, n.Name+" serves on the VIP", func() bool {
+		st := n.Status(t)
+		if st.Leader == nil || st.Leader.Node != n.Name || !n.HasVIP(t, c.VIP) {
+			return false
+		}
+		code, _ := c.Client.Exec(t, "curl", "-sf", "-m", "1", "http://"+c.VIP+":3210/version")
+		return code == 0
+	})
+}
+
+// Leader returns the node that serves on the VIP now.
+func (c *Cluster) Leader(t *testing.T) *Node {
+	t.Helper()
+	var l *Node
+	Eventually(t, 60*time.Second, "a leader", func() bool {
+		for _, n := range c.Nodes {
+			if st := n.Status(t); st.Leader != nil && st.Leader.HandoverTo == "" {
+				for _, m := range c.Nodes {
+					if m.Name == st.Leader.Node {
+						l = m
+					}
+				}
+				return l != nil
+			}
+		}
+		return false
+	})
+	return l
+}
+
+// WaitPassivesCaughtUp waits until every non-leader applies the stream
+// with no lag.
+func (c *Cluster) WaitPassivesCaughtUp(t *testing.T, within time.Duration) {
+	t.Helper()
+	Eventually(t, within, "passives caught up", func() bool {
+		st := c.Nodes[0].Status(t)
+		if st.Leader == nil || len(st.Nodes) != 3 {
+			return false
+		}
+		for _, n := range st.Nodes {
+			if n.ID == st.Leader.Node {
+				continue
+			}
+			if n.Apply == nil || n.Apply.State != "following" || n.Apply.LagTXIDs != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// Writer writes through the VIP from the client container, recording
+// every acknowledged value.
+type Writer struct{ c *Cluster }
+
+// StartWriter starts writing every 20 ms.
+func (c *Cluster) StartWriter(t *testing.T) *Writer {
+	t.Helper()
+	c.Client.Must(t, "sh", "-c", `rm -f /tmp/acks /tmp/writer.stop; nohup sh -c 'i=0; while [ ! -e /tmp/writer.stop ]; do i=$((i+1)); if curl -sf -m 1 -XPOST "http://`+c.VIP+`:3210/write?v=w$i" >/dev/null; then echo "w$i $(date +%s%N)" >> /tmp/acks; fi; sleep 0.02; done' >/dev/null 2>&1 &`)
+	return &Writer{c: c}
+}
+
+// Stop stops the writer and returns the acknowledged values with their times.
+func (w *Writer) Stop(t *testing.T) map[string]time.Time {
+	t.Helper()
+	w.c.Client.Must(t, "touch", "/tmp/writer.stop")
+	time.Sleep(1500 * time.Millisecond)
+	acks := map[string]time.Time{}
+	for _, line := range strings.Split(w.c.Client.Must(t, "cat", "/tmp/acks"), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 {
+			ns, _ := strconv.ParseInt(f[1], 10, 64)
+			acks[f[0]] = time.Unix(0, ns)
+		}
+	}
+	return acks
+}
+
+// Lost returns the acknowledged values missing from the serving backend,
+// and the longest gap between consecutive acknowledgements.
+func (c *Cluster) Lost(t *testing.T, acks map[string]time.Time) ([]string, time.Duration) {
+	t.Helper()
+	have := map[string]bool{}
+	for _, v := range strings.Split(c.Client.Must(t, "curl", "-sf", "-m", "5", "http://"+c.VIP+":3210/values"), "\n") {
+		have[strings.TrimSpace(v)] = true
+	}
+	var lost []string
+	var times []time.Time
+	for v, at := range acks {
+		if !have[v] {
+			lost = append(lost, v)
+		}
+		times = append(times, at)
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
+	var gap time.Duration
+	for i := 1; i < len(times); i++ {
+		gap = max(gap, times[i].Sub(times[i-1]))
+	}
+	sort.Strings(lost)
+	return lost, gap
+}
+
+// StartChecker samples, in every node, whether it holds the VIP and runs
+// the backend, about every 30 ms.
+func (c *Cluster) StartChecker(t *testing.T) {
+	t.Helper()
+	for _, n := range c.Nodes {
+		n.Must(t, "sh", "-c", `rm -f /tmp/samples /tmp/checker.stop; nohup sh -c 'while [ ! -e /tmp/checker.stop ]; do t=$(date +%s%N); v=$(ip -o -4 addr show dev eth0 | grep -c " `+c.VIP+`/"); b=$(systemctl is-active convex-backend); echo "$t $v $b" >> /tmp/samples; sleep 0.01; done' >/dev/null 2>&1 &`)
+	}
+}
+
+// CheckerReport stops the samplers and returns the most VIP holders and
+// running backends seen at once, and the median sampling interval.
+func (c *Cluster) CheckerReport(t *testing.T) (vips, backends int, interval time.Duration) {
+	t.Helper()
+	type sample struct {
+		at      int64
+		node    int
+		vip, be bool
+	}
+	var all []sample
+	var gaps []int64
+	for i, n := range c.Nodes {
+		n.Exec(t, "touch", "/tmp/checker.stop")
+		var prev int64
+		for _, line := range strings.Split(n.Must(t, "cat", "/tmp/samples"), "\n") {
+			f := strings.Fields(line)
+			if len(f) != 3 {
+				continue
+			}
+			at, _ := strconv.ParseInt(f[0], 10, 64)
+			all = append(all, sample{at: at, node: i, vip: f[1] != "0", be: f[2] == "active" || f[2] == "activating" || f[2] == "deactivating"})
+			if prev != 0 {
+				gaps = append(gaps, at-prev)
+			}
+			prev = at
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].at < all[j].at })
+	vipNow := make([]bool, len(c.Nodes))
+	beNow := make([]bool, len(c.Nodes))
+	count := func(s []bool) int {
+		n := 0
+		for _, b := range s {
+			if b {
+				n++
+			}
+		}
+		return n
+	}
+	for _, s := range all {
+		vipNow[s.node], beNow[s.node] = s.vip, s.be
+		vips, backends = max(vips, count(vipNow)), max(backends, count(beNow))
+	}
+	sort.Slice(gaps, func(i, j int) bool { return gaps[i] < gaps[j] })
+	if len(gaps) > 0 {
+		interval = time.Duration(gaps[len(gaps)/2])
+	}
+	return vips, backends, interval
+}

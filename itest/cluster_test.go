@@ -1,0 +1,209 @@
+//go:build integration
+
+package itest
+
+import (
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// others returns the cluster's nodes other than n.
+func (c *Cluster) others(n *Node) []*Node {
+	var out []*Node
+	for _, m := range c.Nodes {
+		if m != n {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func (c *Cluster) assertOneHolder(t *testing.T, what string) {
+	t.Helper()
+	vips, backends, every := c.CheckerReport(t)
+	t.Logf("%s: at most %d VIP holder(s) and %d running backend(s) at once (sampled every %s)", what, vips, backends, every.Round(time.Millisecond))
+	if vips > 1 || backends > 1 {
+		t.Fatalf("%s: the checker saw %d VIP holders and %d backends at once", what, vips, backends)
+	}
+	if every > 50*time.Millisecond {
+		t.Fatalf("checker sampled every %s, want 50ms or faster", every)
+	}
+}
+
+func count(t *testing.T, n *Node, url string) int {
+	t.Helper()
+	v, err := strconv.Atoi(strings.TrimSpace(n.Must(t, "curl", "-sf", "-m", "5", url)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// TestCluster drives one three-node cluster through bootstrap, a graceful
+// switchover, kill -9 of every daemon on the leader, the loss of one NATS
+// server, a partition of the leader, a crash-looping backend and a leader
+// crash, with a writer on the VIP and a checker on every node.
+func TestCluster(t *testing.T) {
+	c := StartCluster(t, ClusterOptions{TTLMs: 3000, HeartbeatMs: 1000, MarginMs: 500})
+
+	t.Run("bootstrap converges", func(t *testing.T) {
+		for i := range 50 {
+			c.Client.Must(t, "curl", "-sf", "-XPOST", "http://"+c.VIP+":3210/write?v=boot"+strconv.Itoa(i))
+		}
+		c.WaitPassivesCaughtUp(t, 30*time.Second)
+		l := c.Leader(t)
+		want := count(t, c.Client, "http://"+c.VIP+":3210/count")
+		for _, n := range c.others(l) {
+			out := n.Must(t, "sh", "-c", "cp /var/lib/convex/replica/db.sqlite3 /tmp/check.db && sqlite3 /tmp/check.db 'PRAGMA integrity_check; SELECT count(*) FROM writes;'")
+			if f := strings.Fields(out); len(f) != 2 || f[0] != "ok" || f[1] != strconv.Itoa(want) {
+				t.Fatalf("%s shadow: %q, want ok and %d rows", n.Name, out, want)
+			}
+		}
+	})
+
+	t.Run("graceful switchover loses nothing", func(t *testing.T) {
+		old := c.Leader(t)
+		target := c.others(old)[0]
+		c.StartChecker(t)
+		w := c.StartWriter(t)
+		time.Sleep(2 * time.Second)
+		out := old.Must(t, "ccm", "promote", "--node", target.Name)
+		t.Log(strings.TrimSpace(out))
+		c.WaitServing(t, target, 30*time.Second)
+		time.Sleep(2 * time.Second)
+		acks := w.Stop(t)
+		lost, gap := c.Lost(t, acks)
+		t.Logf("switchover %s -> %s: %d writes acknowledged, %d lost, longest write gap %s", old.Name, target.Name, len(acks), len(lost), gap.Round(time.Millisecond))
+		if len(lost) > 0 {
+			t.Fatalf("acknowledged writes lost in a switchover: %v", lost)
+		}
+		c.assertOneHolder(t, "switchover")
+	})
+
+	t.Run("kill -9 of each daemon on the leader", func(t *testing.T) {
+		l := c.Leader(t)
+		epoch := l.Status(t).Leader.Epoch
+		w := c.StartWriter(t)
+		for _, unit := range []string{"ccm-elector", "ccm-walship", "ccm-walapply", "ccm-snapshot", "ccm-vip", "ccm-backend"} {
+			l.Must(t, "systemctl", "kill", "--signal=SIGKILL", unit)
+			Eventually(t, 20*time.Second, unit+" restarted", func() bool {
+				out := l.Must(t, "systemctl", "show", "--property=NRestarts", "--value", unit)
+				n, _ := strconv.Atoi(strings.TrimSpace(out))
+				return n > 0 && l.Active(t, unit)
+			})
+		}
+		time.Sleep(3 * time.Second)
+		acks := w.Stop(t)
+		lost, gap := c.Lost(t, acks)
+		st := l.Status(t)
+		t.Logf("daemons killed on %s: %d acks, %d lost, longest gap %s", l.Name, len(acks), len(lost), gap.Round(time.Millisecond))
+		if st.Leader == nil || st.Leader.Node != l.Name || st.Leader.Epoch != epoch {
+			t.Fatalf("leadership moved: %+v, was %s epoch %d", st.Leader, l.Name, epoch)
+		}
+		if len(lost) > 0 {
+			t.Fatalf("writes lost: %v", lost)
+		}
+	})
+
+	t.Run("loss of one NATS server changes no role", func(t *testing.T) {
+		l := c.Leader(t)
+		epoch := l.Status(t).Leader.Epoch
+		p := c.others(l)[0]
+		p.Must(t, "systemctl", "stop", "nats-server")
+		time.Sleep(4 * 3 * time.Second)
+		st := l.Status(t)
+		p.Must(t, "systemctl", "start", "nats-server")
+		if st.Leader == nil || st.Leader.Node != l.Name || st.Leader.Epoch != epoch {
+			t.Fatalf("role changed after losing %s's NATS server: %+v", p.Name, st.Leader)
+		}
+		c.WaitPassivesCaughtUp(t, 60*time.Second)
+	})
+
+	t.Run("partitioned leader steps down first and rejoins", func(t *testing.T) {
+		old := c.Leader(t)
+		c.StartChecker(t)
+		w := c.StartWriter(t)
+		time.Sleep(time.Second)
+		name, _ := old.C.Name(t.Context())
+		name = strings.TrimPrefix(name, "/")
+		if out, err := exec.Command("docker", "network", "disconnect", c.Net.Name, name).CombinedOutput(); err != nil {
+			t.Fatalf("disconnect: %v %s", err, out)
+		}
+		var next *Node
+		Eventually(t, 30*time.Second, "another node serves", func() bool {
+			for _, n := range c.others(old) {
+				if st := n.Status(t); st.Leader != nil && st.Leader.Node == n.Name && n.HasVIP(t, c.VIP) {
+					next = n
+					return true
+				}
+			}
+			return false
+		})
+		c.WaitServing(t, next, 30*time.Second)
+		time.Sleep(2 * time.Second)
+		acks := w.Stop(t)
+		if out, err := exec.Command("docker", "network", "connect", "--ip", old.IP, c.Net.Name, name).CombinedOutput(); err != nil {
+			t.Fatalf("reconnect: %v %s", err, out)
+		}
+		lost, gap := c.Lost(t, acks)
+		t.Logf("partition of %s: %s took over; %d acks, %d lost (bounded by the lag at the cut), longest gap %s", old.Name, next.Name, len(acks), len(lost), gap.Round(time.Millisecond))
+		if old.HasVIP(t, c.VIP) || old.Active(t, "convex-backend") {
+			t.Fatal("the partitioned leader still serves")
+		}
+		c.assertOneHolder(t, "partition")
+		// The old leader rejoins as a passive and converges.
+		c.WaitPassivesCaughtUp(t, 90*time.Second)
+	})
+
+	t.Run("crash-looping backend moves leadership", func(t *testing.T) {
+		old := c.Leader(t)
+		old.Must(t, "sh", "-c", "echo STANDIN_CRASH=1 > /etc/convex/standin.env; systemctl kill --signal=SIGKILL convex-backend || true")
+		var next *Node
+		Eventually(t, 60*time.Second, "a healthy node takes over", func() bool {
+			for _, n := range c.others(old) {
+				if st := n.Status(t); st.Leader != nil && st.Leader.Node == n.Name && n.HasVIP(t, c.VIP) {
+					next = n
+					return true
+				}
+			}
+			return false
+		})
+		c.WaitServing(t, next, 30*time.Second)
+		old.Must(t, "rm", "-f", "/etc/convex/standin.env")
+		t.Logf("backend crash loop on %s: %s took over", old.Name, next.Name)
+	})
+
+	t.Run("leader crash", func(t *testing.T) {
+		c.WaitPassivesCaughtUp(t, 90*time.Second)
+		old := c.Leader(t)
+		w := c.StartWriter(t)
+		time.Sleep(2 * time.Second)
+		killed := time.Now()
+		name, _ := old.C.Name(t.Context())
+		if out, err := exec.Command("docker", "kill", strings.TrimPrefix(name, "/")).CombinedOutput(); err != nil {
+			t.Fatalf("kill: %v %s", err, out)
+		}
+		var next *Node
+		Eventually(t, 30*time.Second, "another node serves", func() bool {
+			for _, n := range c.others(old) {
+				if st := n.Status(t); st.Leader != nil && st.Leader.Node == n.Name && n.HasVIP(t, c.VIP) {
+					next = n
+					return true
+				}
+			}
+			return false
+		})
+		took := time.Since(killed)
+		c.WaitServing(t, next, 30*time.Second)
+		time.Sleep(2 * time.Second)
+		acks := w.Stop(t)
+		lost, gap := c.Lost(t, acks)
+		t.Logf("leader %s killed: %s holds the VIP after %s; %d acks, %d lost, longest gap %s", old.Name, next.Name, took.Round(time.Millisecond), len(acks), len(lost), gap.Round(time.Millisecond))
+		if len(lost) > 5 {
+			t.Fatalf("%d acknowledged writes lost in a crash; the replication lag bounds it to a few", len(lost))
+		}
+	})
+}
