@@ -132,8 +132,9 @@ func TestCluster(t *testing.T) {
 		if out, err := exec.Command("docker", "network", "disconnect", c.Net.Name, name).CombinedOutput(); err != nil {
 			t.Fatalf("disconnect: %v %s", err, out)
 		}
+		cut := time.Now()
 		var next *Node
-		Eventually(t, 30*time.Second, "another node serves", func() bool {
+		Eventually(t, 90*time.Second, "another node serves", func() bool {
 			for _, n := range c.others(old) {
 				if st := n.Status(t); st.Leader != nil && st.Leader.Node == n.Name && n.HasVIP(t, c.VIP) {
 					next = n
@@ -142,7 +143,8 @@ func TestCluster(t *testing.T) {
 			}
 			return false
 		})
-		c.WaitServing(t, next, 30*time.Second)
+		t.Logf("partition: %s holds the VIP %s after the cut", next.Name, time.Since(cut).Round(time.Millisecond))
+		c.WaitServing(t, next, 60*time.Second)
 		time.Sleep(2 * time.Second)
 		acks := w.Stop(t)
 		if out, err := exec.Command("docker", "network", "connect", "--ip", old.IP, c.Net.Name, name).CombinedOutput(); err != nil {

@@ -55,6 +55,8 @@ type Node struct {
 	C    testcontainers.Container
 	Name string
 	IP   string
+
+	statusErrAt time.Time // last logged ccm status failure
 }
 
 // StartNode starts a node container at ip on nw and waits for systemd.
@@ -128,10 +130,13 @@ func (n *Node) Init(t *testing.T, cluster, natsURL string, extra ...string) {
 // Status runs ccm status --json on the node.
 func (n *Node) Status(t *testing.T) cli.ClusterStatus {
 	t.Helper()
-	code, out := n.Exec(t, "ccm", "status", "--json")
+	code, out := n.Exec(t, "timeout", "15", "ccm", "status", "--json")
 	var st cli.ClusterStatus
 	if code == 0 {
 		json.Unmarshal([]byte(out), &st)
+	} else if time.Since(n.statusErrAt) > 5*time.Second {
+		n.statusErrAt = time.Now()
+		t.Logf("%s: ccm status: exit %d: %s", n.Name, code, strings.TrimSpace(out))
 	}
 	return st
 }

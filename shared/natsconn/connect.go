@@ -77,7 +77,7 @@ func Daemon(cfg config.NATS, name string, log *slog.Logger) (*nats.Conn, error) 
 // Client connects once for a command-line client, failing fast with
 // ErrUnreachable when no server answers within timeout.
 func Client(ctx context.Context, cfg config.NATS, name string, timeout time.Duration) (*nats.Conn, error) {
-	opts := append(Options(cfg, name), nats.Timeout(timeout), nats.NoReconnect())
+	opts := append(Options(cfg, name), nats.Timeout(timeout), nats.NoReconnect(), nats.DontRandomize())
 	type result struct {
 		nc  *nats.Conn
 		err error
