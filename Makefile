@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/convex-cluster-manager/ccm/shared/daemon.version=
 BINARIES := $(notdir $(wildcard cmd/*))
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: help build test unit-test lint bench images clean
+.PHONY: help build test unit-test lint bench bench-failover images demo demo-down clean
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
@@ -29,9 +29,18 @@ lint: ## go vet and a gofmt check
 bench: build ## replication lag vs Litestream, and ccm join throughput (needs nats-server, litestream on PATH)
 	$(GO) run ./itest/bench/lag -bin bin $(BENCH_FLAGS)
 
+bench-failover: images ## five switchovers and five leader kills at TTL 10 s and 3 s; prints figures
+	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -count=1 -timeout 60m -tags 'integration bench' -run TestBenchFailover -v ./itest/ | grep '^BENCH'
+
 images: build ## base image (debootstrap, cached) and node image ccm-node:dev, no registry
 	deploy/images/base.sh
 	deploy/images/node.sh
+
+demo: images ## three-node demo cluster with a client on 10.77.0.0/24; prints ccm status and the VIP
+	compose/demo.sh
+
+demo-down: ## remove the demo cluster
+	cd compose && docker-compose -p ccm-demo down -v --remove-orphans
 
 clean: ## remove build output
 	rm -rf bin

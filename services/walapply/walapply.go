@@ -251,7 +251,13 @@ func (d *Daemon) follow(ctx context.Context) {
 		errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrDiverged):
 		d.fail(err)
 	default:
-		d.log.Warn("following the WAL stream; retrying", "err", err)
+		// NATS trouble (e.g. a JetStream leader election after a partition):
+		// back off before the control loop starts a new consumer.
+		d.log.Warn("following the WAL stream; retrying in 1s", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
 	}
 }
 
