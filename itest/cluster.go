@@ -126,6 +126,26 @@ func (c *Cluster) WaitPassivesCaughtUp(t *testing.T, within time.Duration) {
 	})
 }
 
+// WaitNATSRoutes waits until every node's NATS server routes to the two
+// others and JetStream answers on it.
+func (c *Cluster) WaitNATSRoutes(t *testing.T, within time.Duration) {
+	t.Helper()
+	Eventually(t, within, "NATS routes between all three servers", func() bool {
+		for _, n := range c.Nodes {
+			code, out := n.Exec(t, "curl", "-sf", "-m", "2", "http://127.0.0.1:8222/routez")
+			if code != 0 {
+				return false
+			}
+			for _, m := range c.Nodes {
+				if m != n && !strings.Contains(out, `"remote_name": "`+m.Name+`"`) {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
 // Writer writes through the VIP from the client container, recording
 // every acknowledged value.
 type Writer struct{ c *Cluster }

@@ -156,8 +156,10 @@ func TestCluster(t *testing.T) {
 			t.Fatal("the partitioned leader still serves")
 		}
 		c.assertOneHolder(t, "partition")
-		// The old leader rejoins as a passive and converges.
+		// The old leader rejoins as a passive and converges, and its NATS
+		// server is a full cluster member again.
 		c.WaitPassivesCaughtUp(t, 90*time.Second)
+		c.WaitNATSRoutes(t, 60*time.Second)
 	})
 
 	t.Run("crash-looping backend moves leadership", func(t *testing.T) {
