@@ -62,6 +62,7 @@ type Daemon struct {
 	healthy   bool
 	failures  int // consecutive failed health checks on the ready leader
 	handedOff uint64
+	led       bool // the node led at the last reconcile
 	lastErr   error
 	loopAt    time.Time
 }
@@ -122,6 +123,14 @@ func (d *Daemon) reconcile(ctx context.Context) {
 	}
 	epoch, _, leading := d.roles.Leading(time.Now())
 	_, serving := d.roles.Serving(time.Now())
+	d.mu.Lock()
+	demoted := d.led && !leading
+	d.led = leading
+	d.mu.Unlock()
+	if demoted {
+		d.log.Warn("no longer the leader: the data path's database is set aside, not merged; any change in it that did not reach the WAL stream stays there until the next promotion moves it to "+setAsideDir,
+			"path", d.cfg.Backend.DBPath())
+	}
 	switch {
 	case !leading && running(st):
 		// Not the leader (any more): the deadline passed or the node was
