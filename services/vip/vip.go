@@ -90,8 +90,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
+	// A missing interface is reported (unhealthy, in status and the log)
+	// and retried, not fatal: a network can come back.
 	if err := d.ip.checkInterface(ctx, d.cfg.Interface); err != nil {
-		return err
+		d.fail(err)
 	}
 	roles, err := rolewatch.Subscribe(d.nc, d.env.Config.ClusterID, d.env.Config.NodeID, d.log)
 	if err != nil {

@@ -289,6 +289,11 @@ func (d *Daemon) poke() {
 // Drain applies everything up to the stream's current end, then pauses
 // applying (for a promotion) and returns the position reached.
 func (d *Daemon) Drain(ctx context.Context) (Position, error) {
+	select { // the shadow is opened (or bootstrapped) at start
+	case <-d.ready:
+	case <-ctx.Done():
+		return Position{}, fmt.Errorf("drain: still starting: %w", ctx.Err())
+	}
 	s, err := d.js.Stream(ctx, walstream.Stream(d.cfg.ClusterID))
 	if err != nil {
 		return Position{}, fmt.Errorf("WAL stream: %w", err)
