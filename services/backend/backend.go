@@ -55,7 +55,8 @@ type Daemon struct {
 	roles  *rolewatch.Tracker
 	health prometheus.Gauge
 
-	opMu sync.Mutex // one of prepare, start, stop, reconcile at a time
+	opMu sync.Mutex     // one of prepare, start, stop, reconcile at a time
+	wg   sync.WaitGroup // hand-over requests in flight
 
 	mu        sync.Mutex
 	state     string // unit ActiveState at the last look
@@ -87,6 +88,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	defer roles.Close()
+	defer d.wg.Wait()
 	d.roles = roles
 	close(d.ready)
 	for {
@@ -172,13 +174,21 @@ func (d *Daemon) check(ctx context.Context, epoch uint64) {
 	d.handedOff = epoch
 	d.mu.Unlock()
 	d.log.Error("backend keeps failing on the leader: asking the elector to hand over", "failures", n)
-	msg, err := d.nc.RequestWithContext(ctx, schema.Endpoint(d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceElector, "demote"), nil)
-	if err == nil && msg.Header.Get(micro.ErrorHeader) != "" {
-		err = errors.New(msg.Header.Get(micro.ErrorHeader))
-	}
-	if err != nil {
-		d.log.Error("hand over", "err", err)
-	}
+	// Not inline: the demotion calls back into this daemon (stop), which
+	// must not wait for the reconcile that is asking.
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		msg, err := d.nc.RequestWithContext(ctx, schema.Endpoint(d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceElector, "demote"), nil)
+		if err == nil && msg.Header.Get(micro.ErrorHeader) != "" {
+			err = errors.New(msg.Header.Get(micro.ErrorHeader))
+		}
+		if err != nil {
+			d.log.Error("hand over", "err", err)
+		}
+	}()
 }
 
 // probe GETs the health endpoint.
