@@ -44,8 +44,9 @@ func count(t *testing.T, n *Node, url string) int {
 
 // TestCluster drives one three-node cluster through bootstrap, a graceful
 // switchover, kill -9 of every daemon on the leader, the loss of one NATS
-// server, a partition of the leader, a crash-looping backend and a leader
-// crash, with a writer on the VIP and a checker on every node.
+// server, a crash-looping backend, a leader crash (the node then rejoins)
+// and a partition of the leader, with a writer on the VIP and a checker on
+// every node.
 func TestCluster(t *testing.T) {
 	c := StartCluster(t, ClusterOptions{TTLMs: 3000, HeartbeatMs: 1000, MarginMs: 500})
 
@@ -122,46 +123,6 @@ func TestCluster(t *testing.T) {
 		c.WaitPassivesCaughtUp(t, 60*time.Second)
 	})
 
-	t.Run("partitioned leader steps down first and rejoins", func(t *testing.T) {
-		old := c.Leader(t)
-		c.StartChecker(t)
-		w := c.StartWriter(t)
-		time.Sleep(time.Second)
-		name, _ := old.C.Name(t.Context())
-		name = strings.TrimPrefix(name, "/")
-		if out, err := exec.Command("docker", "network", "disconnect", c.Net.Name, name).CombinedOutput(); err != nil {
-			t.Fatalf("disconnect: %v %s", err, out)
-		}
-		cut := time.Now()
-		var next *Node
-		Eventually(t, 90*time.Second, "another node serves", func() bool {
-			for _, n := range c.others(old) {
-				if st := n.Status(t); st.Leader != nil && st.Leader.Node == n.Name && n.HasVIP(t, c.VIP) {
-					next = n
-					return true
-				}
-			}
-			return false
-		})
-		t.Logf("partition: %s holds the VIP %s after the cut", next.Name, time.Since(cut).Round(time.Millisecond))
-		c.WaitServing(t, next, 60*time.Second)
-		time.Sleep(2 * time.Second)
-		acks := w.Stop(t)
-		if out, err := exec.Command("docker", "network", "connect", "--ip", old.IP, c.Net.Name, name).CombinedOutput(); err != nil {
-			t.Fatalf("reconnect: %v %s", err, out)
-		}
-		lost, gap := c.Lost(t, acks)
-		t.Logf("partition of %s: %s took over; %d acks, %d lost (bounded by the lag at the cut), longest gap %s", old.Name, next.Name, len(acks), len(lost), gap.Round(time.Millisecond))
-		if old.HasVIP(t, c.VIP) || old.Active(t, "convex-backend") {
-			t.Fatal("the partitioned leader still serves")
-		}
-		c.assertOneHolder(t, "partition")
-		// The old leader rejoins as a passive and converges, and its NATS
-		// server is a full cluster member again.
-		c.WaitPassivesCaughtUp(t, 90*time.Second)
-		c.WaitNATSRoutes(t, 60*time.Second)
-	})
-
 	t.Run("crash-looping backend moves leadership", func(t *testing.T) {
 		old := c.Leader(t)
 		old.Must(t, "sh", "-c", "echo STANDIN_CRASH=1 > /etc/convex/standin.env; systemctl kill --signal=SIGKILL convex-backend || true")
@@ -209,5 +170,55 @@ func TestCluster(t *testing.T) {
 		if len(lost) > 5 {
 			t.Fatalf("%d acknowledged writes lost in a crash; the replication lag bounds it to a few", len(lost))
 		}
+		// The crashed node comes back and rejoins as a passive.
+		if out, err := exec.Command("docker", "start", strings.TrimPrefix(name, "/")).CombinedOutput(); err != nil {
+			t.Fatalf("restart: %v %s", err, out)
+		}
+		Eventually(t, 60*time.Second, "systemd on "+old.Name, func() bool {
+			code, _ := old.Exec(t, "systemctl", "is-system-running")
+			return code == 0
+		})
+		c.WaitNATSRoutes(t, 60*time.Second)
+		c.WaitPassivesCaughtUp(t, 120*time.Second)
+	})
+
+	t.Run("partitioned leader steps down first and rejoins", func(t *testing.T) {
+		old := c.Leader(t)
+		c.StartChecker(t)
+		w := c.StartWriter(t)
+		time.Sleep(time.Second)
+		name, _ := old.C.Name(t.Context())
+		name = strings.TrimPrefix(name, "/")
+		if out, err := exec.Command("docker", "network", "disconnect", c.Net.Name, name).CombinedOutput(); err != nil {
+			t.Fatalf("disconnect: %v %s", err, out)
+		}
+		cut := time.Now()
+		var next *Node
+		Eventually(t, 90*time.Second, "another node serves", func() bool {
+			for _, n := range c.others(old) {
+				if st := n.Status(t); st.Leader != nil && st.Leader.Node == n.Name && n.HasVIP(t, c.VIP) {
+					next = n
+					return true
+				}
+			}
+			return false
+		})
+		t.Logf("partition: %s holds the VIP %s after the cut", next.Name, time.Since(cut).Round(time.Millisecond))
+		c.WaitServing(t, next, 60*time.Second)
+		time.Sleep(2 * time.Second)
+		acks := w.Stop(t)
+		if out, err := exec.Command("docker", "network", "connect", "--ip", old.IP, c.Net.Name, name).CombinedOutput(); err != nil {
+			t.Fatalf("reconnect: %v %s", err, out)
+		}
+		lost, gap := c.Lost(t, acks)
+		t.Logf("partition of %s: %s took over; %d acks, %d lost (bounded by the lag at the cut), longest gap %s", old.Name, next.Name, len(acks), len(lost), gap.Round(time.Millisecond))
+		if old.HasVIP(t, c.VIP) || old.Active(t, "convex-backend") {
+			t.Fatal("the partitioned leader still serves")
+		}
+		c.assertOneHolder(t, "partition")
+		// The old leader rejoins as a passive and converges, and its NATS
+		// server is a full cluster member again.
+		c.WaitPassivesCaughtUp(t, 90*time.Second)
+		c.WaitNATSRoutes(t, 60*time.Second)
 	})
 }

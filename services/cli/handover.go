@@ -70,8 +70,9 @@ func withClient(ctx context.Context, args []string, flags *config.Flags, fn func
 	return fn(c)
 }
 
-// handoverTimeout bounds a promote or demote: the lease TTL plus slack.
-func (c *client) handoverTimeout() time.Duration { return c.ttl + 2*time.Second }
+// handoverTimeout bounds a promote or demote: a graceful demotion drains
+// the backend first (tens of seconds for a large one), then the lease TTL.
+func (c *client) handoverTimeout() time.Duration { return c.ttl + 3*time.Minute }
 
 func (c *client) promote(ctx context.Context, w io.Writer, target string) error {
 	if err := c.requireNode(ctx, target); err != nil {

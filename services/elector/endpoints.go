@@ -102,8 +102,12 @@ func (e *Elector) Leave(ctx context.Context) error {
 	})
 }
 
+// handoverTimeout bounds a graceful demotion: the backend may take tens of
+// seconds to drain before the WAL flush and the handover.
+const handoverTimeout = 2 * time.Minute
+
 func (e *Elector) handlePromote(req micro.Request) {
-	ctx, cancel := context.WithTimeout(context.Background(), e.ttl+2*e.heartbeat)
+	ctx, cancel := context.WithTimeout(context.Background(), handoverTimeout+e.ttl)
 	defer cancel()
 	e.respond(req, e.Promote(ctx))
 }
@@ -116,7 +120,7 @@ func (e *Elector) handleDemote(req micro.Request) {
 			return
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), e.ttl)
+	ctx, cancel := context.WithTimeout(context.Background(), handoverTimeout)
 	defer cancel()
 	e.respond(req, e.Demote(ctx, r.To))
 }
