@@ -108,36 +108,26 @@ func run(args []string, stderr io.Writer) error {
 		}
 		fmt.Fprint(w, n)
 	})
-	mux.HandleFunc("GET /ids", func(w http.ResponseWriter, r *http.Request) {
-		rows, err := db.QueryContext(r.Context(), `SELECT id FROM writes ORDER BY id`)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
+	// list writes one column of every row, one per line, in id order.
+	list := func(col string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			rows, err := db.QueryContext(r.Context(), `SELECT `+col+` FROM writes ORDER BY id`)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			defer rows.Close()
+			var b strings.Builder
+			for rows.Next() {
+				var v string
+				rows.Scan(&v)
+				fmt.Fprintln(&b, v)
+			}
+			io.WriteString(w, b.String())
 		}
-		defer rows.Close()
-		var b strings.Builder
-		for rows.Next() {
-			var id int64
-			rows.Scan(&id)
-			fmt.Fprintln(&b, id)
-		}
-		io.WriteString(w, b.String())
-	})
-	mux.HandleFunc("GET /values", func(w http.ResponseWriter, r *http.Request) {
-		rows, err := db.QueryContext(r.Context(), `SELECT v FROM writes ORDER BY id`)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		defer rows.Close()
-		var b strings.Builder
-		for rows.Next() {
-			var v string
-			rows.Scan(&v)
-			fmt.Fprintln(&b, v)
-		}
-		io.WriteString(w, b.String())
-	})
+	}
+	mux.HandleFunc("GET /ids", list("id"))
+	mux.HandleFunc("GET /values", list("v"))
 	mux.HandleFunc("GET /storage", func(w http.ResponseWriter, r *http.Request) {
 		name := filepath.Base(r.URL.Query().Get("f"))
 		b, err := os.ReadFile(filepath.Join(*data, "storage", name))
