@@ -153,7 +153,7 @@ type Writer struct{ c *Cluster }
 // StartWriter starts writing every 20 ms.
 func (c *Cluster) StartWriter(t *testing.T) *Writer {
 	t.Helper()
-	c.Client.Must(t, "sh", "-c", `rm -f /tmp/acks /tmp/writer.stop; nohup sh -c 'i=0; while [ ! -e /tmp/writer.stop ]; do i=$((i+1)); if curl -sf -m 1 -XPOST "http://`+c.VIP+`:3210/write?v=w$i" >/dev/null; then echo "w$i $(date +%s%N)" >> /tmp/acks; fi; sleep 0.02; done' >/dev/null 2>&1 &`)
+	c.Client.Must(t, "sh", "-c", `rm -f /tmp/acks /tmp/writer.stop; nohup sh -c 'i=0; while [ ! -e /tmp/writer.stop ]; do i=$((i+1)); if curl -sf -m 0.5 -XPOST "http://`+c.VIP+`:3210/write?v=w$i" >/dev/null; then echo "w$i $(date +%s%N)" >> /tmp/acks; fi; sleep 0.02; done' >/dev/null 2>&1 &`)
 	return &Writer{c: c}
 }
 

@@ -339,7 +339,7 @@ func (d *Daemon) Start(ctx context.Context, epoch uint64) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
