@@ -111,15 +111,18 @@ func TestDaemonsReplicateDrainAndResume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1200 * time.Millisecond)
-	ent, err := kv.Get(context.Background(), schema.ApplyKey("n2"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// It is republished about every second: wait for the drained state.
 	var st schema.ApplyStatus
-	json.Unmarshal(ent.Value(), &st)
-	if st.TXID != flushed.TXID || st.State != "paused" || st.LagTXIDs != 0 {
-		t.Fatalf("apply status %+v, want TXID %d paused with no lag", st, flushed.TXID)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if ent, err := kv.Get(context.Background(), schema.ApplyKey("n2")); err == nil {
+			json.Unmarshal(ent.Value(), &st)
+			if st.TXID == flushed.TXID && st.State == "paused" && st.LagTXIDs == 0 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("apply status %+v, want TXID %d paused with no lag", st, flushed.TXID)
+		}
 	}
 
 	// ccm status shows it.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 
 	"github.com/convex-cluster-manager/ccm/services/walapply"
 	"github.com/convex-cluster-manager/ccm/services/walship"
+	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
@@ -75,7 +77,7 @@ func (e *env) ship(t *testing.T, epoch uint64) *walship.Shipper {
 	t.Helper()
 	s, err := walship.Open(context.Background(), e.js, walship.ShipperOptions{
 		DBPath: e.dbPath, Cluster: cluster, Node: "leader", Epoch: epoch,
-		Interval: 20 * time.Millisecond, Log: testLog(),
+		Interval: 20 * time.Millisecond, Log: daemontest.Logger(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -87,9 +89,17 @@ func (e *env) ship(t *testing.T, epoch uint64) *walship.Shipper {
 // replica applies the stream to a shadow database in the background.
 type replica struct {
 	shadow  *walapply.Shadow
-	applier *walapply.Applier
+	applier *walapply.Applier // not safe for concurrent use: guarded by mu
+	mu      sync.Mutex
 	cancel  context.CancelFunc
 	done    chan error
+}
+
+// position reads the applied position while the follower may be applying.
+func (r *replica) position() walapply.Position {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.applier.Position()
 }
 
 func (e *env) follow(t *testing.T, name string) *replica {
@@ -110,6 +120,8 @@ func (e *env) follow(t *testing.T, name string) *replica {
 			if err != nil {
 				return err
 			}
+			r.mu.Lock()
+			defer r.mu.Unlock()
 			return ap.Handle(md.Sequence.Stream, m.Headers(), m.Data())
 		})
 	}()
@@ -129,7 +141,7 @@ func (r *replica) waitTXID(t *testing.T, epoch uint64, txid uint64) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		p := r.applier.Position()
+		p := r.position()
 		if p.Epoch == epoch && uint64(p.TXID) >= txid {
 			return
 		}
@@ -141,7 +153,7 @@ func (r *replica) waitTXID(t *testing.T, epoch uint64, txid uint64) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("replica at %+v, want epoch %d TXID %d", r.applier.Position(), epoch, txid)
+	t.Fatalf("replica at %+v, want epoch %d TXID %d", r.position(), epoch, txid)
 }
 
 // dump returns a logical dump of every table, and integrity_check.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -19,7 +20,7 @@ type Appender struct {
 	subject string
 	epoch   uint64
 	node    string
-	lastSeq uint64
+	lastSeq atomic.Uint64 // written by the appending goroutine, read by status
 	fenced  error
 }
 
@@ -47,7 +48,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cluster, node string, epo
 				return nil, fmt.Errorf("%w: stream holds epoch %d, newer than %d", ErrFenced, newest, epoch)
 			}
 		}
-		a.lastSeq = last
+		a.lastSeq.Store(last)
 		err = a.publish(ctx, Meta{Kind: KindMarker, Epoch: epoch, Node: node}, nil)
 		if err == nil {
 			return a, nil
@@ -80,7 +81,7 @@ func NewestEpoch(ctx context.Context, s jetstream.Stream) (uint64, error) {
 func (a *Appender) Epoch() uint64 { return a.epoch }
 
 // LastSeq is the stream sequence of this appender's last append.
-func (a *Appender) LastSeq() uint64 { return a.lastSeq }
+func (a *Appender) LastSeq() uint64 { return a.lastSeq.Load() }
 
 // AppendLTX streams one LTX file from r in chunks; m gives its TXID range
 // and capture time.
@@ -115,15 +116,16 @@ func (a *Appender) publish(ctx context.Context, m Meta, data []byte) error {
 	msg := &nats.Msg{Subject: a.subject, Header: m.Header(), Data: data}
 	// The message ID makes a retry after a lost acknowledgement a duplicate
 	// that JetStream answers with the original sequence, not a second append.
-	id := fmt.Sprintf("%d.%d.%s.%d.%d", a.epoch, a.lastSeq, m.Kind, m.MinTXID, m.Chunk)
+	last := a.lastSeq.Load()
+	id := fmt.Sprintf("%d.%d.%s.%d.%d", a.epoch, last, m.Kind, m.MinTXID, m.Chunk)
 	for {
-		ack, err := a.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequence(a.lastSeq), jetstream.WithMsgID(id))
+		ack, err := a.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequence(last), jetstream.WithMsgID(id))
 		if err == nil {
-			a.lastSeq = ack.Sequence
+			a.lastSeq.Store(ack.Sequence)
 			return nil
 		}
 		if isWrongLastSequence(err) {
-			a.fenced = fmt.Errorf("%w: append after seq %d for epoch %d refused: %v", ErrFenced, a.lastSeq, a.epoch, err)
+			a.fenced = fmt.Errorf("%w: append after seq %d for epoch %d refused: %v", ErrFenced, last, a.epoch, err)
 			return a.fenced
 		}
 		if ctx.Err() != nil {
