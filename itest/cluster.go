@@ -85,6 +85,34 @@ func (c *Cluster) WaitServing(t *testing.T, n *Node, within time.Duration) {
 	})
 }
 
+// others returns the cluster's nodes other than n.
+func (c *Cluster) others(n *Node) []*Node {
+	var out []*Node
+	for _, m := range c.Nodes {
+		if m != n {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// WaitTakeover waits until a node other than old leads and holds the VIP,
+// and returns it.
+func (c *Cluster) WaitTakeover(t *testing.T, old *Node, within time.Duration) *Node {
+	t.Helper()
+	var next *Node
+	Eventually(t, within, "a node other than "+old.Name+" leads and holds the VIP", func() bool {
+		for _, n := range c.others(old) {
+			if st := n.Status(t); st.Leader != nil && st.Leader.Node == n.Name && n.HasVIP(t, c.VIP) {
+				next = n
+				return true
+			}
+		}
+		return false
+	})
+	return next
+}
+
 // Leader returns the node that serves on the VIP now.
 func (c *Cluster) Leader(t *testing.T) *Node {
 	t.Helper()

@@ -10,17 +10,6 @@ import (
 	"time"
 )
 
-// others returns the cluster's nodes other than n.
-func (c *Cluster) others(n *Node) []*Node {
-	var out []*Node
-	for _, m := range c.Nodes {
-		if m != n {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
 func (c *Cluster) assertOneHolder(t *testing.T, what string) {
 	t.Helper()
 	vips, backends, every := c.CheckerReport(t)
@@ -126,16 +115,7 @@ func TestCluster(t *testing.T) {
 	t.Run("crash-looping backend moves leadership", func(t *testing.T) {
 		old := c.Leader(t)
 		old.Must(t, "sh", "-c", "echo STANDIN_CRASH=1 > /etc/convex/standin.env; systemctl kill --signal=SIGKILL convex-backend || true")
-		var next *Node
-		Eventually(t, 60*time.Second, "a healthy node takes over", func() bool {
-			for _, n := range c.others(old) {
-				if st := n.Status(t); st.Leader != nil && st.Leader.Node == n.Name && n.HasVIP(t, c.VIP) {
-					next = n
-					return true
-				}
-			}
-			return false
-		})
+		next := c.WaitTakeover(t, old, 60*time.Second)
 		c.WaitServing(t, next, 30*time.Second)
 		old.Must(t, "rm", "-f", "/etc/convex/standin.env")
 		t.Logf("backend crash loop on %s: %s took over", old.Name, next.Name)
@@ -151,16 +131,7 @@ func TestCluster(t *testing.T) {
 		if out, err := exec.Command("docker", "kill", strings.TrimPrefix(name, "/")).CombinedOutput(); err != nil {
 			t.Fatalf("kill: %v %s", err, out)
 		}
-		var next *Node
-		Eventually(t, 30*time.Second, "another node serves", func() bool {
-			for _, n := range c.others(old) {
-				if st := n.Status(t); st.Leader != nil && st.Leader.Node == n.Name && n.HasVIP(t, c.VIP) {
-					next = n
-					return true
-				}
-			}
-			return false
-		})
+		next := c.WaitTakeover(t, old, 30*time.Second)
 		took := time.Since(killed)
 		c.WaitServing(t, next, 30*time.Second)
 		time.Sleep(2 * time.Second)
@@ -193,16 +164,7 @@ func TestCluster(t *testing.T) {
 			t.Fatalf("disconnect: %v %s", err, out)
 		}
 		cut := time.Now()
-		var next *Node
-		Eventually(t, 90*time.Second, "another node serves", func() bool {
-			for _, n := range c.others(old) {
-				if st := n.Status(t); st.Leader != nil && st.Leader.Node == n.Name && n.HasVIP(t, c.VIP) {
-					next = n
-					return true
-				}
-			}
-			return false
-		})
+		next := c.WaitTakeover(t, old, 90*time.Second)
 		t.Logf("partition: %s holds the VIP %s after the cut", next.Name, time.Since(cut).Round(time.Millisecond))
 		c.WaitServing(t, next, 60*time.Second)
 		time.Sleep(2 * time.Second)

@@ -15,7 +15,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
@@ -97,11 +96,6 @@ func New(env daemon.Env) (*Elector, error) {
 	}
 	e.metrics = newMetrics(env.Metrics, e)
 	return e, nil
-}
-
-// ForConfig is New for callers outside the daemon runtime (tests, tools).
-func ForConfig(cfg config.Config, nc *nats.Conn, log *slog.Logger, version string) (*Elector, error) {
-	return New(daemon.Env{Name: schema.ServiceElector, Version: version, Config: cfg, Log: log, NC: nc, Metrics: nil})
 }
 
 // State returns the current role state.

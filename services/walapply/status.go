@@ -75,9 +75,11 @@ func (d *Daemon) publish(ctx context.Context) error {
 func (d *Daemon) refreshLag(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	s, err := d.js.Stream(ctx, walstream.Stream(d.cfg.ClusterID))
-	if err != nil {
-		return
+	d.mu.Lock()
+	s := d.stream
+	d.mu.Unlock()
+	if s == nil {
+		return // still starting
 	}
 	m, err := s.GetLastMsgForSubject(ctx, walstream.Subject(d.cfg.ClusterID))
 	if err != nil {

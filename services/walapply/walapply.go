@@ -40,6 +40,7 @@ type Daemon struct {
 	cfg     config.Config
 	env     daemon.Env
 	js      jetstream.JetStream
+	stream  jetstream.Stream // the WAL stream, for lag measurements
 	log     *slog.Logger
 	ready   chan struct{}
 	metrics *metrics
@@ -77,7 +78,10 @@ func New(env daemon.Env) (*Daemon, error) {
 // passive, and publishes its status every second.
 func (d *Daemon) Run(ctx context.Context) error {
 	if err := daemon.Retry(ctx, d.log, "the WAL stream", func(ctx context.Context) error {
-		_, err := walstream.Ensure(ctx, d.js, d.cfg.ClusterID, d.cfg.WAL.Retention(), d.cfg.NATS.Replicas)
+		s, err := walstream.Ensure(ctx, d.js, d.cfg.ClusterID, d.cfg.WAL.Retention(), d.cfg.NATS.Replicas)
+		d.mu.Lock()
+		d.stream = s
+		d.mu.Unlock()
 		return err
 	}); err != nil {
 		return err
@@ -428,9 +432,6 @@ func (d *Daemon) StatusLine() string {
 	}
 	return fmt.Sprintf("%s; epoch %d TXID %d, lag %dms", st.State, st.Epoch, st.TXID, st.LagMs)
 }
-
-// DrainReply is the reply of drain.
-type DrainReply = Position
 
 // AddEndpoints adds drain, resume, release, checkpoint, leave and position.
 func (d *Daemon) AddEndpoints(g micro.Group) error {

@@ -28,7 +28,6 @@ type Shipper struct {
 	replica *litestream.Replica
 	client  *streamClient
 	epoch   uint64
-	log     *slog.Logger
 
 	shipped atomic.Uint64 // max TXID appended
 	bytes   atomic.Int64
@@ -67,7 +66,7 @@ func Open(ctx context.Context, js jetstream.JetStream, o ShipperOptions) (*Shipp
 	if err := os.RemoveAll(db.MetaPath()); err != nil {
 		return nil, fmt.Errorf("reset litestream state %s: %w", db.MetaPath(), err)
 	}
-	s := &Shipper{db: db, epoch: o.Epoch, log: o.Log}
+	s := &Shipper{db: db, epoch: o.Epoch}
 	s.client = newStreamClient(app, s.wrote)
 	s.replica = litestream.NewReplicaWithClient(db, s.client)
 	s.replica.SyncInterval = o.Interval
