@@ -76,6 +76,7 @@ func TestCluster(t *testing.T) {
 	t.Run("kill -9 of each daemon on the leader", func(t *testing.T) {
 		l := c.Leader(t)
 		epoch := l.Status(t).Leader.Epoch
+		backendRun := l.Must(t, "systemctl", "show", "--property=InvocationID", "--value", "convex-backend")
 		w := c.StartWriter(t)
 		for _, unit := range []string{"ccm-elector", "ccm-walship", "ccm-walapply", "ccm-snapshot", "ccm-vip", "ccm-backend"} {
 			l.Must(t, "systemctl", "kill", "--signal=SIGKILL", unit)
@@ -95,6 +96,9 @@ func TestCluster(t *testing.T) {
 		}
 		if len(lost) > 0 {
 			t.Fatalf("writes lost: %v", lost)
+		}
+		if now := l.Must(t, "systemctl", "show", "--property=InvocationID", "--value", "convex-backend"); now != backendRun {
+			t.Fatalf("the backend was restarted by a daemon's restart (invocation %s, was %s)", strings.TrimSpace(now), strings.TrimSpace(backendRun))
 		}
 	})
 

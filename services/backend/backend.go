@@ -83,7 +83,7 @@ func New(env daemon.Env) (*Daemon, error) {
 
 // Run follows the node's role and keeps the unit stopped unless the node leads.
 func (d *Daemon) Run(ctx context.Context) error {
-	roles, err := rolewatch.Subscribe(d.nc, d.cfg.ClusterID, d.cfg.NodeID, d.log)
+	roles, err := rolewatch.Subscribe(d.nc, d.cfg.ClusterID, d.cfg.NodeID, d.cfg.Election.LeaderTTL(), d.log)
 	if err != nil {
 		return err
 	}
@@ -122,6 +122,9 @@ func (d *Daemon) reconcile(ctx context.Context) {
 	if err != nil {
 		d.log.Error("unit state", "err", err)
 		return
+	}
+	if !d.roles.Settled(time.Now()) {
+		return // just restarted: the elector's next event says whether this node leads
 	}
 	epoch, _, leading := d.roles.Leading(time.Now())
 	_, serving := d.roles.Serving(time.Now())

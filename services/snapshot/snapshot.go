@@ -97,7 +97,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := daemon.Retry(ctx, d.log, "the snapshot and cluster buckets", d.open); err != nil {
 		return err
 	}
-	roles, err := rolewatch.Subscribe(d.nc, d.cfg.ClusterID, d.cfg.NodeID, d.log)
+	roles, err := rolewatch.Subscribe(d.nc, d.cfg.ClusterID, d.cfg.NodeID, d.cfg.Election.LeaderTTL(), d.log)
 	if err != nil {
 		return err
 	}

@@ -95,7 +95,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := d.ip.checkInterface(ctx, d.cfg.Interface); err != nil {
 		d.fail(err)
 	}
-	roles, err := rolewatch.Subscribe(d.nc, d.env.Config.ClusterID, d.env.Config.NodeID, d.log)
+	roles, err := rolewatch.Subscribe(d.nc, d.env.Config.ClusterID, d.env.Config.NodeID, d.env.Config.Election.LeaderTTL(), d.log)
 	if err != nil {
 		return err
 	}
@@ -122,7 +122,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	for {
 		changed := roles.Changed()
 		deadline, want := roles.Serving(time.Now())
-		acquired := d.reconcile(ctx, want)
+		var acquired bool
+		if roles.Settled(time.Now()) { // just restarted: wait for the elector's word
+			acquired = d.reconcile(ctx, want)
+		}
 		if acquired && d.cfg.ARPRepeatMs > 0 {
 			second = time.After(time.Duration(d.cfg.ARPRepeatMs) * time.Millisecond)
 		}

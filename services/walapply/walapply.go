@@ -90,7 +90,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.fail(err)
 	}
 	defer d.close()
-	roles, err := rolewatch.Subscribe(d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, d.log)
+	roles, err := rolewatch.Subscribe(d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, d.cfg.Election.LeaderTTL(), d.log)
 	if err != nil {
 		return err
 	}
@@ -181,7 +181,7 @@ func (d *Daemon) control(ctx context.Context, roles *rolewatch.Tracker) error {
 			d.mu.Unlock()
 		}
 		d.mu.Lock()
-		want := !leading && !d.paused && !d.left && !d.released && d.failed == nil && d.applier != nil
+		want := roles.Settled(time.Now()) && !leading && !d.paused && !d.left && !d.released && d.failed == nil && d.applier != nil
 		d.loopAt = time.Now()
 		d.mu.Unlock()
 		if f != nil && f.ended() {

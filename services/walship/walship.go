@@ -99,7 +99,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	roles, err := rolewatch.Subscribe(d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, d.log)
+	roles, err := rolewatch.Subscribe(d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, d.cfg.Election.LeaderTTL(), d.log)
 	if err != nil {
 		return err
 	}

@@ -18,19 +18,23 @@ import (
 
 // Tracker holds the newest role event of one node.
 type Tracker struct {
-	node string
-	log  *slog.Logger
-	sub  *nats.Subscription
+	node    string
+	log     *slog.Logger
+	sub     *nats.Subscription
+	settles time.Time // when a lease granted before Subscribe has surely expired
 
 	mu      sync.Mutex
 	gate    schema.EpochGate
 	last    schema.RoleEvent
+	seen    bool
 	changed chan struct{}
 }
 
-// Subscribe follows the role events of node in cluster.
-func Subscribe(nc *nats.Conn, cluster, node string, log *slog.Logger) (*Tracker, error) {
-	t := &Tracker{node: node, log: log, changed: make(chan struct{})}
+// Subscribe follows the role events of node in cluster. ttl is the
+// cluster's leader TTL: no lease granted before Subscribe outlives it, so
+// after ttl without an event the node surely does not lead (see Settled).
+func Subscribe(nc *nats.Conn, cluster, node string, ttl time.Duration, log *slog.Logger) (*Tracker, error) {
+	t := &Tracker{node: node, log: log, settles: time.Now().Add(ttl), changed: make(chan struct{})}
 	sub, err := nc.Subscribe(schema.RoleSubject(cluster), t.onMsg)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to role events: %w", err)
@@ -59,10 +63,21 @@ func (t *Tracker) Observe(ev schema.RoleEvent) bool {
 		t.log.Debug("ignoring role event from an older epoch", "epoch", ev.Epoch, "newest", t.gate.Newest())
 		return false
 	}
-	t.last = ev
+	t.last, t.seen = ev, true
 	close(t.changed)
 	t.changed = make(chan struct{})
 	return true
+}
+
+// Settled reports whether, at now, the tracker knows the node's role: an
+// event has arrived, or the TTL since Subscribe has passed without one. A
+// daemon restarted on the leader must not tear down what the leader runs
+// before it has heard from the elector; the dead-man switch still holds,
+// because a lease granted before the restart ends before Settled turns true.
+func (t *Tracker) Settled(now time.Time) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.seen || !now.Before(t.settles)
 }
 
 // Leading reports whether, at now, the node leads according to its newest

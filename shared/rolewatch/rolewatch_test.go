@@ -35,3 +35,18 @@ func TestLeading(t *testing.T) {
 		}
 	}
 }
+
+func TestSettled(t *testing.T) {
+	now := time.Now()
+	tr := &Tracker{node: "n1", log: slog.New(slog.NewTextHandler(io.Discard, nil)), settles: now.Add(3 * time.Second), changed: make(chan struct{})}
+	if tr.Settled(now) {
+		t.Fatal("settled before any event and before the TTL passed")
+	}
+	if !tr.Settled(now.Add(3 * time.Second)) {
+		t.Fatal("not settled once the TTL passed: a lease from before the restart would outlive its deadline")
+	}
+	tr.Observe(schema.RoleEvent{Node: "n1", Role: schema.RolePassive, Epoch: 1})
+	if !tr.Settled(now) {
+		t.Fatal("not settled after an event")
+	}
+}
