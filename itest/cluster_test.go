@@ -78,7 +78,7 @@ func TestCluster(t *testing.T) {
 		epoch := l.Status(t).Leader.Epoch
 		backendRun := l.Must(t, "systemctl", "show", "--property=InvocationID", "--value", "convex-backend")
 		w := c.StartWriter(t)
-		for _, unit := range []string{"ccm-elector", "ccm-walship", "ccm-walapply", "ccm-snapshot", "ccm-vip", "ccm-backend"} {
+		for _, unit := range []string{"ccm-elector", "ccm-walship", "ccm-walapply", "ccm-snapshot", "ccm-vip", "ccm-backend", "ccm-storage"} {
 			l.Must(t, "systemctl", "kill", "--signal=SIGKILL", unit)
 			Eventually(t, 20*time.Second, unit+" restarted", func() bool {
 				out := l.Must(t, "systemctl", "show", "--property=NRestarts", "--value", unit)

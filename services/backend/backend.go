@@ -133,7 +133,7 @@ func (d *Daemon) reconcile(ctx context.Context) {
 	d.led = leading
 	d.mu.Unlock()
 	if demoted {
-		d.log.Warn("no longer the leader: the data path's database is set aside, not merged; any change in it that did not reach the WAL stream stays there until the next promotion moves it to "+setAsideDir,
+		d.log.Warn("no longer the leader: the data path's database is set aside, not merged; any change in it that did not reach the WAL stream stays there until the next promotion moves it under "+d.cfg.Backend.DataPath+"/.ccm-set-aside",
 			"path", d.cfg.Backend.DBPath())
 	}
 	switch {
@@ -279,7 +279,7 @@ func (d *Daemon) Prepare(ctx context.Context, epoch uint64) error {
 	if err != nil {
 		return err
 	}
-	aside, err := install(shadow, d.cfg.Backend.DBPath(), epoch)
+	aside, err := install(shadow, d.cfg.Backend.DBPath(), d.cfg.Backend.SetAsideDir(epoch, time.Now()))
 	if err != nil {
 		return err
 	}

@@ -8,22 +8,17 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"time"
 
 	_ "modernc.org/sqlite"
 
 	"github.com/convex-cluster-manager/ccm/services/walapply"
 )
 
-// setAsideDir keeps, beside the database, the files a promotion replaced:
-// an old leader's unreplicated tail is set aside, never merged or deleted.
-const setAsideDir = ".ccm-set-aside"
-
 // install moves the drained shadow database at shadow into the data path as
 // db, atomically (rename in the same directory) and in WAL mode. Whatever
 // database was there, with its -wal and -shm, is moved to the set-aside
-// directory first. It returns where the old files went ("" if none).
-func install(shadow, db string, epoch uint64) (string, error) {
+// directory setAside first. It returns setAside if it moved anything there.
+func install(shadow, db, setAside string) (string, error) {
 	if err := os.MkdirAll(filepath.Dir(db), 0o750); err != nil {
 		return "", err
 	}
@@ -43,7 +38,7 @@ func install(shadow, db string, epoch uint64) (string, error) {
 			continue
 		}
 		if aside == "" {
-			aside = filepath.Join(filepath.Dir(db), setAsideDir, fmt.Sprintf("epoch-%d-%s", epoch, time.Now().UTC().Format("20060102T150405Z")))
+			aside = setAside
 			if err := os.MkdirAll(aside, 0o750); err != nil {
 				return "", err
 			}

@@ -25,7 +25,7 @@ func TestInstallMovesShadowAndSetsAsideOldDatabase(t *testing.T) {
 	os.WriteFile(data, []byte("old database"), 0o644)
 	os.WriteFile(data+"-wal", []byte("old tail"), 0o644)
 
-	aside, err := install(shadow, data, 9)
+	aside, err := install(shadow, data, filepath.Join(dir, ".ccm-set-aside", "epoch-9"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestInstallRefusesNonSQLite(t *testing.T) {
 	dir := t.TempDir()
 	shadow := filepath.Join(dir, "shadow")
 	os.WriteFile(shadow, []byte("definitely not a database, just text"), 0o644)
-	if _, err := install(shadow, filepath.Join(dir, "db"), 1); err == nil {
+	if _, err := install(shadow, filepath.Join(dir, "db"), filepath.Join(dir, "aside")); err == nil {
 		t.Fatal("installed a file that is not an SQLite database")
 	}
 	if _, err := os.Stat(shadow); err != nil {

@@ -40,6 +40,8 @@ type NodeView struct {
 	Version    string      `json:"version"`
 	// Replication, from the node's ccm-walapply (absent if it does not run).
 	Apply *schema.ApplyStatus `json:"apply,omitempty"`
+	// Storage replication, from the node's ccm-storage (absent if it does not run).
+	Storage *schema.StorageStatus `json:"storage,omitempty"`
 }
 
 func newStatus(stdout, stderr io.Writer) *ffcli.Command {
@@ -115,6 +117,12 @@ func (c *client) status(ctx context.Context) (ClusterStatus, error) {
 				v.Apply = &a
 			}
 		}
+		if ent, err := c.kv.Get(ctx, schema.StorageKey(n.Node)); err == nil {
+			var s schema.StorageStatus
+			if json.Unmarshal(ent.Value(), &s) == nil {
+				v.Storage = &s
+			}
+		}
 		st.Nodes = append(st.Nodes, v)
 	}
 	return st, nil
@@ -131,7 +139,7 @@ func printStatus(w io.Writer, st ClusterStatus) {
 			st.Cluster, l.Node, l.Epoch, float64(l.LeaseRemainingMs)/1000, l.Since.Local().Format(time.RFC3339))
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tEPOCH\tAPPLIED TXID\tLAG\tREPLICATION\tLAST SEEN\tVERSION")
+	fmt.Fprintln(tw, "NODE\tROLE\tEPOCH\tAPPLIED TXID\tLAG\tREPLICATION\tSTORAGE\tLAST SEEN\tVERSION")
 	for _, n := range st.Nodes {
 		txid, lag, repl := "-", "-", "-"
 		if a := n.Apply; a != nil && n.Role != schema.RoleLeader {
@@ -145,11 +153,27 @@ func printStatus(w io.Writer, st ClusterStatus) {
 				repl = "FAILED: " + a.Error
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%.1fs ago\t%s\n", n.ID, n.Role, n.Epoch, txid, lag, repl,
-			float64(n.LastSeenMs)/1000, n.Version)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%.1fs ago\t%s\n", n.ID, n.Role, n.Epoch, txid, lag, repl,
+			storageCell(n.Storage), float64(n.LastSeenMs)/1000, n.Version)
 	}
 	if len(st.Nodes) == 0 {
 		fmt.Fprintln(tw, "(no live nodes)")
 	}
 	tw.Flush()
+}
+
+// storageCell summarises a node's storage replication in one cell.
+func storageCell(s *schema.StorageStatus) string {
+	switch {
+	case s == nil:
+		return "-"
+	case s.State == schema.StorageFailed:
+		return fmt.Sprintf("FAILED (%d files): %s", s.Failed, s.Error)
+	case s.State == schema.StorageSyncing:
+		return fmt.Sprintf("syncing %d/%d files", s.Files, s.ManifestFiles)
+	case s.State == schema.StorageIdle || s.State == schema.StorageReleased:
+		return s.State
+	default:
+		return fmt.Sprintf("%s %d files %s", s.State, s.Files, mib(s.Bytes))
+	}
 }

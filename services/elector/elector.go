@@ -34,6 +34,7 @@ type Elector struct {
 	cluster, node, version string
 	ttl, heartbeat, lease  time.Duration
 	replicas, maxLag       int
+	storageSync            time.Duration // how long a promotion waits for the storage mirror
 
 	nc      *nats.Conn
 	js      jetstream.JetStream
@@ -75,24 +76,25 @@ func New(env daemon.Env) (*Elector, error) {
 	}
 	c := env.Config
 	e := &Elector{
-		cluster:    c.ClusterID,
-		node:       c.NodeID,
-		version:    env.Version,
-		ttl:        c.Election.LeaderTTL(),
-		heartbeat:  c.Election.Heartbeat(),
-		lease:      c.Election.LeaderTTL() - c.Election.SafetyMargin(),
-		replicas:   c.NATS.Replicas,
-		maxLag:     c.Election.MaxLagTXIDs,
-		nc:         env.NC,
-		js:         js,
-		log:        env.Log,
-		started:    time.Now(),
-		ready:      make(chan struct{}),
-		cmds:       make(chan command),
-		promotions: make(chan promotionStep),
-		state:      State{Role: schema.RoleStarting},
-		changed:    make(chan struct{}),
-		lastLoop:   time.Now(),
+		cluster:     c.ClusterID,
+		node:        c.NodeID,
+		version:     env.Version,
+		ttl:         c.Election.LeaderTTL(),
+		heartbeat:   c.Election.Heartbeat(),
+		lease:       c.Election.LeaderTTL() - c.Election.SafetyMargin(),
+		replicas:    c.NATS.Replicas,
+		maxLag:      c.Election.MaxLagTXIDs,
+		storageSync: c.Storage.SyncTimeout(),
+		nc:          env.NC,
+		js:          js,
+		log:         env.Log,
+		started:     time.Now(),
+		ready:       make(chan struct{}),
+		cmds:        make(chan command),
+		promotions:  make(chan promotionStep),
+		state:       State{Role: schema.RoleStarting},
+		changed:     make(chan struct{}),
+		lastLoop:    time.Now(),
 	}
 	e.metrics = newMetrics(env.Metrics, e)
 	return e, nil

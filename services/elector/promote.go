@@ -52,10 +52,12 @@ func (e *Elector) startPromotion(epoch uint64) {
 // that does not run here is skipped:
 //
 //  1. ccm-walapply drains the stream into the shadow database and pauses;
-//  2. ccm-backend moves the shadow database into the data path (Prepared:
+//  2. ccm-storage waits until its mirror holds every file of the newest
+//     manifest and moves it into the data path;
+//  3. ccm-backend moves the shadow database into the data path (Prepared:
 //     ccm-walship opens the epoch on the stream and ships);
-//  3. ccm-walship reports shipping epoch;
-//  4. ccm-backend starts the backend and waits for its health check
+//  4. ccm-walship reports shipping epoch;
+//  5. ccm-backend starts the backend and waits for its health check
 //     (Ready: ccm-vip takes the VIP).
 func (e *Elector) promote(ctx context.Context, epoch uint64, report func(promotionStep)) error {
 	start := time.Now()
@@ -70,6 +72,9 @@ func (e *Elector) promote(ctx context.Context, epoch uint64, report func(promoti
 	}
 	if err == nil {
 		json.Unmarshal(drained, &shadow)
+	}
+	if _, err := e.call(ctx, schema.ServiceStorage, "drain", PrepareRequest{Epoch: epoch}, e.storageSync+time.Minute); err != nil && !errors.Is(err, errSkipped) {
+		return fmt.Errorf("bring the storage directory in sync: %w", err)
 	}
 	_, err = e.call(ctx, schema.ServiceBackend, "prepare", PrepareRequest{Epoch: epoch}, time.Minute)
 	switch {

@@ -2,12 +2,12 @@ package walapply
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/convex-cluster-manager/ccm/shared/daemon"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
@@ -42,33 +42,16 @@ func (d *Daemon) Status() any {
 // publish refreshes the lag from the stream's newest message and writes the
 // status to the cluster bucket, every second.
 func (d *Daemon) publish(ctx context.Context) error {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	var kv jetstream.KeyValue
-	for {
+	daemon.PublishStatus(ctx, d.js, d.cfg.ClusterID, schema.ApplyKey(d.cfg.NodeID), d.log, func() (any, bool) {
 		d.refreshLag(ctx)
-		if kv == nil {
-			kv, _ = d.js.KeyValue(ctx, schema.Bucket(d.cfg.ClusterID)) // created by ccm-elector
-		}
 		d.mu.Lock()
 		left := d.left
 		d.mu.Unlock()
-		if kv != nil && !left {
-			st := d.Status().(schema.ApplyStatus)
-			st.UpdatedAt = time.Now()
-			b, _ := json.Marshal(st)
-			pctx, cancel := context.WithTimeout(ctx, time.Second)
-			if _, err := kv.Put(pctx, schema.ApplyKey(d.cfg.NodeID), b); err != nil {
-				d.log.Debug("publish apply status", "err", err)
-			}
-			cancel()
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+		st := d.Status().(schema.ApplyStatus)
+		st.UpdatedAt = time.Now()
+		return st, !left
+	})
+	return nil
 }
 
 // refreshLag compares the applied position with the stream's newest message.

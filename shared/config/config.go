@@ -4,6 +4,7 @@
 package config
 
 import (
+	"fmt"
 	"path/filepath"
 	"time"
 )
@@ -24,6 +25,7 @@ type Config struct {
 	Election  Election `json:"election"`
 	WAL       WAL      `json:"wal"`
 	Backend   Backend  `json:"backend"`
+	Storage   Storage  `json:"storage"`
 }
 
 // NATS says how to reach the NATS cluster that carries all coordination.
@@ -93,6 +95,17 @@ type Backend struct {
 	MaxFailures int `json:"maxFailures"`
 }
 
+// Storage configures the replication of the backend's storage/ directory
+// (modules, uploaded files, search segments, exports).
+type Storage struct {
+	// ReconcileIntervalMs is how often the leader compares the whole tree
+	// with the manifest, a backstop behind inotify.
+	ReconcileIntervalMs int `json:"reconcileIntervalMs"`
+	// SyncTimeoutMs is how long a promotion waits for the node's storage
+	// mirror to hold every file of the newest manifest.
+	SyncTimeoutMs int `json:"syncTimeoutMs"`
+}
+
 // Default returns the configuration with every default filled in.
 func Default() Config {
 	return Config{
@@ -108,6 +121,7 @@ func Default() Config {
 			StartGraceMs:   120000,
 			MaxFailures:    5,
 		},
+		Storage: Storage{ReconcileIntervalMs: 60000, SyncTimeoutMs: 300000},
 	}
 }
 
@@ -125,6 +139,24 @@ func (b Backend) DBPath() string { return filepath.Join(b.DataPath, b.DBFile) }
 
 // ShadowPath is the passive's copy of the database.
 func (c Config) ShadowPath() string { return filepath.Join(c.WAL.ReplicaPath, c.Backend.DBFile) }
+
+// StorageDir is the backend's storage tree, beside its database.
+func (c Config) StorageDir() string { return filepath.Join(c.Backend.DataPath, "storage") }
+
+// ShadowStorageDir is the passive's mirror of the storage tree.
+func (c Config) ShadowStorageDir() string { return filepath.Join(c.WAL.ReplicaPath, "storage") }
+
+// SetAsideDir is where a promotion at epoch moves what it replaces in the
+// data path: an old leader's unreplicated tail is set aside, never merged.
+func (b Backend) SetAsideDir(epoch uint64, at time.Time) string {
+	return filepath.Join(b.DataPath, ".ccm-set-aside", fmt.Sprintf("epoch-%d-%s", epoch, at.UTC().Format("20060102T150405Z")))
+}
+
+// ReconcileInterval is how often the leader compares the whole storage tree.
+func (s Storage) ReconcileInterval() time.Duration { return ms(s.ReconcileIntervalMs) }
+
+// SyncTimeout bounds a promotion's wait for the storage mirror.
+func (s Storage) SyncTimeout() time.Duration { return ms(s.SyncTimeoutMs) }
 
 // CaptureInterval is how often the leader looks for new WAL frames.
 func (w WAL) CaptureInterval() time.Duration { return ms(w.CaptureIntervalMs) }

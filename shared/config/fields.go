@@ -70,5 +70,7 @@ func (c *Config) fields() []field {
 		{path: "backend.dbFile", str: &c.Backend.DBFile, usage: "database file name in dataPath and replicaPath"},
 		{path: "backend.startGraceMs", num: &c.Backend.StartGraceMs, usage: "time a starting backend has to pass its health check, in ms"},
 		{path: "backend.maxFailures", num: &c.Backend.MaxFailures, usage: "failed health checks in a row before the leader hands over"},
+		{path: "storage.reconcileIntervalMs", num: &c.Storage.ReconcileIntervalMs, usage: "how often the leader compares its whole storage tree with the manifest, in ms"},
+		{path: "storage.syncTimeoutMs", num: &c.Storage.SyncTimeoutMs, usage: "how long a promotion waits for the storage mirror, in ms"},
 	}
 }

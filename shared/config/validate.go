@@ -128,6 +128,12 @@ func (c Config) Validate() error {
 	if c.Backend.MaxFailures < 1 {
 		bad("backend.maxFailures", c.Backend.MaxFailures, "must be at least 1")
 	}
+	if c.Storage.ReconcileIntervalMs < 1000 {
+		bad("storage.reconcileIntervalMs", c.Storage.ReconcileIntervalMs, "must be at least 1000")
+	}
+	if c.Storage.SyncTimeoutMs < 1000 {
+		bad("storage.syncTimeoutMs", c.Storage.SyncTimeoutMs, "must be at least 1000")
+	}
 	if !filepath.IsAbs(c.Backend.DataPath) {
 		bad("backend.dataPath", c.Backend.DataPath, "must be an absolute path")
 	}

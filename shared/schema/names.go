@@ -13,6 +13,7 @@ const (
 	ServiceSnapshot = "ccm-snapshot"
 	ServiceVIP      = "ccm-vip"
 	ServiceBackend  = "ccm-backend"
+	ServiceStorage  = "ccm-storage"
 )
 
 // KeyLeader is the KV key holding the LeaderRecord.
@@ -29,6 +30,9 @@ func NodeKey(node string) string { return nodeKeyPrefix + node }
 
 // ApplyKey is the KV key of a node's replication status.
 func ApplyKey(node string) string { return nodeKeyPrefix + node + ".apply" }
+
+// StorageKey is the KV key of a node's storage mirror status.
+func StorageKey(node string) string { return nodeKeyPrefix + node + ".storage" }
 
 // KeySnapshotLock is held (created, renewed, deleted) by the node taking a
 // snapshot, so that the cluster never takes two at once.

@@ -86,3 +86,33 @@ type ApplyStatus struct {
 	Error     string    `json:"error,omitempty"`
 	UpdatedAt time.Time `json:"updatedAt"`
 }
+
+// States of a node's storage replication (StorageStatus.State).
+const (
+	StorageCapturing = "capturing" // the leader publishes its tree
+	StorageSyncing   = "syncing"   // a passive fetches the manifest's files
+	StorageSynced    = "synced"    // a passive holds every file of the manifest
+	StorageFailed    = "failed"    // files could not be captured or fetched (Error says which)
+	StorageReleased  = "released"  // the mirror became the data path's tree at promotion
+	StorageIdle      = "idle"
+)
+
+// StorageStatus is the value of a node's storage status key (StorageKey),
+// written by ccm-storage about once a second.
+type StorageStatus struct {
+	Node  string `json:"node"`
+	State string `json:"state"`
+	Epoch uint64 `json:"epoch,omitempty"` // captured epoch, on the leader
+	// Files and Bytes are what this node holds of the manifest (on a
+	// passive) or publishes (on the leader); Failed counts files it could not.
+	Files  int   `json:"files"`
+	Bytes  int64 `json:"bytes"`
+	Failed int   `json:"failed,omitempty"`
+	// ManifestFiles and ManifestBytes are the leader's newest summary.
+	ManifestFiles int   `json:"manifestFiles"`
+	ManifestBytes int64 `json:"manifestBytes"`
+	// Revision is the manifest revision a mirror has applied.
+	Revision  uint64    `json:"revision,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	UpdatedAt time.Time `json:"updatedAt"`
+}

@@ -1,0 +1,286 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/convex-cluster-manager/ccm/shared/filestore"
+)
+
+// settle is how long capture gathers events before acting on them, so
+// that a burst of writes is published in one batch.
+const settle = 50 * time.Millisecond
+
+// gcGrace keeps an unreferenced object this long: a mirror may still be
+// fetching it for the entry it just replaced.
+const gcGrace = 10 * time.Minute
+
+// capturer publishes the leader's storage tree while this node leads epoch.
+type capturer struct {
+	d     *Daemon
+	epoch uint64
+	root  string
+	index map[string]filestore.Entry // what the manifest says, by path
+	dirty map[string]bool
+	full  bool // compare the whole tree at the next batch
+}
+
+// capture runs until ctx ends (the node stopped leading) or fails.
+func (d *Daemon) capture(ctx context.Context, epoch uint64) error {
+	root := d.cfg.StorageDir()
+	if err := os.MkdirAll(root, 0o750); err != nil {
+		return fmt.Errorf("storage directory: %w", err)
+	}
+	entries, _, bad, err := d.store.Entries(ctx)
+	if err != nil {
+		return err
+	}
+	for _, e := range bad {
+		d.log.Warn("replacing an invalid storage entry", "err", e)
+	}
+	n, err := newNotifier(root)
+	if err != nil {
+		return err
+	}
+	c := &capturer{d: d, epoch: epoch, root: root, index: entries, dirty: map[string]bool{}, full: true}
+	events := make(chan event, 4096)
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return n.read(func(ev event) {
+			select {
+			case events <- ev:
+			default: // the loop is behind: it will compare everything
+				select {
+				case events <- event{reconcile: true}:
+				default:
+				}
+			}
+		})
+	})
+	g.Go(func() error {
+		defer n.close()
+		if err := n.watchTree(""); err != nil {
+			return err
+		}
+		files, bytes := c.totals()
+		d.setCapture(epoch, files, bytes)
+		return c.loop(ctx, n, events)
+	})
+	return g.Wait()
+}
+
+func (c *capturer) loop(ctx context.Context, n *notifier, events <-chan event) error {
+	every := c.d.cfg.Storage.ReconcileInterval()
+	full := time.NewTicker(every)
+	defer full.Stop()
+	var batch <-chan time.Time
+	for {
+		if c.full || len(c.dirty) > 0 {
+			if batch == nil {
+				batch = time.After(settle)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-events:
+			switch {
+			case ev.reconcile:
+				c.full = true
+				if err := n.watchTree(""); err != nil {
+					return err
+				}
+			case ev.dir:
+				if err := n.watchTree(ev.path); err != nil {
+					return err
+				}
+				c.walk(ev.path)
+			default:
+				c.dirty[ev.path] = true
+			}
+		case <-full.C:
+			c.full = true
+		case <-batch:
+			batch = nil
+			if err := c.flush(ctx); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// walk marks every file below rel dirty.
+func (c *capturer) walk(rel string) {
+	filepath.WalkDir(filepath.Join(c.root, rel), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			r, _ := filepath.Rel(c.root, p)
+			c.dirty[filepath.ToSlash(r)] = true
+		}
+		return nil
+	})
+}
+
+// flush publishes what changed: every dirty path, or the whole tree.
+func (c *capturer) flush(ctx context.Context) error {
+	if c.full {
+		c.full = false
+		c.walk("")
+		for p := range c.index {
+			c.dirty[p] = true // deleted ones included
+		}
+		defer c.gc(ctx)
+	}
+	if err := c.d.fence(c.epoch); err != nil {
+		return err
+	}
+	dbSeq := c.d.dbSeq(ctx)
+	changed := 0
+	for p := range c.dirty {
+		delete(c.dirty, p)
+		if strings.HasPrefix(filepath.Base(p), filestore.TempPrefix) {
+			continue
+		}
+		ok, err := c.sync(ctx, p, dbSeq)
+		switch {
+		case errors.Is(err, filestore.ErrChanged):
+			c.dirty[p] = true // still being written: next batch
+		case err != nil:
+			c.d.captureFailed(err)
+			c.dirty[p] = true
+			return c.publishManifest(ctx, dbSeq) // retried at the next batch
+		case ok:
+			changed++
+		}
+	}
+	c.d.captureFailed(nil)
+	if changed == 0 {
+		return nil
+	}
+	return c.publishManifest(ctx, dbSeq)
+}
+
+// sync publishes the state of one path; it reports whether the manifest changed.
+func (c *capturer) sync(ctx context.Context, p string, dbSeq uint64) (bool, error) {
+	if err := filestore.CheckPath(p); err != nil {
+		c.d.log.Warn("not replicating a file with an unsafe name", "err", err)
+		return false, nil
+	}
+	abs := filepath.Join(c.root, filepath.FromSlash(p))
+	old, had := c.index[p]
+	st, err := os.Lstat(abs)
+	if err != nil || !st.Mode().IsRegular() {
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return false, err
+		}
+		if !had {
+			return false, nil
+		}
+		if err := c.d.fence(c.epoch); err != nil {
+			return false, err
+		}
+		if err := c.d.store.Delete(ctx, p); err != nil {
+			return false, err
+		}
+		delete(c.index, p)
+		c.d.captured(0)
+		return true, nil
+	}
+	if had && old.Size == st.Size() && old.MtimeNs == st.ModTime().UnixNano() && old.Mode == uint32(st.Mode().Perm()) {
+		return false, nil
+	}
+	sum, size, err := filestore.HashFile(abs)
+	if errors.Is(err, fs.ErrNotExist) {
+		c.dirty[p] = true
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	after, err := os.Lstat(abs)
+	if err != nil || after.Size() != size || !after.ModTime().Equal(st.ModTime()) {
+		return false, fmt.Errorf("%s: %w", p, filestore.ErrChanged)
+	}
+	e := filestore.Entry{Path: p, Size: size, SHA256: sum, Mode: uint32(st.Mode().Perm()), MtimeNs: st.ModTime().UnixNano(),
+		Epoch: c.epoch, DBSeq: dbSeq, Node: c.d.cfg.NodeID, At: time.Now().UTC()}
+	if had && old.SHA256 == e.SHA256 && old.Size == e.Size && old.Mode == e.Mode && old.MtimeNs == e.MtimeNs {
+		return false, nil
+	}
+	has, err := c.d.store.HasObject(ctx, sum)
+	if err != nil {
+		return false, err
+	}
+	uploaded := int64(0)
+	if !has {
+		if err := c.d.store.Upload(ctx, abs, sum); err != nil {
+			return false, err
+		}
+		uploaded = size
+	}
+	if err := c.d.fence(c.epoch); err != nil {
+		return false, err
+	}
+	if err := c.d.store.Put(ctx, e); err != nil {
+		return false, err
+	}
+	c.index[p] = e
+	c.d.captured(uploaded)
+	return true, nil
+}
+
+func (c *capturer) publishManifest(ctx context.Context, dbSeq uint64) error {
+	m := filestore.Manifest{Epoch: c.epoch, Node: c.d.cfg.NodeID, DBSeq: dbSeq, Updated: time.Now().UTC()}
+	m.Files, m.Bytes = c.totals()
+	if err := c.d.fence(c.epoch); err != nil {
+		return err
+	}
+	if err := c.d.store.PutManifest(ctx, m); err != nil {
+		return err
+	}
+	c.d.setCapture(c.epoch, m.Files, m.Bytes)
+	return nil
+}
+
+// totals counts the files and bytes of the manifest.
+func (c *capturer) totals() (files int, bytes int64) {
+	for _, e := range c.index {
+		files++
+		bytes += e.Size
+	}
+	return files, bytes
+}
+
+// gc removes objects no entry refers to any more, once they are old
+// enough that no mirror can still be fetching them.
+func (c *capturer) gc(ctx context.Context) {
+	objs, err := c.d.store.Objects(ctx)
+	if err != nil {
+		c.d.log.Warn("storage garbage collection", "err", err)
+		return
+	}
+	used := make(map[string]bool, len(c.index))
+	for _, e := range c.index {
+		used[e.SHA256] = true
+	}
+	removed := 0
+	for _, o := range objs {
+		if used[o.Name] || time.Since(o.ModTime) < gcGrace {
+			continue
+		}
+		if err := c.d.store.DeleteObject(ctx, o.Name); err != nil {
+			c.d.log.Warn("storage garbage collection", "err", err)
+			return
+		}
+		removed++
+	}
+	if removed > 0 {
+		c.d.log.Info("removed unreferenced storage objects", "objects", removed)
+	}
+}

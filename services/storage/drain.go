@@ -1,0 +1,202 @@
+package storage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/convex-cluster-manager/ccm/shared/filestore"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// DrainRequest is the body of the drain endpoint.
+type DrainRequest struct {
+	Epoch uint64 `json:"epoch"`
+}
+
+// Drained is the reply of the drain endpoint.
+type Drained struct {
+	Files    int    `json:"files"`
+	Bytes    int64  `json:"bytes"`
+	Revision uint64 `json:"revision"`
+	SetAside string `json:"setAside,omitempty"`
+}
+
+// Drain waits until the mirror holds every file of the newest manifest
+// (at most storage.syncTimeoutMs), stops it and moves the mirrored tree
+// into the data path for epoch; a tree already there is set aside, not
+// merged. Called by ccm-elector while promoting this node.
+func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
+	select {
+	case <-d.ready:
+	case <-ctx.Done():
+		return Drained{}, fmt.Errorf("drain: still starting: %w", ctx.Err())
+	}
+	d.mu.Lock()
+	released, st := d.released, d.status
+	d.mu.Unlock()
+	if released {
+		return Drained{Files: st.Files, Bytes: st.Bytes, Revision: st.Revision}, nil // already installed
+	}
+	target, err := d.store.LastRevision(ctx)
+	if err != nil {
+		return Drained{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.Storage.SyncTimeout())
+	defer cancel()
+	for {
+		d.mu.Lock()
+		st, m, running := d.status, d.mode, d.running
+		if m == modeMirror && running && st.State == schema.StorageSynced && st.Revision >= target {
+			d.released = true // the control loop stops the mirror
+			d.mu.Unlock()
+			break
+		}
+		d.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return Drained{}, fmt.Errorf("storage mirror not in sync with manifest revision %d after %s (state %s, revision %d, %d/%d files, error %q): %w",
+				target, d.cfg.Storage.SyncTimeout(), st.State, st.Revision, st.Files, st.ManifestFiles, st.Error, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	d.poke()
+	for {
+		d.mu.Lock()
+		running := d.running
+		d.mu.Unlock()
+		if !running {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return Drained{}, fmt.Errorf("storage mirror did not stop: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	aside, err := installTree(d.cfg.ShadowStorageDir(), d.cfg.StorageDir(), filepath.Join(d.cfg.Backend.SetAsideDir(epoch, time.Now()), "storage"))
+	if err != nil {
+		d.mu.Lock()
+		d.released = false // mirror again; the promotion fails
+		d.mu.Unlock()
+		d.poke()
+		return Drained{}, fmt.Errorf("install the storage tree: %w", err)
+	}
+	d.log.Info("storage tree installed for promotion", "epoch", epoch, "files", st.Files, "bytes", st.Bytes, "revision", st.Revision, "path", d.cfg.StorageDir())
+	if aside != "" {
+		d.log.Warn("previous storage tree set aside, not merged: it may hold files that never reached the cluster", "dir", aside)
+	}
+	return Drained{Files: st.Files, Bytes: st.Bytes, Revision: st.Revision, SetAside: aside}, nil
+}
+
+// installTree moves the directory shadow to dst, moving a tree already at
+// dst to aside first (returned, "" if there was none). Across file
+// systems it copies, with every file synced, before removing the source.
+func installTree(shadow, dst, aside string) (string, error) {
+	if err := os.MkdirAll(shadow, 0o750); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+		return "", err
+	}
+	moved := ""
+	if _, err := os.Stat(dst); err == nil {
+		if err := os.MkdirAll(filepath.Dir(aside), 0o750); err != nil {
+			return "", err
+		}
+		if err := os.Rename(dst, aside); err != nil {
+			return "", fmt.Errorf("set aside %s: %w", dst, err)
+		}
+		moved = aside
+	}
+	if err := os.Rename(shadow, dst); err != nil {
+		if err := copyTree(shadow, dst+filestore.TempPrefix); err != nil {
+			return moved, err
+		}
+		if err := os.Rename(dst+filestore.TempPrefix, dst); err != nil {
+			return moved, err
+		}
+		if err := os.RemoveAll(shadow); err != nil {
+			return moved, err
+		}
+	}
+	return moved, filestore.SyncDir(filepath.Dir(dst))
+}
+
+// copyTree copies the regular files and directories under src to dst,
+// keeping modes and mtimes, each file synced.
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		target := filepath.Join(dst, rel)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.MkdirAll(target, info.Mode().Perm()|0o700)
+		}
+		if !info.Mode().IsRegular() {
+			return nil
+		}
+		in, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		out, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, info.Mode().Perm())
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(out, in); err != nil {
+			out.Close()
+			return err
+		}
+		if err := out.Sync(); err != nil {
+			out.Close()
+			return err
+		}
+		if err := out.Close(); err != nil {
+			return err
+		}
+		return os.Chtimes(target, info.ModTime(), info.ModTime())
+	})
+}
+
+// AddEndpoints adds drain.
+func (d *Daemon) AddEndpoints(g micro.Group) error {
+	return g.AddEndpoint("drain", micro.HandlerFunc(func(req micro.Request) {
+		var r DrainRequest
+		if err := json.Unmarshal(req.Data(), &r); err != nil || r.Epoch == 0 {
+			req.Error("400", fmt.Sprintf("drain wants {\"epoch\": N} with N > 0, got %q", req.Data()), nil)
+			return
+		}
+		if e, _, ok := d.roles.Leading(time.Now()); !ok || e != r.Epoch {
+			req.Error("409", fmt.Sprintf("this node does not lead epoch %d", r.Epoch), nil)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Storage.SyncTimeout()+time.Minute)
+		defer cancel()
+		res, err := d.Drain(ctx, r.Epoch)
+		if errors.Is(err, context.DeadlineExceeded) {
+			req.Error("504", err.Error(), nil)
+			return
+		}
+		if err != nil {
+			req.Error("500", err.Error(), nil)
+			return
+		}
+		req.RespondJSON(res)
+	}))
+}

@@ -1,0 +1,201 @@
+package storage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/convex-cluster-manager/ccm/shared/filestore"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// retryEvery is how often a mirror retries files it could not fetch.
+const retryEvery = 5 * time.Second
+
+// mirrorer keeps the shadow storage tree equal to the manifest.
+type mirrorer struct {
+	d      *Daemon
+	root   string // shadow tree
+	seed   string // the data path's tree: a local source of identical files
+	want   map[string]filestore.Entry
+	failed map[string]error
+}
+
+// mirror runs until ctx ends.
+func (d *Daemon) mirror(ctx context.Context) error {
+	m := &mirrorer{d: d, root: d.cfg.ShadowStorageDir(), seed: d.cfg.StorageDir(),
+		want: map[string]filestore.Entry{}, failed: map[string]error{}}
+	if err := os.MkdirAll(m.root, 0o750); err != nil {
+		return fmt.Errorf("shadow storage directory: %w", err)
+	}
+	w, err := d.store.Watch(ctx)
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	d.setStatus(func(s *schema.StorageStatus) { *s = schema.StorageStatus{State: schema.StorageSyncing} })
+	retry := time.NewTicker(retryEvery)
+	defer retry.Stop()
+	initial := true
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case kve, ok := <-w.Updates():
+			if !ok {
+				return errors.New("storage manifest watch ended")
+			}
+			if kve == nil {
+				initial = false
+				m.sweep()
+			} else {
+				m.apply(ctx, kve)
+			}
+			m.report(initial, kve)
+		case <-retry.C:
+			if len(m.failed) > 0 {
+				for p := range m.failed {
+					m.fetch(ctx, m.want[p])
+				}
+				m.report(initial, nil)
+			}
+		}
+	}
+}
+
+// apply makes one manifest change on disk.
+func (m *mirrorer) apply(ctx context.Context, kve jetstream.KeyValueEntry) {
+	if kve.Key() == filestore.ManifestKey {
+		var man filestore.Manifest
+		if err := json.Unmarshal(kve.Value(), &man); err == nil {
+			m.d.setStatus(func(s *schema.StorageStatus) { s.ManifestFiles, s.ManifestBytes = man.Files, man.Bytes })
+		}
+		return
+	}
+	p, ok := filestore.PathOf(kve.Key())
+	if !ok {
+		return
+	}
+	if kve.Operation() != jetstream.KeyValuePut {
+		delete(m.want, p)
+		delete(m.failed, p)
+		if filestore.CheckPath(p) == nil {
+			m.remove(p)
+		}
+		return
+	}
+	e, err := filestore.ParseEntry(kve.Value())
+	if err == nil && e.Path != p {
+		err = fmt.Errorf("storage entry for %q names %q", p, e.Path)
+	}
+	if err != nil {
+		m.d.log.Error("refusing an invalid storage entry", "key", kve.Key(), "err", err)
+		m.failed[p] = err
+		return
+	}
+	m.want[p] = e
+	m.fetch(ctx, e)
+}
+
+// fetch brings one file in, from the local data path when it holds the
+// same file (a demoted leader's tree), otherwise from the Object Store.
+func (m *mirrorer) fetch(ctx context.Context, e filestore.Entry) {
+	if e.Path == "" {
+		return // an invalid entry: only a new one can fix it
+	}
+	dst := filepath.Join(m.root, filepath.FromSlash(e.Path))
+	if filestore.Matches(dst, e) {
+		delete(m.failed, e.Path)
+		return
+	}
+	var err error
+	if src := filepath.Join(m.seed, filepath.FromSlash(e.Path)); filestore.Matches(src, e) {
+		err = filestore.CopyLocal(src, e, dst)
+	}
+	if !filestore.Matches(dst, e) {
+		err = m.d.store.Fetch(ctx, e, dst, m.d.fetched)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			m.d.log.Error("storage file not mirrored", "path", e.Path, "err", err)
+		}
+		m.failed[e.Path] = err
+		return
+	}
+	delete(m.failed, e.Path)
+	m.d.mirrored(e.Size)
+}
+
+// remove deletes a file the manifest no longer has, and empty parents.
+func (m *mirrorer) remove(p string) {
+	abs := filepath.Join(m.root, filepath.FromSlash(p))
+	if err := os.Remove(abs); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		m.d.log.Warn("remove mirrored file", "path", p, "err", err)
+		return
+	}
+	for dir := filepath.Dir(abs); dir != m.root && strings.HasPrefix(dir, m.root); dir = filepath.Dir(dir) {
+		if os.Remove(dir) != nil {
+			break // not empty
+		}
+	}
+}
+
+// sweep removes what the manifest does not list: leftovers of an
+// interrupted transfer and files deleted while the mirror was down.
+func (m *mirrorer) sweep() {
+	removed := 0
+	filepath.WalkDir(m.root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		r, _ := filepath.Rel(m.root, p)
+		if _, ok := m.want[filepath.ToSlash(r)]; !ok || strings.HasPrefix(d.Name(), filestore.TempPrefix) {
+			m.remove(filepath.ToSlash(r))
+			removed++
+		}
+		return nil
+	})
+	if removed > 0 {
+		m.d.log.Info("removed files the storage manifest does not list", "files", removed)
+	}
+}
+
+// report publishes the mirror's progress.
+func (m *mirrorer) report(initial bool, kve jetstream.KeyValueEntry) {
+	var files int
+	var bytes int64
+	for _, e := range m.want {
+		files++
+		bytes += e.Size
+	}
+	var first error
+	firstPath := ""
+	for p, err := range m.failed {
+		if first == nil || p < firstPath {
+			first, firstPath = err, p
+		}
+	}
+	m.d.setStatus(func(s *schema.StorageStatus) {
+		s.Files, s.Bytes, s.Failed = files, bytes, len(m.failed)
+		if kve != nil {
+			s.Revision = kve.Revision()
+		}
+		s.Error = ""
+		switch {
+		case first != nil:
+			s.State, s.Error = schema.StorageFailed, first.Error()
+		case initial:
+			s.State = schema.StorageSyncing
+		default:
+			s.State = schema.StorageSynced
+		}
+	})
+}

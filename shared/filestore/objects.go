@@ -1,0 +1,200 @@
+package filestore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ErrCorrupt means downloaded contents do not match their entry.
+var ErrCorrupt = errors.New("storage object corrupt")
+
+// ErrChanged means a file changed while it was uploaded; capture it again.
+var ErrChanged = errors.New("file changed while uploading")
+
+// TempPrefix starts the name of a file being downloaded; a mirror removes
+// leftovers of an interrupted transfer and never serves them.
+const TempPrefix = ".ccm-tmp-"
+
+// HashFile returns the hex SHA-256 and size of the file at path, streaming.
+func HashFile(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, fmt.Errorf("hash %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// HasObject reports whether the contents with checksum sum are stored.
+func (s *Store) HasObject(ctx context.Context, sum string) (bool, error) {
+	info, err := s.obs.GetInfo(ctx, sum)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up storage object %s: %w", sum, err)
+	}
+	return !info.Deleted, nil
+}
+
+// Upload streams the file at path into the object named sum, its hex
+// SHA-256, in chunks. When what was read does not hash to sum (the file
+// changed since it was hashed) the object is removed and ErrChanged returned.
+func (s *Store) Upload(ctx context.Context, path, sum string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	info, err := s.obs.Put(ctx, jetstream.ObjectMeta{Name: sum, Opts: &jetstream.ObjectMetaOptions{ChunkSize: chunkSize}}, f)
+	if err != nil {
+		return fmt.Errorf("upload %s: %w", path, err)
+	}
+	raw, _ := hex.DecodeString(sum)
+	if info.Digest != "SHA-256="+base64.URLEncoding.EncodeToString(raw) {
+		s.obs.Delete(context.WithoutCancel(ctx), sum)
+		return fmt.Errorf("%s: %w", path, ErrChanged)
+	}
+	return nil
+}
+
+// Fetch writes the contents of e from the Object Store to dst (see
+// writeVerified). progress, if set, is told the size of each block written.
+func (s *Store) Fetch(ctx context.Context, e Entry, dst string, progress func(int64)) error {
+	obj, err := s.obs.Get(ctx, e.SHA256)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return fmt.Errorf("%s: object %s is missing: %w", e.Path, e.SHA256, ErrCorrupt)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: get object %s: %w", e.Path, e.SHA256, err)
+	}
+	defer obj.Close()
+	err = writeVerified(e, dst, obj, progress)
+	if errors.Is(err, jetstream.ErrDigestMismatch) {
+		return fmt.Errorf("%s: object %s fails its digest: %w", e.Path, e.SHA256, ErrCorrupt)
+	}
+	return err
+}
+
+// CopyLocal writes the file at src, which should hold e's contents, to dst
+// (see writeVerified): a node that has the file already need not download it.
+func CopyLocal(src string, e Entry, dst string) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return writeVerified(e, dst, f, nil)
+}
+
+// writeVerified writes r to dst, never visibly partial: into a temporary
+// file beside it, checked against e's size and SHA-256, synced, given e's
+// mode and mtime, then renamed over dst and the directory synced.
+func writeVerified(e Entry, dst string, r io.Reader, progress func(int64)) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(dst), TempPrefix)
+	if err != nil {
+		return err
+	}
+	done := false
+	defer func() {
+		if !done {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	h := sha256.New()
+	var w io.Writer = io.MultiWriter(tmp, h)
+	if progress != nil {
+		w = io.MultiWriter(w, progressWriter(progress))
+	}
+	n, err := io.CopyBuffer(w, r, make([]byte, 256<<10))
+	if err != nil {
+		return fmt.Errorf("%s: copy: %w", e.Path, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); n != e.Size || got != e.SHA256 {
+		return fmt.Errorf("%s: got %d bytes with SHA-256 %s, want %d bytes with %s: %w", e.Path, n, got, e.Size, e.SHA256, ErrCorrupt)
+	}
+	if err := tmp.Chmod(fs.FileMode(e.Mode) & fs.ModePerm); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	mtime := time.Unix(0, e.MtimeNs)
+	if err := os.Chtimes(tmp.Name(), mtime, mtime); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return err
+	}
+	done = true
+	return SyncDir(filepath.Dir(dst))
+}
+
+type progressWriter func(int64)
+
+// Write reports a running total; it relies on being called sequentially.
+func (p progressWriter) Write(b []byte) (int, error) {
+	p(int64(len(b)))
+	return len(b), nil
+}
+
+// Objects lists the stored objects.
+func (s *Store) Objects(ctx context.Context) ([]*jetstream.ObjectInfo, error) {
+	l, err := s.obs.List(ctx)
+	if errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list storage objects: %w", err)
+	}
+	return l, nil
+}
+
+// DeleteObject removes the object named sum.
+func (s *Store) DeleteObject(ctx context.Context, sum string) error {
+	if err := s.obs.Delete(ctx, sum); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return fmt.Errorf("delete storage object %s: %w", sum, err)
+	}
+	return nil
+}
+
+// Matches reports whether the file at path is the one e describes, by
+// size and mtime: a mirror sets both before the rename that publishes a
+// file, so a match at the final path is a complete, verified copy.
+func Matches(path string, e Entry) bool {
+	st, err := os.Lstat(path)
+	return err == nil && st.Mode().IsRegular() && st.Size() == e.Size && st.ModTime().UnixNano() == e.MtimeNs
+}
+
+// SyncDir fsyncs a directory, making renames in it durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
