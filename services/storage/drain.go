@@ -41,7 +41,7 @@ func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
 		return Drained{}, fmt.Errorf("drain: still starting: %w", ctx.Err())
 	}
 	d.mu.Lock()
-	released, st := d.released, d.status
+	released, st := d.released || d.mode == modeCapture, d.status
 	d.mu.Unlock()
 	if released {
 		return Drained{Files: st.Files, Bytes: st.Bytes, Revision: st.Revision}, nil // already installed

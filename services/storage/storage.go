@@ -180,6 +180,7 @@ func (d *Daemon) wanted(now time.Time) (mode, uint64) {
 	d.leading = leading
 	switch {
 	case prepared:
+		d.released = false // the installed tree is the data path's now
 		return modeCapture, epoch
 	case d.released:
 		return modeIdle, 0
