@@ -287,3 +287,20 @@ func (c *Cluster) CheckerReport(t *testing.T) (vips, backends int, interval time
 	}
 	return vips, backends, interval
 }
+
+// PutStorageFile uploads size random bytes to the serving backend, through
+// the VIP, as storage/path (the stand-in writes it like an upload) and
+// returns their SHA-256.
+func (c *Cluster) PutStorageFile(t *testing.T, path string, size int) string {
+	t.Helper()
+	out := c.Client.Must(t, "sh", "-c", fmt.Sprintf("head -c %d /dev/urandom > /tmp/up && curl -sf -m 10 -XPOST --data-binary @/tmp/up 'http://%s:3210/storage?f=%s' >/dev/null && sha256sum /tmp/up", size, c.VIP, path))
+	return strings.Fields(out)[0]
+}
+
+// StorageFileSum returns the SHA-256 of storage/path as the backend on the
+// VIP serves it.
+func (c *Cluster) StorageFileSum(t *testing.T, path string) string {
+	t.Helper()
+	out := c.Client.Must(t, "sh", "-c", fmt.Sprintf("curl -sf -m 10 -o /tmp/down 'http://%s:3210/storage?f=%s' && sha256sum /tmp/down", c.VIP, path))
+	return strings.Fields(out)[0]
+}

@@ -60,9 +60,14 @@ func TestCluster(t *testing.T) {
 		c.StartChecker(t)
 		w := c.StartWriter(t)
 		time.Sleep(2 * time.Second)
+		// Uploaded just before the switchover: the demotion flushes it.
+		upload := c.PutStorageFile(t, "uploads/switchover.bin", 2<<20)
 		out := old.Must(t, "ccm", "promote", "--node", target.Name)
 		t.Log(strings.TrimSpace(out))
 		c.WaitServing(t, target, 30*time.Second)
+		if got := c.StorageFileSum(t, "uploads/switchover.bin"); got != upload {
+			t.Fatalf("after the switchover %s serves storage/uploads/switchover.bin with SHA-256 %s, uploaded %s", target.Name, got, upload)
+		}
 		time.Sleep(2 * time.Second)
 		acks := w.Stop(t)
 		lost, gap := c.Lost(t, acks)
@@ -128,6 +133,13 @@ func TestCluster(t *testing.T) {
 	t.Run("leader crash", func(t *testing.T) {
 		c.WaitPassivesCaughtUp(t, 90*time.Second)
 		old := c.Leader(t)
+		upload := c.PutStorageFile(t, "uploads/crash.bin", 1<<20)
+		for _, n := range c.others(old) {
+			Eventually(t, 30*time.Second, "storage/uploads/crash.bin mirrored on "+n.Name, func() bool {
+				code, _ := n.Exec(t, "test", "-f", "/var/lib/convex/replica/storage/uploads/crash.bin")
+				return code == 0
+			})
+		}
 		w := c.StartWriter(t)
 		time.Sleep(2 * time.Second)
 		killed := time.Now()
@@ -144,6 +156,9 @@ func TestCluster(t *testing.T) {
 		t.Logf("leader %s killed: %s holds the VIP after %s; %d acks, %d lost, longest gap %s", old.Name, next.Name, took.Round(time.Millisecond), len(acks), len(lost), gap.Round(time.Millisecond))
 		if len(lost) > 5 {
 			t.Fatalf("%d acknowledged writes lost in a crash; the replication lag bounds it to a few", len(lost))
+		}
+		if got := c.StorageFileSum(t, "uploads/crash.bin"); got != upload {
+			t.Fatalf("after the crash %s serves storage/uploads/crash.bin with SHA-256 %s, uploaded %s", next.Name, got, upload)
 		}
 		// The crashed node comes back and rejoins as a passive.
 		if out, err := exec.Command("docker", "start", strings.TrimPrefix(name, "/")).CombinedOutput(); err != nil {

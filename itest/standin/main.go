@@ -9,7 +9,8 @@
 //	GET  /count      number of rows
 //	GET  /ids        every row id, one per line
 //	GET  /values     every row's value, one per line
-//	GET  /storage?f=NAME  the content of storage/NAME
+//	GET  /storage?f=PATH  the content of storage/PATH
+//	POST /storage?f=PATH  stores the body as storage/PATH (a file upload)
 //
 // It is not shipped as a product binary.
 package main
@@ -128,14 +129,32 @@ func run(args []string, stderr io.Writer) error {
 	}
 	mux.HandleFunc("GET /ids", list("id"))
 	mux.HandleFunc("GET /values", list("v"))
+	// storage/ paths, kept inside storage/ whatever the query says.
+	storagePath := func(r *http.Request) string {
+		return filepath.Join(*data, "storage", filepath.Clean("/"+r.URL.Query().Get("f")))
+	}
 	mux.HandleFunc("GET /storage", func(w http.ResponseWriter, r *http.Request) {
-		name := filepath.Base(r.URL.Query().Get("f"))
-		b, err := os.ReadFile(filepath.Join(*data, "storage", name))
+		b, err := os.ReadFile(storagePath(r))
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusNotFound)
 			return
 		}
 		w.Write(b)
+	})
+	mux.HandleFunc("POST /storage", func(w http.ResponseWriter, r *http.Request) {
+		p := storagePath(r)
+		b, err := io.ReadAll(r.Body)
+		if err == nil {
+			err = os.MkdirAll(filepath.Dir(p), 0o755)
+		}
+		if err == nil {
+			err = os.WriteFile(p, b, 0o644)
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintf(w, "%d\n", len(b))
 	})
 	srv := &http.Server{Addr: *addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)

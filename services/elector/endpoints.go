@@ -225,7 +225,8 @@ func (e *Elector) Promote(ctx context.Context) error {
 
 // Demote makes this leader step down gracefully: it stops serving first
 // (role event not ready: the VIP goes; then the backend is stopped, which
-// drains it; then everything committed is flushed to the WAL stream), and
+// drains it; then everything committed is flushed to the WAL stream and
+// every storage file to the file store), and
 // only then hands the key to the node named to, or deletes it so that the
 // others campaign. The lease is renewed throughout.
 func (e *Elector) Demote(ctx context.Context, to string) error {
@@ -259,6 +260,9 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 	}
 	if _, err := e.call(ctx, schema.ServiceWalship, "flush", nil, 30*time.Second); err != nil && !errors.Is(err, errSkipped) {
 		e.log.Error("demote: final WAL flush failed; handing over anyway", "err", err)
+	}
+	if _, err := e.call(ctx, schema.ServiceStorage, "flush", nil, 5*time.Minute); err != nil && !errors.Is(err, errSkipped) {
+		e.log.Error("demote: final storage flush failed; handing over anyway", "err", err)
 	}
 	reason := "demoted"
 	if to != "" {

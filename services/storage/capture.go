@@ -106,6 +106,9 @@ func (c *capturer) loop(ctx context.Context, n *notifier, events <-chan event) e
 			default:
 				c.dirty[ev.path] = true
 			}
+		case reply := <-c.d.flushes:
+			c.full = true
+			reply <- c.flush(ctx)
 		case <-full.C:
 			c.full = true
 		case <-batch:
@@ -114,6 +117,30 @@ func (c *capturer) loop(ctx context.Context, n *notifier, events <-chan event) e
 				return err
 			}
 		}
+	}
+}
+
+// Flush publishes every change of the tree made so far and returns once
+// the manifest has it: the graceful demotion's last step before handing
+// over. It does nothing on a node that does not capture.
+func (d *Daemon) Flush(ctx context.Context) error {
+	d.mu.Lock()
+	capturing := d.mode == modeCapture && d.running
+	d.mu.Unlock()
+	if !capturing {
+		return nil
+	}
+	reply := make(chan error, 1)
+	select {
+	case d.flushes <- reply:
+	case <-ctx.Done():
+		return fmt.Errorf("storage flush: %w", ctx.Err())
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("storage flush: %w", ctx.Err())
 	}
 }
 

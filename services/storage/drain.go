@@ -174,8 +174,20 @@ func copyTree(src, dst string) error {
 	})
 }
 
-// AddEndpoints adds drain.
+// AddEndpoints adds drain and flush.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
+	if err := g.AddEndpoint("flush", micro.HandlerFunc(func(req micro.Request) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if err := d.Flush(ctx); err != nil {
+			req.Error("500", err.Error(), nil)
+			return
+		}
+		st := d.Status().(schema.StorageStatus)
+		req.RespondJSON(Drained{Files: st.Files, Bytes: st.Bytes})
+	})); err != nil {
+		return err
+	}
 	return g.AddEndpoint("drain", micro.HandlerFunc(func(req micro.Request) {
 		var r DrainRequest
 		if err := json.Unmarshal(req.Data(), &r); err != nil || r.Epoch == 0 {

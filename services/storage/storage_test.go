@@ -337,6 +337,8 @@ func TestPromotionInstallsStorage(t *testing.T) {
 	write(t, c.c1.StorageDir(), "modules/a.js", []byte("a"))
 	writeRandom(t, filepath.Join(c.c1.StorageDir(), "files/blob"), 5<<20, 2)
 	waitSame(t, c.c1.StorageDir(), c.c2.ShadowStorageDir(), 10*time.Second)
+	// Written just before the switchover: the demotion's flush publishes it.
+	write(t, c.c1.StorageDir(), "modules/late.js", []byte("late"))
 	want := tree(t, c.c1.StorageDir())
 
 	conf := filepath.Join(c.dir, "n1.json")
