@@ -50,7 +50,11 @@ func (c *client) leave(ctx context.Context, w io.Writer) error {
 	if err := c.request(ctx, node, schema.ServiceWalapply, "leave", nil, nil); err != nil && !errors.Is(err, errNotRunning) {
 		return err
 	}
+	if err := c.request(ctx, node, schema.ServiceStorage, "leave", nil, nil); err != nil && !errors.Is(err, errNotRunning) {
+		return err
+	}
 	c.kv.Delete(ctx, schema.ApplyKey(node))
+	c.kv.Delete(ctx, schema.StorageKey(node))
 	fmt.Fprintf(w, "%s left cluster %s; stop its units so that a restart does not bring it back:\n  systemctl disable --now ccm.target\n", node, c.cfg.ClusterID)
 	return nil
 }

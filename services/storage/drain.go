@@ -174,8 +174,46 @@ func copyTree(src, dst string) error {
 	})
 }
 
-// AddEndpoints adds drain and flush.
+// Leave stops capturing or mirroring for good (until restarted) and
+// removes the node's storage status key: ccm leave.
+func (d *Daemon) Leave(ctx context.Context) error {
+	d.mu.Lock()
+	d.left = true
+	d.mu.Unlock()
+	d.poke()
+	for {
+		d.mu.Lock()
+		running := d.running
+		d.mu.Unlock()
+		if !running {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	kv, err := d.js.KeyValue(ctx, schema.Bucket(d.cfg.ClusterID))
+	if err != nil {
+		return err
+	}
+	return kv.Delete(ctx, schema.StorageKey(d.cfg.NodeID))
+}
+
+// AddEndpoints adds drain, flush and leave.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
+	if err := g.AddEndpoint("leave", micro.HandlerFunc(func(req micro.Request) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := d.Leave(ctx); err != nil {
+			req.Error("500", err.Error(), nil)
+			return
+		}
+		req.Respond([]byte("{}"))
+	})); err != nil {
+		return err
+	}
 	if err := g.AddEndpoint("flush", micro.HandlerFunc(func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()

@@ -117,6 +117,8 @@ func (d *Daemon) publish(ctx context.Context) {
 	daemon.PublishStatus(ctx, d.js, d.cfg.ClusterID, schema.StorageKey(d.cfg.NodeID), d.log, func() (any, bool) {
 		st := d.Status().(schema.StorageStatus)
 		st.UpdatedAt = time.Now()
-		return st, true
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return st, !d.left
 	})
 }

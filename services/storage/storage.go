@@ -67,6 +67,7 @@ type Daemon struct {
 	mode     mode
 	running  bool  // the current mode's goroutine runs
 	released bool  // the mirror moved into the data path: wait for demotion
+	left     bool  // ccm leave: do nothing until restarted
 	lastErr  error // of the last mode run that ended
 	leading  bool
 	loopAt   time.Time
@@ -180,6 +181,8 @@ func (d *Daemon) wanted(now time.Time) (mode, uint64) {
 	}
 	d.leading = leading
 	switch {
+	case d.left:
+		return modeIdle, 0
 	case prepared:
 		d.released = false // the installed tree is the data path's now
 		return modeCapture, epoch
