@@ -2,7 +2,8 @@
 // visibility on a passive, for ccm (ccm-walship → NATS → ccm-walapply, as
 // separate processes) and for the baseline a user would otherwise pick:
 // Litestream replicating to NATS with `litestream restore -f`. It also
-// times `ccm join` of a large database. Run by `make bench`.
+// times `ccm join` of a large database and the mirroring of the storage
+// directory (many small files, one large file). Run by `make bench`.
 package main
 
 import (
@@ -33,6 +34,9 @@ type options struct {
 	litestream string
 	bootstrap  int64
 	keep       bool
+
+	storageFiles, storageRuns int
+	storageBigMiB             int64
 }
 
 func run(ctx context.Context, args []string) error {
@@ -44,6 +48,9 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&o.litestream, "litestream", "litestream", "litestream binary for the baseline (\"\" to skip)")
 	fs.Int64Var(&o.bootstrap, "bootstrap-mib", 1024, "size of the database for the ccm join measurement (0 to skip)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directories")
+	fs.IntVar(&o.storageFiles, "storage-files", 10000, "small files for the storage mirroring measurement (0 to skip it)")
+	fs.Int64Var(&o.storageBigMiB, "storage-big-mib", 1024, "size of the large file for the storage mirroring measurement")
+	fs.IntVar(&o.storageRuns, "storage-runs", 3, "runs of the storage mirroring measurement")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -77,6 +84,11 @@ func run(ctx context.Context, args []string) error {
 	if o.bootstrap > 0 {
 		if err := measureJoin(ctx, o); err != nil {
 			return fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+	if o.storageFiles > 0 {
+		if err := benchStorage(ctx, o); err != nil {
+			return fmt.Errorf("storage: %w", err)
 		}
 	}
 	return nil
