@@ -232,6 +232,11 @@ func (d *Daemon) fail(err error) {
 // waitLeading waits briefly for the role event of epoch: a promotion step
 // may arrive before the event that announced the promotion.
 func (d *Daemon) waitLeading(ctx context.Context, epoch uint64) error {
+	select { // role events are followed once running
+	case <-d.ready:
+	case <-ctx.Done():
+		return fmt.Errorf("still starting: %w", ctx.Err())
+	}
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		if e, _, ok := d.roles.Leading(time.Now()); ok && e == epoch {

@@ -35,6 +35,7 @@ type Elector struct {
 	ttl, heartbeat, lease  time.Duration
 	replicas, maxLag       int
 	storageSync            time.Duration // how long a promotion waits for the storage mirror
+	resumeReady            bool          // the leader record found at start says this node served
 
 	nc      *nats.Conn
 	js      jetstream.JetStream
@@ -308,7 +309,7 @@ func (e *Elector) sync(ctx context.Context) {
 	epoch := rec.EpochAt(ent.Revision())
 	e.gate.Admit(epoch)
 	if rec.Node == e.node && rec.Serving() {
-		e.rev, e.since = ent.Revision(), rec.Since
+		e.rev, e.since, e.resumeReady = ent.Revision(), rec.Since, rec.Ready
 		if e.renewAt(ctx, epoch, rec.Since) == nil {
 			e.log.Info("resumed leadership after restart", "epoch", epoch)
 			return
@@ -465,7 +466,10 @@ func (e *Elector) renewAt(ctx context.Context, epoch uint64, since time.Time) er
 	}
 	octx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	rec := schema.LeaderRecord{Node: e.node, Epoch: epoch, Since: since, RenewedAt: now, LeaderTTLMs: e.ttl.Milliseconds()}
+	rec := schema.LeaderRecord{Node: e.node, Epoch: epoch, Since: since, RenewedAt: now, LeaderTTLMs: e.ttl.Milliseconds(), Ready: e.State().Ready}
+	if e.State().Role == schema.RoleStarting {
+		rec.Ready = e.resumeReady
+	}
 	rev, err := e.kv.Update(octx, schema.KeyLeader, encode(rec), e.rev)
 	if err != nil {
 		e.metrics.renewFailures.Inc()
@@ -479,7 +483,7 @@ func (e *Elector) renewAt(ctx context.Context, epoch uint64, since time.Time) er
 	e.rev = rev
 	e.metrics.renewals.Inc()
 	if e.State().Role == schema.RoleStarting {
-		e.apply(Event{Kind: Won, Epoch: epoch, At: now, Reason: "resumed after restart"})
+		e.apply(Event{Kind: Won, Epoch: epoch, At: now, Reason: "resumed after restart", Ready: e.resumeReady})
 	} else {
 		e.apply(Event{Kind: Renewed, At: now})
 	}
@@ -530,8 +534,15 @@ func (e *Elector) apply(ev Event) {
 	e.log.Info("role changed", "from", old.Role, "to", next.Role, "epoch", next.Epoch, "reason", next.Reason)
 	e.publish(next)
 	e.markReady()
-	if next.Role == schema.RoleLeader {
-		// Also after a restart of the elector: every step is idempotent.
+	switch {
+	case next.Role == schema.RoleLeader && next.Ready:
+		// Restarted while serving: the node's daemons kept serving until
+		// the deadline and converge on this event; promoting again would
+		// restart the backend. ccm-backend's health checks hand over if
+		// the backend does not serve.
+		e.log.Info("resumed serving after restart", "epoch", next.Epoch)
+	case next.Role == schema.RoleLeader:
+		// Also after a restart of the elector mid-promotion: every step is idempotent.
 		e.startPromotion(next.Epoch)
 	}
 }

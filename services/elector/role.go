@@ -77,6 +77,8 @@ type Event struct {
 	Epoch  uint64
 	At     time.Time
 	Reason string
+	// Ready, on Won after a restart, resumes a promotion that had finished.
+	Ready bool
 }
 
 // Next returns the state after ev for the node self, whose lease lasts
@@ -96,7 +98,8 @@ func Next(s State, ev Event, self string, lease time.Duration) State {
 		if s.Role == schema.RoleLeader || ev.Epoch < s.Epoch {
 			return s
 		}
-		return State{Role: schema.RoleLeader, Epoch: ev.Epoch, Leader: self, Deadline: ev.At.Add(lease), Reason: reasonOr(ev, "won")}
+		return State{Role: schema.RoleLeader, Epoch: ev.Epoch, Leader: self, Deadline: ev.At.Add(lease), Reason: reasonOr(ev, "won"),
+			Prepared: ev.Ready, Ready: ev.Ready}
 	case Renewed:
 		if s.Role == schema.RoleLeader {
 			if d := ev.At.Add(lease); d.After(s.Deadline) {

@@ -40,6 +40,9 @@ func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
 	case <-ctx.Done():
 		return Drained{}, fmt.Errorf("drain: still starting: %w", ctx.Err())
 	}
+	if e, _, ok := d.roles.Leading(time.Now()); !ok || e != epoch {
+		return Drained{}, fmt.Errorf("%w: drain for epoch %d", ErrNotLeader, epoch)
+	}
 	d.mu.Lock()
 	released, st := d.released || d.mode == modeCapture, d.status
 	d.mu.Unlock()
@@ -232,13 +235,13 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 			req.Error("400", fmt.Sprintf("drain wants {\"epoch\": N} with N > 0, got %q", req.Data()), nil)
 			return
 		}
-		if e, _, ok := d.roles.Leading(time.Now()); !ok || e != r.Epoch {
-			req.Error("409", fmt.Sprintf("this node does not lead epoch %d", r.Epoch), nil)
-			return
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Storage.SyncTimeout()+time.Minute)
 		defer cancel()
 		res, err := d.Drain(ctx, r.Epoch)
+		if errors.Is(err, ErrNotLeader) {
+			req.Error("409", err.Error(), nil)
+			return
+		}
 		if errors.Is(err, context.DeadlineExceeded) {
 			req.Error("504", err.Error(), nil)
 			return

@@ -27,6 +27,17 @@ type mirrorer struct {
 	seed   string // the data path's tree: a local source of identical files
 	want   map[string]filestore.Entry
 	failed map[string]error
+	bytes  int64 // sum of want's sizes
+}
+
+// set records the entry wanted at p (nil: none).
+func (m *mirrorer) set(p string, e *filestore.Entry) {
+	m.bytes -= m.want[p].Size
+	delete(m.want, p)
+	if e != nil {
+		m.want[p] = *e
+		m.bytes += e.Size
+	}
 }
 
 // mirror runs until ctx ends.
@@ -85,7 +96,7 @@ func (m *mirrorer) apply(ctx context.Context, kve jetstream.KeyValueEntry) {
 		return
 	}
 	if kve.Operation() != jetstream.KeyValuePut {
-		delete(m.want, p)
+		m.set(p, nil)
 		delete(m.failed, p)
 		if filestore.CheckPath(p) == nil {
 			m.remove(p)
@@ -101,7 +112,7 @@ func (m *mirrorer) apply(ctx context.Context, kve jetstream.KeyValueEntry) {
 		m.failed[p] = err
 		return
 	}
-	m.want[p] = e
+	m.set(p, &e)
 	m.fetch(ctx, e)
 }
 
@@ -170,12 +181,7 @@ func (m *mirrorer) sweep() {
 
 // report publishes the mirror's progress.
 func (m *mirrorer) report(initial bool, kve jetstream.KeyValueEntry) {
-	var files int
-	var bytes int64
-	for _, e := range m.want {
-		files++
-		bytes += e.Size
-	}
+	files, bytes := len(m.want), m.bytes
 	var first error
 	firstPath := ""
 	for p, err := range m.failed {

@@ -24,6 +24,9 @@ type LeaderRecord struct {
 	// HandoverTo, when set, names the node that may take the key next by a
 	// compare-and-set on this revision; Node has already stepped down.
 	HandoverTo string `json:"handoverTo,omitempty"`
+	// Ready says Node's promotion of Epoch finished (its backend served): an
+	// elector restarted on Node resumes serving instead of promoting again.
+	Ready bool `json:"ready,omitempty"`
 }
 
 // EpochAt returns the record's epoch given the KV revision it was read at.
