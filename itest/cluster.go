@@ -137,16 +137,23 @@ func (c *Cluster) Leader(t *testing.T) *Node {
 // with no lag.
 func (c *Cluster) WaitPassivesCaughtUp(t *testing.T, within time.Duration) {
 	t.Helper()
+	WaitCaughtUp(t, c.Nodes[0], len(c.Nodes), within)
+}
+
+// WaitCaughtUp waits until the status seen from n lists nodes live nodes,
+// a leader, and every other node applying the stream with no lag.
+func WaitCaughtUp(t *testing.T, n *Node, nodes int, within time.Duration) {
+	t.Helper()
 	Eventually(t, within, "passives caught up", func() bool {
-		st := c.Nodes[0].Status(t)
-		if st.Leader == nil || len(st.Nodes) != 3 {
+		st := n.Status(t)
+		if st.Leader == nil || len(st.Nodes) != nodes {
 			return false
 		}
-		for _, n := range st.Nodes {
-			if n.ID == st.Leader.Node {
+		for _, v := range st.Nodes {
+			if v.ID == st.Leader.Node {
 				continue
 			}
-			if n.Apply == nil || n.Apply.State != "following" || n.Apply.LagTXIDs != 0 {
+			if v.Apply == nil || v.Apply.State != "following" || v.Apply.LagTXIDs != 0 || v.Apply.Epoch != st.Leader.Epoch {
 				return false
 			}
 		}

@@ -26,14 +26,7 @@ func TestVIPMovesWithHandover(t *testing.T) {
 	a.Must(t, "systemctl", "enable", "--now", "ccm.target")
 	Eventually(t, 30*time.Second, "a holds the VIP", func() bool { return a.HasVIP(t, vip) })
 	b.Must(t, "systemctl", "enable", "--now", "ccm.target")
-	Eventually(t, 30*time.Second, "b is a passive", func() bool {
-		for _, n := range a.Status(t).Nodes {
-			if n.ID == "b" && n.Role == "passive" {
-				return true
-			}
-		}
-		return false
-	})
+	WaitCaughtUp(t, a, 2, 60*time.Second) // b may campaign only once it has a's epoch
 
 	// The client talks to the VIP: its neighbour entry is a's MAC.
 	client.Must(t, "ping", "-c", "1", "-W", "2", vip)

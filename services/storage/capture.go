@@ -30,7 +30,8 @@ type capturer struct {
 	root  string
 	index map[string]filestore.Entry // what the manifest says, by path
 	dirty map[string]bool
-	full  bool // compare the whole tree at the next batch
+	full  bool      // compare the whole tree at the next batch
+	after time.Time // no batch before this: a file still changing, or an error
 }
 
 // capture runs until ctx ends (the node stopped leading) or fails.
@@ -83,10 +84,8 @@ func (c *capturer) loop(ctx context.Context, n *notifier, events <-chan event) e
 	defer full.Stop()
 	var batch <-chan time.Time
 	for {
-		if c.full || len(c.dirty) > 0 {
-			if batch == nil {
-				batch = time.After(settle)
-			}
+		if (c.full || len(c.dirty) > 0) && batch == nil {
+			batch = time.After(max(settle, time.Until(c.after)))
 		}
 		select {
 		case <-ctx.Done():
@@ -178,11 +177,18 @@ func (c *capturer) flush(ctx context.Context) error {
 		ok, err := c.sync(ctx, p, dbSeq)
 		switch {
 		case errors.Is(err, filestore.ErrChanged):
-			c.dirty[p] = true // still being written: next batch
+			c.dirty[p] = true // still being written: look again a little later
+			c.after = time.Now().Add(500 * time.Millisecond)
+		case errors.Is(err, ErrNotLeader):
+			return err
 		case err != nil:
 			c.d.captureFailed(err)
 			c.dirty[p] = true
-			return c.publishManifest(ctx, dbSeq) // retried at the next batch
+			c.after = time.Now().Add(time.Second)
+			if changed == 0 {
+				return nil // retried at the next batch
+			}
+			return c.publishManifest(ctx, dbSeq)
 		case ok:
 			changed++
 		}

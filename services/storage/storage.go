@@ -196,7 +196,12 @@ func (d *Daemon) wanted(now time.Time) (mode, uint64) {
 func (d *Daemon) runMode(ctx context.Context, m mode, epoch uint64) error {
 	if m == modeCapture {
 		d.log.Info("capturing the storage directory", "epoch", epoch, "dir", d.cfg.StorageDir())
-		return d.capture(ctx, epoch)
+		err := d.capture(ctx, epoch)
+		if errors.Is(err, ErrNotLeader) {
+			d.log.Info("storage capture stopped: the node no longer leads", "epoch", epoch)
+			return nil // the control loop switches to what the role says now
+		}
+		return err
 	}
 	d.log.Info("mirroring the storage directory", "dir", d.cfg.ShadowStorageDir())
 	return d.mirror(ctx)

@@ -357,3 +357,45 @@ func TestPromotionInstallsStorage(t *testing.T) {
 	waitSame(t, c.c2.StorageDir(), c.c1.ShadowStorageDir(), 20*time.Second)
 	waitState(t, c.s1.D, schema.StorageSynced, 10*time.Second)
 }
+
+// TestJoinBootstrapsStorage runs `ccm join` on a new node: it downloads
+// every storage file with the database, in one progress display, and a
+// second join keeps the files already there.
+func TestJoinBootstrapsStorage(t *testing.T) {
+	c := start(t)
+	src := c.c1.StorageDir()
+	write(t, src, "modules/x.js", []byte("x"))
+	writeRandom(t, filepath.Join(src, "files/big"), 3<<20, 3)
+	for deadline := time.Now().Add(10 * time.Second); c.s1.D.Status().(schema.StorageStatus).Files != 2; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("leader published %+v", c.s1.D.Status())
+		}
+	}
+	c3 := nodeConfig(c.dir, "n3", c.srv)
+	conf := filepath.Join(c.dir, "n3.json")
+	if err := config.Write(conf, c3, false); err != nil {
+		t.Fatal(err)
+	}
+	join := func(args ...string) string {
+		var out, errOut bytes.Buffer
+		if err := cli.Run(context.Background(), append([]string{"join", "--config", conf}, args...), &out, &errOut); err != nil {
+			t.Fatalf("ccm join: %v %s %s", err, out.String(), errOut.String())
+		}
+		return out.String()
+	}
+	out := join()
+	if !strings.Contains(out, "storage: 2 files") || !strings.Contains(out, "storage: 3.0 MiB in") {
+		t.Fatalf("join output lacks the storage download:\n%s", out)
+	}
+	if d := diff(tree(t, src), tree(t, c3.ShadowStorageDir())); d != "" {
+		t.Fatalf("joined storage differs: %s", d)
+	}
+	big := filepath.Join(c3.ShadowStorageDir(), "files/big")
+	st, _ := os.Stat(big)
+	ino := st.Sys().(*syscall.Stat_t).Ino
+	join("--force")
+	st, _ = os.Stat(big)
+	if st.Sys().(*syscall.Stat_t).Ino != ino {
+		t.Fatal("a second join downloaded a file that was already there")
+	}
+}
