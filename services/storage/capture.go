@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -19,12 +20,17 @@ import (
 // that a burst of writes is published in one batch.
 const settle = 50 * time.Millisecond
 
+// parallel is how many files a batch captures (and a mirror fetches) at
+// once: per-file round trips to NATS dominate small files.
+const parallel = 8
+
 // gcGrace keeps an unreferenced object this long: a mirror may still be
 // fetching it for the entry it just replaced.
 const gcGrace = 10 * time.Minute
 
 // capturer publishes the leader's storage tree while this node leads epoch.
 type capturer struct {
+	mu    sync.Mutex // guards index while a batch runs in parallel
 	d     *Daemon
 	epoch uint64
 	root  string
@@ -52,20 +58,9 @@ func (d *Daemon) capture(ctx context.Context, epoch uint64) error {
 		return err
 	}
 	c := &capturer{d: d, epoch: epoch, root: root, index: entries, dirty: map[string]bool{}, full: true}
-	events := make(chan event, 4096)
+	ev := &pending{paths: map[string]bool{}, wake: make(chan struct{}, 1)}
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		return n.read(func(ev event) {
-			select {
-			case events <- ev:
-			default: // the loop is behind: it will compare everything
-				select {
-				case events <- event{reconcile: true}:
-				default:
-				}
-			}
-		})
-	})
+	g.Go(func() error { return n.read(ev.add) })
 	g.Go(func() error {
 		defer n.close()
 		if err := n.watchTree(""); err != nil {
@@ -73,12 +68,48 @@ func (d *Daemon) capture(ctx context.Context, epoch uint64) error {
 		}
 		files, bytes := c.totals()
 		d.setCapture(epoch, files, bytes)
-		return c.loop(ctx, n, events)
+		return c.loop(ctx, n, ev)
 	})
 	return g.Wait()
 }
 
-func (c *capturer) loop(ctx context.Context, n *notifier, events <-chan event) error {
+// pending gathers the notifier's events until the capture loop takes
+// them: never blocking the reader, never dropping one (paths are a set).
+type pending struct {
+	mu        sync.Mutex
+	paths     map[string]bool
+	dirs      []string
+	reconcile bool
+	wake      chan struct{}
+}
+
+func (p *pending) add(ev event) {
+	p.mu.Lock()
+	switch {
+	case ev.reconcile:
+		p.reconcile = true
+	case ev.dir:
+		p.dirs = append(p.dirs, ev.path)
+	default:
+		p.paths[ev.path] = true
+	}
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take returns and clears what was gathered.
+func (p *pending) take() (paths map[string]bool, dirs []string, reconcile bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	paths, dirs, reconcile = p.paths, p.dirs, p.reconcile
+	p.paths, p.dirs, p.reconcile = map[string]bool{}, nil, false
+	return paths, dirs, reconcile
+}
+
+func (c *capturer) loop(ctx context.Context, n *notifier, ev *pending) error {
 	every := c.d.cfg.Storage.ReconcileInterval()
 	full := time.NewTicker(every)
 	defer full.Stop()
@@ -90,20 +121,22 @@ func (c *capturer) loop(ctx context.Context, n *notifier, events <-chan event) e
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev := <-events:
-			switch {
-			case ev.reconcile:
+		case <-ev.wake:
+			paths, dirs, reconcile := ev.take()
+			for p := range paths {
+				c.dirty[p] = true
+			}
+			for _, dir := range dirs {
+				if err := n.watchTree(dir); err != nil {
+					return err
+				}
+				c.walk(dir)
+			}
+			if reconcile {
 				c.full = true
 				if err := n.watchTree(""); err != nil {
 					return err
 				}
-			case ev.dir:
-				if err := n.watchTree(ev.path); err != nil {
-					return err
-				}
-				c.walk(ev.path)
-			default:
-				c.dirty[ev.path] = true
 			}
 		case reply := <-c.d.flushes:
 			c.full = true
@@ -168,36 +201,75 @@ func (c *capturer) flush(ctx context.Context) error {
 		return err
 	}
 	dbSeq := c.d.dbSeq(ctx)
-	changed := 0
+	var (
+		mu      sync.Mutex
+		changed int
+		again   []string // still being written
+		failed  error
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(parallel)
 	for p := range c.dirty {
 		delete(c.dirty, p)
 		if strings.HasPrefix(filepath.Base(p), filestore.TempPrefix) {
 			continue
 		}
-		ok, err := c.sync(ctx, p, dbSeq)
-		switch {
-		case errors.Is(err, filestore.ErrChanged):
-			c.dirty[p] = true // still being written: look again a little later
-			c.after = time.Now().Add(500 * time.Millisecond)
-		case errors.Is(err, ErrNotLeader):
-			return err
-		case err != nil:
-			c.d.captureFailed(err)
-			c.dirty[p] = true
-			c.after = time.Now().Add(time.Second)
-			if changed == 0 {
-				return nil // retried at the next batch
+		g.Go(func() error {
+			ok, err := c.sync(gctx, p, dbSeq)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case errors.Is(err, filestore.ErrChanged):
+				again = append(again, p)
+			case errors.Is(err, ErrNotLeader):
+				return err
+			case err != nil:
+				again = append(again, p)
+				if failed == nil {
+					failed = err
+				}
+			case ok:
+				changed++
 			}
-			return c.publishManifest(ctx, dbSeq)
-		case ok:
-			changed++
-		}
+			return nil
+		})
 	}
-	c.d.captureFailed(nil)
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	for _, p := range again {
+		c.dirty[p] = true
+	}
+	switch {
+	case failed != nil:
+		c.after = time.Now().Add(time.Second)
+	case len(again) > 0:
+		c.after = time.Now().Add(500 * time.Millisecond) // look again a little later
+	}
+	c.d.captureFailed(failed)
 	if changed == 0 {
 		return nil
 	}
 	return c.publishManifest(ctx, dbSeq)
+}
+
+// lookup returns the manifest's entry of p.
+func (c *capturer) lookup(p string) (filestore.Entry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.index[p]
+	return e, ok
+}
+
+// record sets (or, with nil, removes) the manifest's entry of p.
+func (c *capturer) record(p string, e *filestore.Entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e == nil {
+		delete(c.index, p)
+		return
+	}
+	c.index[p] = *e
 }
 
 // sync publishes the state of one path; it reports whether the manifest changed.
@@ -207,7 +279,7 @@ func (c *capturer) sync(ctx context.Context, p string, dbSeq uint64) (bool, erro
 		return false, nil
 	}
 	abs := filepath.Join(c.root, filepath.FromSlash(p))
-	old, had := c.index[p]
+	old, had := c.lookup(p)
 	st, err := os.Lstat(abs)
 	if err != nil || !st.Mode().IsRegular() {
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -222,7 +294,7 @@ func (c *capturer) sync(ctx context.Context, p string, dbSeq uint64) (bool, erro
 		if err := c.d.store.Delete(ctx, p); err != nil {
 			return false, err
 		}
-		delete(c.index, p)
+		c.record(p, nil)
 		c.d.captured(0)
 		return true, nil
 	}
@@ -231,8 +303,7 @@ func (c *capturer) sync(ctx context.Context, p string, dbSeq uint64) (bool, erro
 	}
 	sum, size, err := filestore.HashFile(abs)
 	if errors.Is(err, fs.ErrNotExist) {
-		c.dirty[p] = true
-		return false, nil
+		return false, fmt.Errorf("%s: %w", p, filestore.ErrChanged) // gone meanwhile: look again
 	}
 	if err != nil {
 		return false, err
@@ -263,7 +334,7 @@ func (c *capturer) sync(ctx context.Context, p string, dbSeq uint64) (bool, erro
 	if err := c.d.store.Put(ctx, e); err != nil {
 		return false, err
 	}
-	c.index[p] = e
+	c.record(p, &e)
 	c.d.captured(uploaded)
 	return true, nil
 }

@@ -9,9 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/convex-cluster-manager/ccm/shared/filestore"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
@@ -64,36 +66,79 @@ func (d *Daemon) mirror(ctx context.Context) error {
 			if !ok {
 				return errors.New("storage manifest watch ended")
 			}
-			if kve == nil {
+			// Take every change already delivered, up to the end of the
+			// initial values: their files are fetched in parallel.
+			batch, caughtUp := []jetstream.KeyValueEntry{}, kve == nil
+		more:
+			for kve != nil && len(batch) < 4096 {
+				batch = append(batch, kve)
+				select {
+				case kve, ok = <-w.Updates():
+					if !ok {
+						return errors.New("storage manifest watch ended")
+					}
+					caughtUp = kve == nil
+				default:
+					break more
+				}
+			}
+			m.applyBatch(ctx, batch)
+			if caughtUp && initial {
 				initial = false
 				m.sweep()
-			} else {
-				m.apply(ctx, kve)
 			}
-			m.report(initial, kve)
+			var last jetstream.KeyValueEntry
+			if len(batch) > 0 {
+				last = batch[len(batch)-1]
+			}
+			m.report(initial, last)
 		case <-retry.C:
 			if len(m.failed) > 0 {
+				var todo []filestore.Entry
 				for p := range m.failed {
-					m.fetch(ctx, m.want[p])
+					if e, ok := m.want[p]; ok { // an invalid entry waits for a new one
+						todo = append(todo, e)
+					}
 				}
+				m.fetchAll(ctx, todo)
 				m.report(initial, nil)
 			}
 		}
 	}
 }
 
-// apply makes one manifest change on disk.
-func (m *mirrorer) apply(ctx context.Context, kve jetstream.KeyValueEntry) {
+// applyBatch makes a run of manifest changes true on disk: the newest
+// change of each path wins, and the files to fetch are fetched in parallel.
+func (m *mirrorer) applyBatch(ctx context.Context, batch []jetstream.KeyValueEntry) {
+	newest := map[string]jetstream.KeyValueEntry{}
+	var order []string
+	for _, kve := range batch {
+		if _, seen := newest[kve.Key()]; !seen {
+			order = append(order, kve.Key())
+		}
+		newest[kve.Key()] = kve
+	}
+	var todo []filestore.Entry
+	for _, k := range order {
+		if e, ok := m.apply(newest[k]); ok {
+			todo = append(todo, e)
+		}
+	}
+	m.fetchAll(ctx, todo)
+}
+
+// apply records one manifest change; it returns the entry to fetch, if any.
+func (m *mirrorer) apply(kve jetstream.KeyValueEntry) (filestore.Entry, bool) {
 	if kve.Key() == filestore.ManifestKey {
 		var man filestore.Manifest
 		if err := json.Unmarshal(kve.Value(), &man); err == nil {
 			m.d.setStatus(func(s *schema.StorageStatus) { s.ManifestFiles, s.ManifestBytes = man.Files, man.Bytes })
 		}
-		return
+		return filestore.Entry{}, false
 	}
 	p, ok := filestore.PathOf(kve.Key())
 	if !ok {
-		return
+		return filestore.Entry{}, false
 	}
 	if kve.Operation() != jetstream.KeyValuePut {
 		m.set(p, nil)
@@ -101,7 +146,7 @@ func (m *mirrorer) apply(ctx context.Context, kve jetstream.KeyValueEntry) {
 		if filestore.CheckPath(p) == nil {
 			m.remove(p)
 		}
-		return
+		return filestore.Entry{}, false
 	}
 	e, err := filestore.ParseEntry(kve.Value())
 	if err == nil && e.Path != p {
@@ -110,22 +155,42 @@ func (m *mirrorer) apply(ctx context.Context, kve jetstream.KeyValueEntry) {
 	if err != nil {
 		m.d.log.Error("refusing an invalid storage entry", "key", kve.Key(), "err", err)
 		m.failed[p] = err
-		return
+		return filestore.Entry{}, false
 	}
 	m.set(p, &e)
-	m.fetch(ctx, e)
+	return e, true
+}
+
+// fetchAll fetches entries, parallel at most at once, recording failures.
+func (m *mirrorer) fetchAll(ctx context.Context, entries []filestore.Entry) {
+	var mu sync.Mutex
+	var g errgroup.Group
+	g.SetLimit(parallel)
+	for _, e := range entries {
+		g.Go(func() error {
+			err := m.fetch(ctx, e)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				m.failed[e.Path] = err
+			} else {
+				delete(m.failed, e.Path)
+			}
+			return nil
+		})
+	}
+	g.Wait()
 }
 
 // fetch brings one file in, from the local data path when it holds the
 // same file (a demoted leader's tree), otherwise from the Object Store.
-func (m *mirrorer) fetch(ctx context.Context, e filestore.Entry) {
+func (m *mirrorer) fetch(ctx context.Context, e filestore.Entry) error {
 	if e.Path == "" {
-		return // an invalid entry: only a new one can fix it
+		return errors.New("invalid entry") // only a new entry can fix it
 	}
 	dst := filepath.Join(m.root, filepath.FromSlash(e.Path))
 	if filestore.Matches(dst, e) {
-		delete(m.failed, e.Path)
-		return
+		return nil
 	}
 	var err error
 	if src := filepath.Join(m.seed, filepath.FromSlash(e.Path)); filestore.Matches(src, e) {
@@ -138,11 +203,10 @@ func (m *mirrorer) fetch(ctx context.Context, e filestore.Entry) {
 		if ctx.Err() == nil {
 			m.d.log.Error("storage file not mirrored", "path", e.Path, "err", err)
 		}
-		m.failed[e.Path] = err
-		return
+		return err
 	}
-	delete(m.failed, e.Path)
 	m.d.mirrored(e.Size)
+	return nil
 }
 
 // remove deletes a file the manifest no longer has, and empty parents.

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -77,7 +78,7 @@ func (s *Store) Upload(ctx context.Context, path, sum string) error {
 // Fetch writes the contents of e from the Object Store to dst (see
 // writeVerified). progress, if set, is told the size of each block written.
 func (s *Store) Fetch(ctx context.Context, e Entry, dst string, progress func(int64)) error {
-	obj, err := s.obs.Get(ctx, e.SHA256)
+	obj, err := s.openObject(ctx, e.SHA256)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return fmt.Errorf("%s: object %s is missing: %w", e.Path, e.SHA256, ErrCorrupt)
 	}
@@ -85,12 +86,59 @@ func (s *Store) Fetch(ctx context.Context, e Entry, dst string, progress func(in
 		return fmt.Errorf("%s: get object %s: %w", e.Path, e.SHA256, err)
 	}
 	defer obj.Close()
-	err = writeVerified(e, dst, obj, progress)
-	if errors.Is(err, jetstream.ErrDigestMismatch) {
-		return fmt.Errorf("%s: object %s fails its digest: %w", e.Path, e.SHA256, ErrCorrupt)
-	}
-	return err
+	return writeVerified(e, dst, obj, progress)
 }
+
+// openObject reads an object's chunks one at a time by direct gets (next
+// message on the object's chunk subject), so that memory stays flat
+// whatever the size and no consumer is created per object (the Object
+// Store's own Get buffers as many chunks as the server pushes).
+func (s *Store) openObject(ctx context.Context, name string) (io.ReadCloser, error) {
+	info, err := s.obs.GetInfo(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if info.Chunks == 0 {
+		return io.NopCloser(strings.NewReader("")), nil
+	}
+	st, err := s.js.Stream(ctx, "OBJ_"+info.Bucket)
+	if err != nil {
+		return nil, err
+	}
+	return &chunkReader{ctx: ctx, st: st, subject: "$O." + info.Bucket + ".C." + info.NUID, left: info.Chunks, next: 1}, nil
+}
+
+// chunkReader reads an object's chunks in order.
+type chunkReader struct {
+	ctx     context.Context
+	st      jetstream.Stream
+	subject string
+	left    uint32
+	next    uint64 // stream sequence to look from
+	buf     []byte
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		if r.left == 0 {
+			return 0, io.EOF
+		}
+		m, err := r.st.GetMsg(r.ctx, r.next, jetstream.WithGetMsgSubject(r.subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return 0, fmt.Errorf("object chunks end early (%d missing): %w", r.left, ErrCorrupt)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("read object chunk: %w", err)
+		}
+		r.buf, r.next = m.Data, m.Sequence+1
+		r.left--
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+func (r *chunkReader) Close() error { return nil }
 
 // CopyLocal writes the file at src, which should hold e's contents, to dst
 // (see writeVerified): a node that has the file already need not download it.

@@ -42,7 +42,7 @@ type options struct {
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("lag", flag.ContinueOnError)
 	var o options
-	rates := fs.String("rates", "100,500,1000", "commit rates to measure, per second")
+	rates := fs.String("rates", "100,500,1000", "commit rates to measure, per second (\"\" to skip)")
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "writing time per rate")
 	fs.StringVar(&o.bin, "bin", "bin", "directory of the ccm binaries")
 	fs.StringVar(&o.litestream, "litestream", "litestream", "litestream binary for the baseline (\"\" to skip)")
@@ -55,6 +55,9 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	for _, r := range strings.Split(*rates, ",") {
+		if *rates == "" {
+			break // -rates "": skip the lag measurement
+		}
 		n, err := strconv.Atoi(strings.TrimSpace(r))
 		if err != nil || n <= 0 {
 			return fmt.Errorf("-rates: %q is not a positive number", r)

@@ -20,6 +20,7 @@ import (
 // storageRun is one measurement of mirroring the storage directory.
 type storageRun struct {
 	small, big             time.Duration // from the last write to mirrored on the passive
+	published              time.Duration // from the last small write to all in the leader's manifest
 	rssSmall, rssBig       int64         // peak RSS of the passive's ccm-storage after each phase
 	leaderSmall, leaderBig int64         // and of the leader's
 }
@@ -81,6 +82,10 @@ func measureStorage(ctx context.Context, o options) (storageRun, error) {
 		}
 	}
 	t0 := time.Now()
+	if err := published(ctx, nc, o.storageFiles, 10*time.Minute); err != nil {
+		return r, err
+	}
+	r.published = time.Since(t0)
 	if _, err := mirrored(ctx, nc, o.storageFiles, 10*time.Minute); err != nil {
 		return r, err
 	}
@@ -121,6 +126,24 @@ func mirrored(ctx context.Context, nc *nats.Conn, files int, within time.Duratio
 	return 0, fmt.Errorf("passive not synced with %d files after %s: %+v", files, within, st)
 }
 
+// published waits until n1's ccm-storage has files files in its manifest.
+func published(ctx context.Context, nc *nats.Conn, files int, within time.Duration) error {
+	t0 := time.Now()
+	for time.Since(t0) < within {
+		if m, err := nc.RequestWithContext(ctx, "ccm.bench.n1.storage.status", nil); err == nil {
+			var reply struct{ Status schema.StorageStatus }
+			if json.Unmarshal(m.Data, &reply) == nil && reply.Status.Files == files {
+				return nil
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("leader did not publish %d files within %s", files, within)
+}
+
 // randomFile writes size incompressible bytes to path.
 func randomFile(path string, size int64) error {
 	os.MkdirAll(filepath.Dir(path), 0o755)
@@ -145,8 +168,8 @@ func benchStorage(ctx context.Context, o options) error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("  run %d: %d small files mirrored %s after the last write (%.0f files/s); %d MiB file %s after close (%.0f MiB/s); peak RSS leader %.0f→%.0f MiB, passive %.0f→%.0f MiB\n",
-			i+1, o.storageFiles, r.small.Round(time.Millisecond), float64(o.storageFiles)/r.small.Seconds(),
+		fmt.Printf("  run %d: %d small files published by the leader %s, mirrored %s after the last write (%.0f files/s); %d MiB file %s after close (%.0f MiB/s); peak RSS leader %.0f→%.0f MiB, passive %.0f→%.0f MiB\n",
+			i+1, o.storageFiles, r.published.Round(time.Millisecond), r.small.Round(time.Millisecond), float64(o.storageFiles)/r.small.Seconds(),
 			o.storageBigMiB, r.big.Round(time.Millisecond), float64(o.storageBigMiB)/r.big.Seconds(),
 			mb(r.leaderSmall), mb(r.leaderBig), mb(r.rssSmall), mb(r.rssBig))
 		runs = append(runs, r)
