@@ -66,6 +66,7 @@ type Store struct {
 	obs      jetstream.ObjectStore
 	js       jetstream.JetStream
 	kvStream string
+	blobs    string // Object Store bucket name
 }
 
 // Open creates or opens the cluster's storage buckets.
@@ -89,7 +90,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cluster string, replicas 
 	if err != nil {
 		return nil, fmt.Errorf("open storage contents bucket %s: %w", BlobsBucket(cluster), err)
 	}
-	return &Store{kv: kv, obs: obs, js: js, kvStream: "KV_" + FilesBucket(cluster)}, nil
+	return &Store{kv: kv, obs: obs, js: js, kvStream: "KV_" + FilesBucket(cluster), blobs: BlobsBucket(cluster)}, nil
 }
 
 // Lookup opens the cluster's storage buckets without creating them.
@@ -108,7 +109,7 @@ func Lookup(ctx context.Context, js jetstream.JetStream, cluster string) (*Store
 	if err != nil {
 		return nil, fmt.Errorf("open storage contents bucket %s: %w", BlobsBucket(cluster), err)
 	}
-	return &Store{kv: kv, obs: obs, js: js, kvStream: "KV_" + FilesBucket(cluster)}, nil
+	return &Store{kv: kv, obs: obs, js: js, kvStream: "KV_" + FilesBucket(cluster), blobs: BlobsBucket(cluster)}, nil
 }
 
 // Key is the KV key of the entry of a relative path.

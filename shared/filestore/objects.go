@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +15,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 )
 
 // ErrCorrupt means downloaded contents do not match their entry.
@@ -54,23 +57,101 @@ func (s *Store) HasObject(ctx context.Context, sum string) (bool, error) {
 	return !info.Deleted, nil
 }
 
+// uploadWindow is how many chunks an upload has in flight: enough to keep
+// the stream busy, few enough that the server never refuses them (it
+// answers a 1 GiB burst of async publishes with "too many requests").
+const uploadWindow = 8
+
 // Upload streams the file at path into the object named sum, its hex
-// SHA-256, in chunks. When what was read does not hash to sum (the file
-// changed since it was hashed) the object is removed and ErrChanged returned.
+// SHA-256, in chunks with a bounded number in flight. The object's
+// metadata is written only once every chunk is stored and what was read
+// hashes to sum, so a failed or raced upload never leaves an object that
+// looks whole (the Object Store's own Put writes the metadata before its
+// chunks are acknowledged). A file that changed since it was hashed gives
+// ErrChanged.
 func (s *Store) Upload(ctx context.Context, path, sum string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	info, err := s.obs.Put(ctx, jetstream.ObjectMeta{Name: sum, Opts: &jetstream.ObjectMetaOptions{ChunkSize: chunkSize}}, f)
+	id := nuid.Next()
+	chunkSubj := "$O." + s.blobs + ".C." + id
+	st, err := s.js.Stream(ctx, "OBJ_"+s.blobs)
 	if err != nil {
 		return fmt.Errorf("upload %s: %w", path, err)
 	}
-	raw, _ := hex.DecodeString(sum)
-	if info.Digest != "SHA-256="+base64.URLEncoding.EncodeToString(raw) {
-		s.obs.Delete(context.WithoutCancel(ctx), sum)
+	ok := false
+	defer func() {
+		if !ok { // leave nothing behind but whole objects
+			st.Purge(context.WithoutCancel(ctx), jetstream.WithPurgeSubject(chunkSubj))
+		}
+	}()
+	h := sha256.New()
+	buf := make([]byte, chunkSize)
+	var inflight []jetstream.PubAckFuture
+	wait := func(f jetstream.PubAckFuture) error {
+		select {
+		case <-f.Ok():
+			return nil
+		case err := <-f.Err():
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	var size uint64
+	var chunks uint32
+	for {
+		n, rerr := io.ReadFull(f, buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			m := nats.NewMsg(chunkSubj)
+			m.Data = append([]byte(nil), buf[:n]...)
+			fut, err := s.js.PublishMsgAsync(m)
+			if err != nil {
+				return fmt.Errorf("upload %s: %w", path, err)
+			}
+			inflight = append(inflight, fut)
+			if len(inflight) >= uploadWindow {
+				if err := wait(inflight[0]); err != nil {
+					return fmt.Errorf("upload %s: %w", path, err)
+				}
+				inflight = inflight[1:]
+			}
+			size += uint64(n)
+			chunks++
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("upload %s: %w", path, rerr)
+		}
+	}
+	for _, fut := range inflight {
+		if err := wait(fut); err != nil {
+			return fmt.Errorf("upload %s: %w", path, err)
+		}
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
 		return fmt.Errorf("%s: %w", path, ErrChanged)
+	}
+	info := jetstream.ObjectInfo{
+		ObjectMeta: jetstream.ObjectMeta{Name: sum, Opts: &jetstream.ObjectMetaOptions{ChunkSize: chunkSize}},
+		Bucket:     s.blobs, NUID: id, Size: size, ModTime: time.Now().UTC(), Chunks: chunks,
+		Digest: "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil)),
+	}
+	old, _ := s.obs.GetInfo(ctx, sum, jetstream.GetObjectInfoShowDeleted())
+	meta := nats.NewMsg("$O." + s.blobs + ".M." + base64.URLEncoding.EncodeToString([]byte(sum)))
+	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	meta.Data, _ = json.Marshal(info)
+	if _, err := s.js.PublishMsg(ctx, meta); err != nil {
+		return fmt.Errorf("upload %s: store object metadata: %w", path, err)
+	}
+	ok = true
+	if old != nil && !old.Deleted && old.NUID != id {
+		st.Purge(ctx, jetstream.WithPurgeSubject("$O."+s.blobs+".C."+old.NUID))
 	}
 	return nil
 }
