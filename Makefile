@@ -26,7 +26,7 @@ lint: ## go vet and a gofmt check
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-bench: build ## replication lag vs Litestream, and ccm join throughput (needs nats-server, litestream on PATH)
+bench: build ## replication lag vs Litestream, ccm join throughput, storage mirroring (needs nats-server, litestream on PATH)
 	$(GO) run ./itest/bench/lag -bin bin $(BENCH_FLAGS)
 
 bench-failover: images ## five switchovers and five leader kills at TTL 10 s and 3 s; prints figures
