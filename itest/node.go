@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -90,6 +92,13 @@ func StartNode(t *testing.T, nw Net, name, ip string) *Node {
 		if t.Failed() {
 			_, out := n.Exec(t, "journalctl", "--no-pager", "-n", "80", "-u", "ccm-*", "-u", "convex-backend")
 			t.Logf("journal of %s:\n%s", name, out)
+			// The whole journal, for what the last lines do not show.
+			dir := filepath.Join(os.TempDir(), "ccm-itest", strings.ReplaceAll(t.Name(), "/", "_"))
+			if _, all := n.Exec(t, "journalctl", "--no-pager", "-o", "short-precise"); os.MkdirAll(dir, 0o755) == nil {
+				if err := os.WriteFile(filepath.Join(dir, name+".journal"), []byte(all), 0o644); err == nil {
+					t.Logf("full journal of %s: %s", name, filepath.Join(dir, name+".journal"))
+				}
+			}
 		}
 		c.Terminate(context.Background())
 	})

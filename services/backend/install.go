@@ -12,6 +12,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/convex-cluster-manager/ccm/services/walapply"
+	"github.com/convex-cluster-manager/ccm/shared/fsutil"
 )
 
 // install moves the drained shadow database at shadow into the data path as
@@ -50,7 +51,7 @@ func install(shadow, db, setAside string) (string, error) {
 	if err := os.Rename(staged, db); err != nil {
 		return aside, fmt.Errorf("install the database: %w", err)
 	}
-	if err := syncDir(filepath.Dir(db)); err != nil {
+	if err := fsutil.SyncDir(filepath.Dir(db)); err != nil {
 		return aside, err
 	}
 	// The shadow's bookkeeping belongs to the file that just moved away.
@@ -108,34 +109,8 @@ func moveFile(src, dst string) error {
 	if err := os.Rename(src, dst); err == nil {
 		return nil
 	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Close(); err != nil {
+	if err := fsutil.CopyFile(src, dst, 0o640); err != nil {
 		return err
 	}
 	return os.Remove(src)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

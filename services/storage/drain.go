@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/convex-cluster-manager/ccm/shared/filestore"
+	"github.com/convex-cluster-manager/ccm/shared/fsutil"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -40,8 +40,8 @@ func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
 	case <-ctx.Done():
 		return Drained{}, fmt.Errorf("drain: still starting: %w", ctx.Err())
 	}
-	if e, _, ok := d.roles.Leading(time.Now()); !ok || e != epoch {
-		return Drained{}, fmt.Errorf("%w: drain for epoch %d", ErrNotLeader, epoch)
+	if err := d.waitLeading(ctx, epoch); err != nil {
+		return Drained{}, err
 	}
 	d.mu.Lock()
 	released, st := d.released || d.mode == modeCapture, d.status
@@ -71,19 +71,8 @@ func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	d.poke()
-	for {
-		d.mu.Lock()
-		running := d.running
-		d.mu.Unlock()
-		if !running {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return Drained{}, fmt.Errorf("storage mirror did not stop: %w", ctx.Err())
-		case <-time.After(10 * time.Millisecond):
-		}
+	if err := d.waitStopped(ctx); err != nil {
+		return Drained{}, fmt.Errorf("storage mirror did not stop: %w", err)
 	}
 	aside, err := installTree(d.cfg.ShadowStorageDir(), d.cfg.StorageDir(), filepath.Join(d.cfg.Backend.SetAsideDir(epoch, time.Now()), "storage"))
 	if err != nil {
@@ -98,6 +87,45 @@ func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
 		d.log.Warn("previous storage tree set aside, not merged: it may hold files that never reached the cluster", "dir", aside)
 	}
 	return Drained{Files: st.Files, Bytes: st.Bytes, Revision: st.Revision, SetAside: aside}, nil
+}
+
+// waitLeading waits, briefly, until role events say this node leads
+// epoch: the elector asks right after it won, and the event may still be
+// on its way.
+func (d *Daemon) waitLeading(ctx context.Context, epoch uint64) error {
+	deadline := time.After(3 * time.Second)
+	for {
+		changed := d.roles.Changed()
+		if e, _, ok := d.roles.Leading(time.Now()); ok && e == epoch {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			return fmt.Errorf("%w: drain for epoch %d", ErrNotLeader, epoch)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// waitStopped wakes the control loop and waits until the mode that ran
+// has stopped.
+func (d *Daemon) waitStopped(ctx context.Context) error {
+	d.poke()
+	for {
+		d.mu.Lock()
+		running := d.running
+		d.mu.Unlock()
+		if !running {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // installTree moves the directory shadow to dst, moving a tree already at
@@ -131,7 +159,7 @@ func installTree(shadow, dst, aside string) (string, error) {
 			return moved, err
 		}
 	}
-	return moved, filestore.SyncDir(filepath.Dir(dst))
+	return moved, fsutil.SyncDir(filepath.Dir(dst))
 }
 
 // copyTree copies the regular files and directories under src to dst,
@@ -153,24 +181,7 @@ func copyTree(src, dst string) error {
 		if !info.Mode().IsRegular() {
 			return nil
 		}
-		in, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		defer in.Close()
-		out, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, info.Mode().Perm())
-		if err != nil {
-			return err
-		}
-		if _, err := io.Copy(out, in); err != nil {
-			out.Close()
-			return err
-		}
-		if err := out.Sync(); err != nil {
-			out.Close()
-			return err
-		}
-		if err := out.Close(); err != nil {
+		if err := fsutil.CopyFile(p, target, info.Mode().Perm()); err != nil {
 			return err
 		}
 		return os.Chtimes(target, info.ModTime(), info.ModTime())
@@ -183,19 +194,8 @@ func (d *Daemon) Leave(ctx context.Context) error {
 	d.mu.Lock()
 	d.left = true
 	d.mu.Unlock()
-	d.poke()
-	for {
-		d.mu.Lock()
-		running := d.running
-		d.mu.Unlock()
-		if !running {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
+	if err := d.waitStopped(ctx); err != nil {
+		return err
 	}
 	kv, err := d.js.KeyValue(ctx, schema.Bucket(d.cfg.ClusterID))
 	if err != nil {

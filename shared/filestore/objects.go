@@ -18,6 +18,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+
+	"github.com/convex-cluster-manager/ccm/shared/fsutil"
 )
 
 // ErrCorrupt means downloaded contents do not match their entry.
@@ -279,7 +281,7 @@ func writeVerified(e Entry, dst string, r io.Reader, progress func(int64)) error
 		return err
 	}
 	done = true
-	return SyncDir(filepath.Dir(dst))
+	return fsutil.SyncDir(filepath.Dir(dst))
 }
 
 type progressWriter func(int64)
@@ -316,14 +318,4 @@ func (s *Store) DeleteObject(ctx context.Context, sum string) error {
 func Matches(path string, e Entry) bool {
 	st, err := os.Lstat(path)
 	return err == nil && st.Mode().IsRegular() && st.Size() == e.Size && st.ModTime().UnixNano() == e.MtimeNs
-}
-
-// SyncDir fsyncs a directory, making renames in it durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
