@@ -354,6 +354,11 @@ func (e *Elector) tick(ctx context.Context, retry *time.Timer) {
 		}
 	default:
 		e.verify(ctx)
+		// Repeated like a leader's renewal event, so that a daemon
+		// restarted on a passive learns its role within a heartbeat.
+		if s := e.State(); s.Role == schema.RolePassive {
+			e.publish(s)
+		}
 	}
 	e.writeStatus(ctx)
 }
