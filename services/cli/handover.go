@@ -2,11 +2,13 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/peterbourgon/ff/v3/ffcli"
 
 	"github.com/convex-cluster-manager/ccm/services/elector"
@@ -86,6 +88,11 @@ func (c *client) promote(ctx context.Context, w io.Writer, target string) error 
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.handoverTimeout())
 	defer cancel()
+	ready, stop, err := c.watchReady()
+	if err != nil {
+		return err
+	}
+	defer stop()
 	start := time.Now()
 	if err := c.request(ctx, target, schema.ServiceElector, "promote", nil, nil); err != nil {
 		return timeoutOr(err)
@@ -94,8 +101,45 @@ func (c *client) promote(ctx context.Context, w io.Writer, target string) error 
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "%s is leader (epoch %d); handover took %s\n", l.Node, l.Epoch, time.Since(start).Round(time.Millisecond))
-	return nil
+	return c.reportServing(ctx, w, ready, l, start)
+}
+
+// watchReady follows the role events of serving leaders (promotion
+// finished), from before a handover is asked for so that none is missed.
+func (c *client) watchReady() (<-chan schema.RoleEvent, func(), error) {
+	ch := make(chan schema.RoleEvent, 16)
+	sub, err := c.nc.Subscribe(schema.RoleSubject(c.cfg.ClusterID), func(m *nats.Msg) {
+		var ev schema.RoleEvent
+		if json.Unmarshal(m.Data, &ev) == nil && ev.Role == schema.RoleLeader && ev.Ready {
+			select {
+			case ch <- ev:
+			default: // the leader repeats it every heartbeat
+			}
+		}
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("follow role events: %w", err)
+	}
+	return ch, func() { sub.Unsubscribe() }, nil
+}
+
+// reportServing prints when the leader l took the key and waits until it
+// serves (its backend up, the VIP on it), printing that too.
+func (c *client) reportServing(ctx context.Context, w io.Writer, ready <-chan schema.RoleEvent, l *leaderEntry, start time.Time) error {
+	took := time.Since(start)
+	for {
+		select {
+		case ev := <-ready:
+			if ev.Node != l.Node || ev.Epoch < l.Epoch {
+				continue
+			}
+			fmt.Fprintf(w, "%s is leader (epoch %d); handover took %s, serving after %s\n",
+				l.Node, l.Epoch, took.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+			return nil
+		case <-ctx.Done():
+			return timeoutOr(fmt.Errorf("%s took the leader key (epoch %d) after %s but does not serve yet: %w", l.Node, l.Epoch, took.Round(time.Millisecond), ctx.Err()))
+		}
+	}
 }
 
 func (c *client) demote(ctx context.Context, w io.Writer, to string) error {
@@ -116,6 +160,11 @@ func (c *client) demote(ctx context.Context, w io.Writer, to string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.handoverTimeout())
 	defer cancel()
+	ready, stop, err := c.watchReady()
+	if err != nil {
+		return err
+	}
+	defer stop()
 	start := time.Now()
 	var reply elector.RoleReply
 	if err := c.request(ctx, l.Node, schema.ServiceElector, "demote", elector.DemoteRequest{To: to}, &reply); err != nil {
@@ -128,8 +177,7 @@ func (c *client) demote(ctx context.Context, w io.Writer, to string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "%s is leader (epoch %d); handover took %s\n", nl.Node, nl.Epoch, time.Since(start).Round(time.Millisecond))
-	return nil
+	return c.reportServing(ctx, w, ready, nl, start)
 }
 
 func timeoutOr(err error) error {
