@@ -49,12 +49,12 @@ func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
 	if released {
 		return Drained{Files: st.Files, Bytes: st.Bytes, Revision: st.Revision}, nil // already installed
 	}
-	target, err := d.store.LastRevision(ctx)
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.Storage.SyncTimeout())
+	defer cancel()
+	target, err := d.lastRevision(ctx)
 	if err != nil {
 		return Drained{}, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.Storage.SyncTimeout())
-	defer cancel()
 	for {
 		d.mu.Lock()
 		st, m, running := d.status, d.mode, d.running
@@ -87,6 +87,27 @@ func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
 		d.log.Warn("previous storage tree set aside, not merged: it may hold files that never reached the cluster", "dir", aside)
 	}
 	return Drained{Files: st.Files, Bytes: st.Bytes, Revision: st.Revision, SetAside: aside}, nil
+}
+
+// lastRevision asks for the manifest's last revision, each try bounded:
+// right after a leader is lost JetStream may take seconds to answer
+// again, and one request must not hold the promotion for the whole
+// sync timeout.
+func (d *Daemon) lastRevision(ctx context.Context) (uint64, error) {
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		rev, err := d.store.LastRevision(rctx)
+		cancel()
+		if err == nil {
+			return rev, nil
+		}
+		d.log.Warn("storage drain: manifest revision", "err", err)
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("storage manifest revision: %w", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // waitLeading waits, briefly, until role events say this node leads

@@ -64,6 +64,9 @@ func (s *Store) HasObject(ctx context.Context, sum string) (bool, error) {
 // answers a 1 GiB burst of async publishes with "too many requests").
 const uploadWindow = 8
 
+// ackWait bounds the wait for one chunk's acknowledgement.
+const ackWait = 30 * time.Second
+
 // Upload streams the file at path into the object named sum, its hex
 // SHA-256, in chunks with a bounded number in flight. The object's
 // metadata is written only once every chunk is stored and what was read
@@ -98,6 +101,8 @@ func (s *Store) Upload(ctx context.Context, path, sum string) error {
 			return nil
 		case err := <-f.Err():
 			return err
+		case <-time.After(ackWait):
+			return fmt.Errorf("no acknowledgement for a chunk within %s", ackWait)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
