@@ -14,8 +14,9 @@ import (
 )
 
 // watchMask is what a directory watch reports: files finished, moved in
-// or out, deleted, and directories created (to watch them too).
-const watchMask = unix.IN_CLOSE_WRITE | unix.IN_MOVED_TO | unix.IN_MOVED_FROM | unix.IN_DELETE |
+// or out, deleted, their mode or times changed, and directories created
+// (to watch them too).
+const watchMask = unix.IN_CLOSE_WRITE | unix.IN_MOVED_TO | unix.IN_MOVED_FROM | unix.IN_DELETE | unix.IN_ATTRIB |
 	unix.IN_CREATE | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_ONLYDIR
 
 // notifier watches a directory tree with inotify and reports the relative

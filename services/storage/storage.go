@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
@@ -65,10 +66,9 @@ type Daemon struct {
 	mu       sync.Mutex
 	status   schema.StorageStatus
 	mode     mode
-	running  bool  // the current mode's goroutine runs
-	released bool  // the mirror moved into the data path: wait for demotion
-	left     bool  // ccm leave: do nothing until restarted
-	lastErr  error // of the last mode run that ended
+	running  bool // the current mode's goroutine runs
+	released bool // the mirror moved into the data path: wait for demotion
+	left     bool // ccm leave: do nothing until restarted
 	leading  bool
 	loopAt   time.Time
 
@@ -103,7 +103,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer roles.Close()
 	d.roles = roles
 	close(d.ready)
-	go d.publish(ctx)
+	var g errgroup.Group
+	defer g.Wait()
+	g.Go(func() error { d.publish(ctx); return nil })
 	var stop context.CancelFunc
 	var done chan struct{}
 	var cur mode
@@ -144,7 +146,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 					}
 				}
 				d.mu.Lock()
-				d.running, d.lastErr = false, err
+				d.running = false
 				d.mu.Unlock()
 				d.poke()
 			}()

@@ -318,9 +318,10 @@ func (s *Store) DeleteObject(ctx context.Context, sum string) error {
 }
 
 // Matches reports whether the file at path is the one e describes, by
-// size and mtime: a mirror sets both before the rename that publishes a
-// file, so a match at the final path is a complete, verified copy.
+// size, mtime and mode: a mirror sets them before the rename that
+// publishes a file, so a match at the final path is a complete, verified copy.
 func Matches(path string, e Entry) bool {
 	st, err := os.Lstat(path)
-	return err == nil && st.Mode().IsRegular() && st.Size() == e.Size && st.ModTime().UnixNano() == e.MtimeNs
+	return err == nil && st.Mode().IsRegular() && st.Size() == e.Size && st.ModTime().UnixNano() == e.MtimeNs &&
+		uint32(st.Mode().Perm()) == e.Mode
 }
