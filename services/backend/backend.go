@@ -42,7 +42,7 @@ func Spec() daemon.Spec {
 const checkEvery = time.Second
 
 // ErrNotLeader refuses starting the backend on a node that does not lead.
-var ErrNotLeader = errors.New("this node does not lead that epoch")
+var ErrNotLeader = rolewatch.ErrNotLeading
 
 // Daemon controls the backend unit of one node.
 type Daemon struct {
@@ -237,22 +237,7 @@ func (d *Daemon) waitLeading(ctx context.Context, epoch uint64) error {
 	case <-ctx.Done():
 		return fmt.Errorf("still starting: %w", ctx.Err())
 	}
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		if e, _, ok := d.roles.Leading(time.Now()); ok && e == epoch {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			e, _, ok := d.roles.Leading(time.Now())
-			return fmt.Errorf("%w: epoch %d (newest event: epoch %d, leading %v)", ErrNotLeader, epoch, e, ok)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-d.roles.Changed():
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return d.roles.WaitLeading(ctx, epoch, 3*time.Second)
 }
 
 // Prepare puts the database in place for epoch: with the unit stopped, the

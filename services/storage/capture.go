@@ -35,9 +35,11 @@ type capturer struct {
 	epoch uint64
 	root  string
 	index map[string]filestore.Entry // what the manifest says, by path
-	dirty map[string]bool
-	full  bool      // compare the whole tree at the next batch
-	after time.Time // no batch before this: a file still changing, or an error
+	// uploading holds the contents being uploaded by the batch's workers.
+	uploading map[string]chan struct{}
+	dirty     map[string]bool
+	full      bool      // compare the whole tree at the next batch
+	after     time.Time // no batch before this: a file still changing, or an error
 }
 
 // capture runs until ctx ends (the node stopped leading) or fails.
@@ -57,7 +59,7 @@ func (d *Daemon) capture(ctx context.Context, epoch uint64) error {
 	if err != nil {
 		return err
 	}
-	c := &capturer{d: d, epoch: epoch, root: root, index: entries, dirty: map[string]bool{}, full: true}
+	c := &capturer{d: d, epoch: epoch, root: root, index: entries, uploading: map[string]chan struct{}{}, dirty: map[string]bool{}, full: true}
 	ev := &pending{paths: map[string]bool{}, wake: make(chan struct{}, 1)}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return n.read(ev.add) })
@@ -253,6 +255,43 @@ func (c *capturer) flush(ctx context.Context) error {
 	return c.publishManifest(ctx, dbSeq)
 }
 
+// ensureObject uploads the contents sum of the file at abs unless they are
+// stored; it returns the bytes uploaded. Two files of a batch with the same
+// contents upload them once: the second waits for the first.
+func (c *capturer) ensureObject(ctx context.Context, abs, sum string, size int64) (int64, error) {
+	c.mu.Lock()
+	for {
+		busy, ok := c.uploading[sum]
+		if !ok {
+			break
+		}
+		c.mu.Unlock()
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		c.mu.Lock()
+	}
+	done := make(chan struct{})
+	c.uploading[sum] = done
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.uploading, sum)
+		c.mu.Unlock()
+		close(done)
+	}()
+	has, err := c.d.store.HasObject(ctx, sum)
+	if err != nil || has {
+		return 0, err
+	}
+	if err := c.d.store.Upload(ctx, abs, sum); err != nil {
+		return 0, err
+	}
+	return size, nil
+}
+
 // lookup returns the manifest's entry of p.
 func (c *capturer) lookup(p string) (filestore.Entry, bool) {
 	c.mu.Lock()
@@ -317,16 +356,9 @@ func (c *capturer) sync(ctx context.Context, p string, dbSeq uint64) (bool, erro
 	if had && old.SHA256 == e.SHA256 && old.Size == e.Size && old.Mode == e.Mode && old.MtimeNs == e.MtimeNs {
 		return false, nil
 	}
-	has, err := c.d.store.HasObject(ctx, sum)
+	uploaded, err := c.ensureObject(ctx, abs, sum, size)
 	if err != nil {
 		return false, err
-	}
-	uploaded := int64(0)
-	if !has {
-		if err := c.d.store.Upload(ctx, abs, sum); err != nil {
-			return false, err
-		}
-		uploaded = size
 	}
 	if err := c.d.fence(c.epoch); err != nil {
 		return false, err

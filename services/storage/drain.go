@@ -40,8 +40,8 @@ func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
 	case <-ctx.Done():
 		return Drained{}, fmt.Errorf("drain: still starting: %w", ctx.Err())
 	}
-	if err := d.waitLeading(ctx, epoch); err != nil {
-		return Drained{}, err
+	if err := d.roles.WaitLeading(ctx, epoch, 3*time.Second); err != nil {
+		return Drained{}, fmt.Errorf("%w: %w", ErrNotLeader, err)
 	}
 	d.mu.Lock()
 	released, st := d.released || d.mode == modeCapture, d.status
@@ -106,26 +106,6 @@ func (d *Daemon) lastRevision(ctx context.Context) (uint64, error) {
 		case <-ctx.Done():
 			return 0, fmt.Errorf("storage manifest revision: %w", err)
 		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// waitLeading waits, briefly, until role events say this node leads
-// epoch: the elector asks right after it won, and the event may still be
-// on its way.
-func (d *Daemon) waitLeading(ctx context.Context, epoch uint64) error {
-	deadline := time.After(3 * time.Second)
-	for {
-		changed := d.roles.Changed()
-		if e, _, ok := d.roles.Leading(time.Now()); ok && e == epoch {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-deadline:
-			return fmt.Errorf("%w: drain for epoch %d", ErrNotLeader, epoch)
-		case <-ctx.Done():
-			return ctx.Err()
 		}
 	}
 }

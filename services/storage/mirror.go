@@ -205,7 +205,7 @@ func (m *mirrorer) fetch(ctx context.Context, e filestore.Entry) error {
 		}
 		return err
 	}
-	m.d.mirrored(e.Size)
+	m.d.mirrored()
 	return nil
 }
 

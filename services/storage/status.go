@@ -85,7 +85,7 @@ func (d *Daemon) captured(uploaded int64) {
 
 func (d *Daemon) fetched(n int64) { d.metrics.downloaded.Add(float64(n)) }
 
-func (d *Daemon) mirrored(int64) { d.metrics.mirrored.Inc() }
+func (d *Daemon) mirrored() { d.metrics.mirrored.Inc() }
 
 // Status reports what the node holds of the manifest.
 func (d *Daemon) Status() any {

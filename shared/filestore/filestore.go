@@ -180,22 +180,6 @@ func (s *Store) PutManifest(ctx context.Context, m Manifest) error {
 	return nil
 }
 
-// Manifest returns the newest summary (zero if none yet).
-func (s *Store) Manifest(ctx context.Context) (Manifest, error) {
-	var m Manifest
-	e, err := s.kv.Get(ctx, ManifestKey)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return m, nil
-	}
-	if err != nil {
-		return m, fmt.Errorf("storage manifest: %w", err)
-	}
-	if err := json.Unmarshal(e.Value(), &m); err != nil {
-		return m, fmt.Errorf("storage manifest %q: %w", e.Value(), err)
-	}
-	return m, nil
-}
-
 // LastRevision is the revision of the newest change to the manifest: a
 // mirror that has applied it has every file the leader published.
 func (s *Store) LastRevision(ctx context.Context) (uint64, error) {

@@ -73,7 +73,8 @@ const ackWait = 30 * time.Second
 // hashes to sum, so a failed or raced upload never leaves an object that
 // looks whole (the Object Store's own Put writes the metadata before its
 // chunks are acknowledged). A file that changed since it was hashed gives
-// ErrChanged.
+// ErrChanged. Call it only when HasObject says the object is not stored:
+// contents never change under a name, so there is nothing to replace.
 func (s *Store) Upload(ctx context.Context, path, sum string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -149,7 +150,6 @@ func (s *Store) Upload(ctx context.Context, path, sum string) error {
 		Bucket:     s.blobs, NUID: id, Size: size, ModTime: time.Now().UTC(), Chunks: chunks,
 		Digest: "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil)),
 	}
-	old, _ := s.obs.GetInfo(ctx, sum, jetstream.GetObjectInfoShowDeleted())
 	meta := nats.NewMsg("$O." + s.blobs + ".M." + base64.URLEncoding.EncodeToString([]byte(sum)))
 	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	meta.Data, _ = json.Marshal(info)
@@ -157,9 +157,6 @@ func (s *Store) Upload(ctx context.Context, path, sum string) error {
 		return fmt.Errorf("upload %s: store object metadata: %w", path, err)
 	}
 	ok = true
-	if old != nil && !old.Deleted && old.NUID != id {
-		st.Purge(ctx, jetstream.WithPurgeSubject("$O."+s.blobs+".C."+old.NUID))
-	}
 	return nil
 }
 

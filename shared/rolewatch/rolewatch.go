@@ -5,7 +5,9 @@
 package rolewatch
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -121,3 +123,28 @@ func (t *Tracker) Changed() <-chan struct{} {
 
 // Close stops following.
 func (t *Tracker) Close() { t.sub.Unsubscribe() }
+
+// ErrNotLeading means the node's events did not say it leads an epoch.
+var ErrNotLeading = errors.New("this node does not lead that epoch")
+
+// WaitLeading waits up to within for an event saying the node leads epoch:
+// a promotion step may be asked for before the event that announced the
+// promotion has arrived.
+func (t *Tracker) WaitLeading(ctx context.Context, epoch uint64, within time.Duration) error {
+	deadline := time.After(within)
+	for {
+		changed := t.Changed()
+		e, _, ok := t.Leading(time.Now())
+		if ok && e == epoch {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-time.After(50 * time.Millisecond): // a deadline may pass without an event
+		case <-deadline:
+			return fmt.Errorf("%w: epoch %d (newest event: epoch %d, leading %v)", ErrNotLeading, epoch, e, ok)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

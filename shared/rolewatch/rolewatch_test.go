@@ -1,6 +1,8 @@
 package rolewatch
 
 import (
+	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"testing"
@@ -48,5 +50,19 @@ func TestSettled(t *testing.T) {
 	tr.Observe(schema.RoleEvent{Node: "n1", Role: schema.RolePassive, Epoch: 1})
 	if !tr.Settled(now) {
 		t.Fatal("not settled after an event")
+	}
+}
+
+func TestWaitLeading(t *testing.T) {
+	tr := &Tracker{node: "n1", log: slog.New(slog.NewTextHandler(io.Discard, nil)), changed: make(chan struct{})}
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		tr.Observe(schema.RoleEvent{Node: "n1", Role: schema.RoleLeader, Epoch: 5, Deadline: time.Now().Add(time.Minute)})
+	}()
+	if err := tr.WaitLeading(context.Background(), 5, 2*time.Second); err != nil {
+		t.Fatalf("event for epoch 5 arrived, but: %v", err)
+	}
+	if err := tr.WaitLeading(context.Background(), 6, 100*time.Millisecond); !errors.Is(err, ErrNotLeading) {
+		t.Fatalf("no event for epoch 6: got %v, want ErrNotLeading", err)
 	}
 }

@@ -104,14 +104,19 @@ func (c *cluster) nodeConfig(bin, id string) (string, error) {
 	return path, os.MkdirAll(filepath.Join(c.dir, id, "data"), 0o755)
 }
 
-// waitFor polls a daemon's status endpoint until ok accepts the reply.
+// waitFor polls a daemon's status endpoint until ok accepts the reply
+// (for at most 30 s; waitForWithin sets the limit).
 func waitFor(url, subject string, ok func(json.RawMessage) bool) error {
+	return waitForWithin(url, subject, 30*time.Second, ok)
+}
+
+func waitForWithin(url, subject string, within time.Duration, ok func(json.RawMessage) bool) error {
 	nc, err := nats.Connect(url)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		if m, err := nc.Request(subject, nil, time.Second); err == nil {
 			var r struct{ Status json.RawMessage }

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -29,7 +27,7 @@ type storageRun struct {
 // processes, one nats-server) and times how long the passive takes to
 // mirror o.storageFiles small files, then one file of o.storageBigMiB,
 // with each daemon's peak RSS after each phase.
-func measureStorage(ctx context.Context, o options) (storageRun, error) {
+func measureStorage(o options) (storageRun, error) {
 	var r storageRun
 	c, err := newCluster(o.keep)
 	if err != nil {
@@ -59,12 +57,7 @@ func measureStorage(ctx context.Context, o options) (storageRun, error) {
 			return r, err
 		}
 	}
-	nc, err := nats.Connect(c.url)
-	if err != nil {
-		return r, err
-	}
-	defer nc.Close()
-	if _, err := mirrored(ctx, nc, 0, time.Minute); err != nil {
+	if err := mirrored(c.url, 0, time.Minute); err != nil {
 		return r, err
 	}
 	root := filepath.Join(c.dir, "n1", "data", "storage")
@@ -82,11 +75,11 @@ func measureStorage(ctx context.Context, o options) (storageRun, error) {
 		}
 	}
 	t0 := time.Now()
-	if err := published(ctx, nc, o.storageFiles, 10*time.Minute); err != nil {
+	if err := published(c.url, o.storageFiles, 10*time.Minute); err != nil {
 		return r, err
 	}
 	r.published = time.Since(t0)
-	if _, err := mirrored(ctx, nc, o.storageFiles, 10*time.Minute); err != nil {
+	if err := mirrored(c.url, o.storageFiles, 10*time.Minute); err != nil {
 		return r, err
 	}
 	r.small = time.Since(t0)
@@ -96,7 +89,7 @@ func measureStorage(ctx context.Context, o options) (storageRun, error) {
 		return r, err
 	}
 	t0 = time.Now()
-	if _, err := mirrored(ctx, nc, o.storageFiles+1, 10*time.Minute); err != nil {
+	if err := mirrored(c.url, o.storageFiles+1, 10*time.Minute); err != nil {
 		return r, err
 	}
 	r.big = time.Since(t0)
@@ -105,43 +98,22 @@ func measureStorage(ctx context.Context, o options) (storageRun, error) {
 }
 
 // mirrored waits until n2's ccm-storage is synced with files files.
-func mirrored(ctx context.Context, nc *nats.Conn, files int, within time.Duration) (time.Duration, error) {
-	t0 := time.Now()
-	var st schema.StorageStatus
-	for time.Since(t0) < within {
-		if m, err := nc.RequestWithContext(ctx, "ccm.bench.n2.storage.status", nil); err == nil {
-			var reply struct{ Status schema.StorageStatus }
-			if json.Unmarshal(m.Data, &reply) == nil {
-				st = reply.Status
-				if st.State == schema.StorageSynced && st.Files == files && st.ManifestFiles == files {
-					return time.Since(t0), nil
-				}
-			}
-		}
-		if ctx.Err() != nil {
-			return 0, ctx.Err()
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return 0, fmt.Errorf("passive not synced with %d files after %s: %+v", files, within, st)
+func mirrored(url string, files int, within time.Duration) error {
+	return waitStorage(url, "n2", within, func(st schema.StorageStatus) bool {
+		return st.State == schema.StorageSynced && st.Files == files && st.ManifestFiles == files
+	})
 }
 
 // published waits until n1's ccm-storage has files files in its manifest.
-func published(ctx context.Context, nc *nats.Conn, files int, within time.Duration) error {
-	t0 := time.Now()
-	for time.Since(t0) < within {
-		if m, err := nc.RequestWithContext(ctx, "ccm.bench.n1.storage.status", nil); err == nil {
-			var reply struct{ Status schema.StorageStatus }
-			if json.Unmarshal(m.Data, &reply) == nil && reply.Status.Files == files {
-				return nil
-			}
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return fmt.Errorf("leader did not publish %d files within %s", files, within)
+func published(url string, files int, within time.Duration) error {
+	return waitStorage(url, "n1", within, func(st schema.StorageStatus) bool { return st.Files == files })
+}
+
+func waitStorage(url, node string, within time.Duration, ok func(schema.StorageStatus) bool) error {
+	return waitForWithin(url, "ccm.bench."+node+".storage.status", within, func(m json.RawMessage) bool {
+		var st schema.StorageStatus
+		return json.Unmarshal(m, &st) == nil && ok(st)
+	})
 }
 
 // randomFile writes size incompressible bytes to path.
@@ -164,7 +136,7 @@ func benchStorage(ctx context.Context, o options) error {
 		o.storageFiles, o.storageBigMiB, o.storageRuns)
 	var runs []storageRun
 	for i := range o.storageRuns {
-		r, err := measureStorage(ctx, o)
+		r, err := measureStorage(o)
 		if err != nil {
 			return err
 		}
