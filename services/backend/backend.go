@@ -21,9 +21,9 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/convex-cluster-manager/ccm/services/walapply"
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
@@ -253,7 +253,7 @@ func (d *Daemon) Prepare(ctx context.Context, epoch uint64) error {
 		return err
 	}
 	shadow := d.cfg.ShadowPath()
-	if !walapply.Exists(shadow) {
+	if !replica.Exists(shadow) {
 		created, err := ensureDatabase(d.cfg.Backend.DBPath())
 		if err != nil {
 			return err
@@ -282,8 +282,8 @@ func (d *Daemon) Prepare(ctx context.Context, epoch uint64) error {
 
 // release asks the local ccm-walapply to hand over its drained shadow; a
 // node without walapply has nobody writing the shadow.
-func (d *Daemon) release(ctx context.Context) (walapply.Position, error) {
-	var pos walapply.Position
+func (d *Daemon) release(ctx context.Context) (replica.Position, error) {
+	var pos replica.Position
 	msg, err := d.nc.RequestWithContext(ctx, schema.Endpoint(d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, "release"), nil)
 	if errors.Is(err, nats.ErrNoResponders) {
 		return pos, nil

@@ -11,8 +11,8 @@ import (
 
 	_ "modernc.org/sqlite"
 
-	"github.com/convex-cluster-manager/ccm/services/walapply"
 	"github.com/convex-cluster-manager/ccm/shared/fsutil"
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 )
 
 // install moves the drained shadow database at shadow into the data path as
@@ -55,7 +55,7 @@ func install(shadow, db, setAside string) (string, error) {
 		return aside, err
 	}
 	// The shadow's bookkeeping belongs to the file that just moved away.
-	return aside, walapply.Reset(shadow)
+	return aside, replica.Reset(shadow)
 }
 
 // ensureDatabase creates an empty database in WAL mode at path unless a

@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/peterbourgon/ff/v3/ffcli"
 
-	"github.com/convex-cluster-manager/ccm/services/elector"
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
@@ -166,8 +165,8 @@ func (c *client) demote(ctx context.Context, w io.Writer, to string) error {
 	}
 	defer stop()
 	start := time.Now()
-	var reply elector.RoleReply
-	if err := c.request(ctx, l.Node, schema.ServiceElector, "demote", elector.DemoteRequest{To: to}, &reply); err != nil {
+	var reply schema.RoleReply
+	if err := c.request(ctx, l.Node, schema.ServiceElector, "demote", schema.DemoteRequest{To: to}, &reply); err != nil {
 		return timeoutOr(err)
 	}
 	fmt.Fprintf(w, "%s stepped down from epoch %d\n", l.Node, l.Epoch)

@@ -13,9 +13,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/peterbourgon/ff/v3/ffcli"
 
-	"github.com/convex-cluster-manager/ccm/services/walapply"
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/filestore"
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/snapstore"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
@@ -50,7 +50,7 @@ func (c *client) join(ctx context.Context, w io.Writer, force bool) error {
 	if err := c.request(ctx, node, schema.ServiceWalapply, "status", nil, nil); !errors.Is(err, errNotRunning) {
 		return fmt.Errorf("%w: ccm-walapply is running on %s: stop it first (systemctl stop ccm-walapply)", ErrUsage, node)
 	}
-	if walapply.Exists(path) && !force {
+	if replica.Exists(path) && !force {
 		return fmt.Errorf("%w: a shadow database already exists at %s (use --force to replace it)", ErrUsage, path)
 	}
 	js, err := jetstream.New(c.nc)
@@ -62,7 +62,7 @@ func (c *client) join(ctx context.Context, w io.Writer, force bool) error {
 		return err
 	}
 	var p *progress
-	snap, err := walapply.Bootstrap(ctx, js, c.cfg.ClusterID, path, func(s snapstore.Snapshot, n int64) {
+	snap, err := replica.Bootstrap(ctx, js, c.cfg.ClusterID, path, func(s snapstore.Snapshot, n int64) {
 		if p == nil {
 			printSnapshot(w, s)
 			p = newProgress(w, "download", s.Size+files.bytes)
@@ -71,7 +71,7 @@ func (c *client) join(ctx context.Context, w io.Writer, force bool) error {
 	})
 	var dbBytes int64
 	switch {
-	case errors.Is(err, walapply.ErrNoSnapshot):
+	case errors.Is(err, replica.ErrNoSnapshot):
 		if err := c.joinFromStream(ctx, w, js, path); err != nil {
 			return err
 		}
@@ -161,7 +161,7 @@ func (c *client) joinStorage(ctx context.Context, t storageTree, progress func(i
 func (c *client) joinFromStream(ctx context.Context, w io.Writer, js jetstream.JetStream, path string) error {
 	s, err := js.Stream(ctx, walstream.Stream(c.cfg.ClusterID))
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		if err := walapply.Reset(path); err != nil {
+		if err := replica.Reset(path); err != nil {
 			return err
 		}
 		fmt.Fprintf(w, "%s joined cluster %s: nothing replicated yet; ccm-walapply will start with the first change\n", c.cfg.NodeID, c.cfg.ClusterID)
@@ -181,7 +181,7 @@ func (c *client) joinFromStream(ctx context.Context, w io.Writer, js jetstream.J
 				info.State.FirstSeq, schema.Endpoint(c.cfg.ClusterID, "<passive>", schema.ServiceSnapshot, "now"))
 		}
 	}
-	if err := walapply.Reset(path); err != nil {
+	if err := replica.Reset(path); err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "%s joined cluster %s: no snapshot stored; ccm-walapply will replay the WAL stream from its start (%d messages, %s)\n",

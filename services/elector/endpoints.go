@@ -22,20 +22,6 @@ var (
 	ErrNotEligible = errors.New("not eligible to lead")
 )
 
-// DemoteRequest is the body of a demote request.
-type DemoteRequest struct {
-	// To names the node to hand over to; "" lets the cluster elect one.
-	To string `json:"to,omitempty"`
-}
-
-// RoleReply is the reply of promote and demote.
-type RoleReply struct {
-	Node   string      `json:"node"`
-	Role   schema.Role `json:"role"`
-	Epoch  uint64      `json:"epoch"`
-	Leader string      `json:"leader,omitempty"`
-}
-
 // Status is the reply of the status endpoint.
 type Status struct {
 	Node             string      `json:"node"`
@@ -113,7 +99,7 @@ func (e *Elector) handlePromote(req micro.Request) {
 }
 
 func (e *Elector) handleDemote(req micro.Request) {
-	var r DemoteRequest
+	var r schema.DemoteRequest
 	if len(req.Data()) > 0 {
 		if err := json.Unmarshal(req.Data(), &r); err != nil {
 			req.Error("400", fmt.Sprintf("invalid demote request %q: %v", req.Data(), err), nil)
@@ -140,7 +126,7 @@ func (e *Elector) respond(req micro.Request, err error) {
 		return
 	}
 	s := e.State()
-	req.RespondJSON(RoleReply{Node: e.node, Role: s.Role, Epoch: s.Epoch, Leader: s.Leader})
+	req.RespondJSON(schema.RoleReply{Node: e.node, Role: s.Role, Epoch: s.Epoch, Leader: s.Leader})
 }
 
 // command is work for the election loop, which owns the KV state.
@@ -212,7 +198,7 @@ func (e *Elector) Promote(ctx context.Context) error {
 	if err != nil || current == "" {
 		return err
 	}
-	body, _ := json.Marshal(DemoteRequest{To: e.node})
+	body, _ := json.Marshal(schema.DemoteRequest{To: e.node})
 	msg, err := e.nc.RequestWithContext(ctx, schema.Endpoint(e.cluster, current, schema.ServiceElector, "demote"), body)
 	if err != nil {
 		return fmt.Errorf("ask leader %s to hand over: %w", current, err)

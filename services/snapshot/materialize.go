@@ -10,7 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/convex-cluster-manager/ccm/services/walapply"
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/snapstore"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
@@ -27,47 +27,47 @@ var errReached = errors.New("target reached")
 // an epoch) and applies the WAL stream up to its current end with the same
 // verified applier that passives use. Only the stream is read, so the
 // leader's database and write path are not touched. The caller removes dir.
-func (d *Daemon) materialize(ctx context.Context, dir string) (string, walapply.Position, error) {
+func (d *Daemon) materialize(ctx context.Context, dir string) (string, replica.Position, error) {
 	db := filepath.Join(dir, d.cfg.Backend.DBFile)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return "", walapply.Position{}, err
+		return "", replica.Position{}, err
 	}
-	if err := walapply.Reset(db); err != nil {
-		return "", walapply.Position{}, err
+	if err := replica.Reset(db); err != nil {
+		return "", replica.Position{}, err
 	}
 	newest, err := d.store.Newest(ctx)
 	switch {
 	case errors.Is(err, snapstore.ErrNone):
 	case err != nil:
-		return "", walapply.Position{}, err
+		return "", replica.Position{}, err
 	default:
 		if err := d.store.Download(ctx, newest, db, nil); err != nil {
-			return "", walapply.Position{}, err
+			return "", replica.Position{}, err
 		}
-		if err := walapply.Install(db, walapply.Position{Epoch: newest.Epoch, TXID: newest.TXID, Seq: newest.Seq,
+		if err := replica.Install(db, replica.Position{Epoch: newest.Epoch, TXID: newest.TXID, Seq: newest.Seq,
 			Checksum: newest.Checksum, PageSize: newest.PageSize, Captured: newest.Captured}); err != nil {
-			return "", walapply.Position{}, err
+			return "", replica.Position{}, err
 		}
 	}
 	s, err := d.js.Stream(ctx, walstream.Stream(d.cfg.ClusterID))
 	if err != nil {
-		return "", walapply.Position{}, fmt.Errorf("WAL stream: %w", err)
+		return "", replica.Position{}, fmt.Errorf("WAL stream: %w", err)
 	}
 	target := s.CachedInfo().State.LastSeq
-	sh, err := walapply.OpenShadow(db)
+	sh, err := replica.OpenShadow(db)
 	if err != nil {
-		return "", walapply.Position{}, err
+		return "", replica.Position{}, err
 	}
 	defer sh.Close()
-	ap, err := walapply.NewApplier(sh)
+	ap, err := replica.NewApplier(sh)
 	if err != nil {
-		return "", walapply.Position{}, err
+		return "", replica.Position{}, err
 	}
 	defer ap.Close()
 	if ap.Consumed() >= target {
-		return "", walapply.Position{}, errNothingNew
+		return "", replica.Position{}, errNothingNew
 	}
-	err = walapply.Follow(ctx, d.js, d.cfg.ClusterID, ap.Consumed()+1, func(m jetstream.Msg) error {
+	err = replica.Follow(ctx, d.js, d.cfg.ClusterID, ap.Consumed()+1, func(m jetstream.Msg) error {
 		md, err := m.Metadata()
 		if err != nil {
 			return err
@@ -81,11 +81,11 @@ func (d *Daemon) materialize(ctx context.Context, dir string) (string, walapply.
 		return nil
 	})
 	if !errors.Is(err, errReached) {
-		return "", walapply.Position{}, fmt.Errorf("replay the WAL stream to sequence %d: %w", target, err)
+		return "", replica.Position{}, fmt.Errorf("replay the WAL stream to sequence %d: %w", target, err)
 	}
 	pos := ap.Position()
 	if pos.PageSize == 0 {
-		return "", walapply.Position{}, errors.New("the WAL stream holds no complete database yet")
+		return "", replica.Position{}, errors.New("the WAL stream holds no complete database yet")
 	}
 	return db, pos, nil
 }

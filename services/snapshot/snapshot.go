@@ -23,9 +23,9 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/convex-cluster-manager/ccm/services/walapply"
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/snapstore"
@@ -235,9 +235,9 @@ func (d *Daemon) take(ctx context.Context) (snapstore.Snapshot, error) {
 // source returns a database image at an exact position: a checkpoint of
 // the local shadow on a following passive, otherwise one built from the
 // stream (the file's directory is the caller's to remove, in that case).
-func (d *Daemon) source(ctx context.Context) (string, walapply.Position, error) {
+func (d *Daemon) source(ctx context.Context) (string, replica.Position, error) {
 	if _, _, leading := d.roles.Leading(time.Now()); !leading {
-		var cp walapply.Checkpoint
+		var cp replica.Checkpoint
 		msg, err := d.nc.RequestWithContext(ctx, schema.Endpoint(d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, "checkpoint"), nil)
 		switch {
 		case err != nil:
@@ -246,26 +246,26 @@ func (d *Daemon) source(ctx context.Context) (string, walapply.Position, error) 
 			d.log.Info("no checkpoint from ccm-walapply; building the snapshot from the stream", "err", msg.Header.Get(micro.ErrorHeader))
 		default:
 			if err := json.Unmarshal(msg.Data, &cp); err != nil {
-				return "", walapply.Position{}, fmt.Errorf("checkpoint reply %q: %w", msg.Data, err)
+				return "", replica.Position{}, fmt.Errorf("checkpoint reply %q: %w", msg.Data, err)
 			}
 			return cp.Path, cp.Position, nil
 		}
 	}
 	dir, err := os.MkdirTemp(filepath.Dir(filepath.Clean(d.cfg.WAL.ReplicaPath)), ".ccm-snapshot-")
 	if err != nil {
-		return "", walapply.Position{}, fmt.Errorf("work directory: %w", err)
+		return "", replica.Position{}, fmt.Errorf("work directory: %w", err)
 	}
 	db, pos, err := d.materialize(ctx, dir)
 	if err != nil {
 		os.RemoveAll(dir)
-		return "", walapply.Position{}, err
+		return "", replica.Position{}, err
 	}
 	// Move the image out of the work directory so that removing the
 	// returned path removes both.
 	img := dir + ".db"
 	if err := os.Rename(db, img); err != nil {
 		os.RemoveAll(dir)
-		return "", walapply.Position{}, err
+		return "", replica.Position{}, err
 	}
 	os.RemoveAll(dir)
 	return img, pos, nil

@@ -25,6 +25,7 @@ import (
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/snapstore"
 )
@@ -189,7 +190,7 @@ func TestSnapshotJoinAndLeave(t *testing.T) {
 	et.Start(t, c3)
 	ap3 := daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c3)
 	f = flush()
-	pos, err := request[walapply.Position](t, nc, schema.Endpoint("sc", "n3", schema.ServiceWalapply, "drain"))
+	pos, err := request[replica.Position](t, nc, schema.Endpoint("sc", "n3", schema.ServiceWalapply, "drain"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +234,7 @@ func TestJoinRefusesCorruptSnapshots(t *testing.T) {
 	write(t, db, 0, 20)
 	db.Close()
 	img, _ := os.ReadFile(good)
-	sh, err := walapply.OpenShadow(filepath.Join(dir, "probe", "db.sqlite3"))
+	sh, err := replica.OpenShadow(filepath.Join(dir, "probe", "db.sqlite3"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +263,7 @@ func TestJoinRefusesCorruptSnapshots(t *testing.T) {
 			if code == 0 || !strings.Contains(out, "snapshot corrupt") || !strings.Contains(out, tt.want) {
 				t.Fatalf("join of a %s snapshot: %d %s", tt.name, code, out)
 			}
-			if walapply.Exists(c.ShadowPath()) {
+			if replica.Exists(c.ShadowPath()) {
 				t.Fatal("a refused snapshot left a shadow database behind")
 			}
 		})
@@ -325,7 +326,7 @@ func TestLeaderBuildsSnapshotFromStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pos, err := request[walapply.Position](t, nc, schema.Endpoint("sc", "n2", schema.ServiceWalapply, "drain"))
+	pos, err := request[replica.Position](t, nc, schema.Endpoint("sc", "n2", schema.ServiceWalapply, "drain"))
 	if err != nil {
 		t.Fatal(err)
 	}

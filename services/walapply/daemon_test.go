@@ -20,6 +20,7 @@ import (
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -92,7 +93,7 @@ func TestDaemonsReplicateDrainAndResume(t *testing.T) {
 	workload(t, w, 400, 9)
 
 	flushed := request[walship.FlushReply](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "flush"))
-	pos := request[walapply.Position](t, nc, schema.Endpoint("dc", "n2", schema.ServiceWalapply, "drain"))
+	pos := request[replica.Position](t, nc, schema.Endpoint("dc", "n2", schema.ServiceWalapply, "drain"))
 	if pos.Epoch != flushed.Epoch || uint64(pos.TXID) != flushed.TXID {
 		t.Fatalf("drained to epoch %d TXID %d, leader flushed epoch %d TXID %d", pos.Epoch, pos.TXID, flushed.Epoch, flushed.TXID)
 	}

@@ -16,10 +16,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	_ "modernc.org/sqlite"
 
-	"github.com/convex-cluster-manager/ccm/services/walapply"
 	"github.com/convex-cluster-manager/ccm/services/walship"
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
 
@@ -86,36 +86,36 @@ func (e *env) ship(t *testing.T, epoch uint64) *walship.Shipper {
 	return s
 }
 
-// replica applies the stream to a shadow database in the background.
-type replica struct {
-	shadow  *walapply.Shadow
-	applier *walapply.Applier // not safe for concurrent use: guarded by mu
+// follower applies the stream to a shadow database in the background.
+type follower struct {
+	shadow  *replica.Shadow
+	applier *replica.Applier // not safe for concurrent use: guarded by mu
 	mu      sync.Mutex
 	cancel  context.CancelFunc
 	done    chan error
 }
 
 // position reads the applied position while the follower may be applying.
-func (r *replica) position() walapply.Position {
+func (r *follower) position() replica.Position {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.applier.Position()
 }
 
-func (e *env) follow(t *testing.T, name string) *replica {
+func (e *env) follow(t *testing.T, name string) *follower {
 	t.Helper()
-	sh, err := walapply.OpenShadow(filepath.Join(e.dir, name, "db.sqlite3"))
+	sh, err := replica.OpenShadow(filepath.Join(e.dir, name, "db.sqlite3"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ap, err := walapply.NewApplier(sh)
+	ap, err := replica.NewApplier(sh)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &replica{shadow: sh, applier: ap, cancel: cancel, done: make(chan error, 1)}
+	r := &follower{shadow: sh, applier: ap, cancel: cancel, done: make(chan error, 1)}
 	go func() {
-		r.done <- walapply.Follow(ctx, e.js, cluster, ap.Consumed()+1, func(m jetstream.Msg) error {
+		r.done <- replica.Follow(ctx, e.js, cluster, ap.Consumed()+1, func(m jetstream.Msg) error {
 			md, err := m.Metadata()
 			if err != nil {
 				return err
@@ -129,7 +129,7 @@ func (e *env) follow(t *testing.T, name string) *replica {
 	return r
 }
 
-func (r *replica) stop() {
+func (r *follower) stop() {
 	r.cancel()
 	<-r.done
 	r.done <- context.Canceled
@@ -137,7 +137,7 @@ func (r *replica) stop() {
 }
 
 // waitTXID waits until the replica has applied txid of the shipper's epoch.
-func (r *replica) waitTXID(t *testing.T, epoch uint64, txid uint64) {
+func (r *follower) waitTXID(t *testing.T, epoch uint64, txid uint64) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {

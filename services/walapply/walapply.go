@@ -17,6 +17,7 @@ import (
 
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
@@ -47,8 +48,8 @@ type Daemon struct {
 	wake    chan struct{}
 
 	mu        sync.Mutex
-	shadow    *Shadow
-	applier   *Applier
+	shadow    *replica.Shadow
+	applier   *replica.Applier
 	failed    error  // apply refused or the shadow is unusable: resync needed
 	paused    bool   // drained, for promotion; resumed by the resume endpoint
 	drainTo   uint64 // pause once this stream sequence is consumed
@@ -107,21 +108,21 @@ func (d *Daemon) Run(ctx context.Context) error {
 // from the newest snapshot, if there is one (otherwise it replays the
 // stream from its start).
 func (d *Daemon) open(ctx context.Context) error {
-	if path := d.cfg.ShadowPath(); !Exists(path) {
-		snap, err := Bootstrap(ctx, d.js, d.cfg.ClusterID, path, nil)
+	if path := d.cfg.ShadowPath(); !replica.Exists(path) {
+		snap, err := replica.Bootstrap(ctx, d.js, d.cfg.ClusterID, path, nil)
 		switch {
 		case err == nil:
 			d.log.Info("bootstrapped the shadow database from a snapshot", "snapshot", snap.Name, "epoch", snap.Epoch, "txid", snap.TXID, "seq", snap.Seq)
-		case errors.Is(err, ErrNoSnapshot):
+		case errors.Is(err, replica.ErrNoSnapshot):
 		default:
 			return fmt.Errorf("bootstrap from a snapshot: %w", err)
 		}
 	}
-	sh, err := OpenShadow(d.cfg.ShadowPath())
+	sh, err := replica.OpenShadow(d.cfg.ShadowPath())
 	if err != nil {
 		return err
 	}
-	ap, err := NewApplier(sh)
+	ap, err := replica.NewApplier(sh)
 	if err != nil {
 		sh.Close()
 		return err
@@ -248,11 +249,11 @@ func (d *Daemon) follow(ctx context.Context) {
 		d.mu.Unlock()
 		d.poke()
 	}()
-	err := Follow(ctx, d.js, d.cfg.ClusterID, from, d.handle)
+	err := replica.Follow(ctx, d.js, d.cfg.ClusterID, from, d.handle)
 	switch {
 	case err == nil, errors.Is(err, errPaused), ctx.Err() != nil:
-	case errors.Is(err, ErrCorrupt), errors.Is(err, ErrGap), errors.Is(err, ErrChecksum),
-		errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrDiverged):
+	case errors.Is(err, replica.ErrCorrupt), errors.Is(err, replica.ErrGap), errors.Is(err, replica.ErrChecksum),
+		errors.Is(err, replica.ErrStaleEpoch), errors.Is(err, replica.ErrDiverged):
 		d.fail(err)
 	default:
 		// NATS trouble (e.g. a JetStream leader election after a partition):
@@ -268,7 +269,7 @@ func (d *Daemon) follow(ctx context.Context) {
 func (d *Daemon) handle(m jetstream.Msg) error {
 	md, err := m.Metadata()
 	if err != nil {
-		return fmt.Errorf("%w: message metadata: %w", ErrCorrupt, err)
+		return fmt.Errorf("%w: message metadata: %w", replica.ErrCorrupt, err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -292,35 +293,35 @@ func (d *Daemon) poke() {
 
 // Drain applies everything up to the stream's current end, then pauses
 // applying (for a promotion) and returns the position reached.
-func (d *Daemon) Drain(ctx context.Context) (Position, error) {
+func (d *Daemon) Drain(ctx context.Context) (replica.Position, error) {
 	select { // the shadow is opened (or bootstrapped) at start
 	case <-d.ready:
 	case <-ctx.Done():
-		return Position{}, fmt.Errorf("drain: still starting: %w", ctx.Err())
+		return replica.Position{}, fmt.Errorf("drain: still starting: %w", ctx.Err())
 	}
 	s, err := d.js.Stream(ctx, walstream.Stream(d.cfg.ClusterID))
 	if err != nil {
-		return Position{}, fmt.Errorf("WAL stream: %w", err)
+		return replica.Position{}, fmt.Errorf("WAL stream: %w", err)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		return Position{}, fmt.Errorf("WAL stream info: %w", err)
+		return replica.Position{}, fmt.Errorf("WAL stream info: %w", err)
 	}
 	target := info.State.LastSeq
 	d.mu.Lock()
 	if d.released {
 		// Already promoted (e.g. the elector restarted): nothing to drain.
 		d.mu.Unlock()
-		return Position{}, nil
+		return replica.Position{}, nil
 	}
 	if d.failed != nil {
 		err := d.failed
 		d.mu.Unlock()
-		return Position{}, fmt.Errorf("cannot drain: replication stopped: %w", err)
+		return replica.Position{}, fmt.Errorf("cannot drain: replication stopped: %w", err)
 	}
 	if d.applier == nil {
 		d.mu.Unlock()
-		return Position{}, errors.New("cannot drain: no shadow database")
+		return replica.Position{}, errors.New("cannot drain: no shadow database")
 	}
 	if d.applier.Consumed() >= target {
 		d.paused = true
@@ -332,14 +333,14 @@ func (d *Daemon) Drain(ctx context.Context) (Position, error) {
 	for {
 		d.mu.Lock()
 		paused, following, failed := d.paused, d.following, d.failed
-		var pos Position
+		var pos replica.Position
 		if d.applier != nil {
 			pos = d.applier.Position()
 		}
 		d.mu.Unlock()
 		switch {
 		case failed != nil:
-			return Position{}, fmt.Errorf("drain stopped: %w", failed)
+			return replica.Position{}, fmt.Errorf("drain stopped: %w", failed)
 		case paused && !following:
 			return pos, nil
 		}
@@ -381,14 +382,14 @@ func (d *Daemon) Leave(ctx context.Context) error {
 // Release hands the shadow database over (ccm-backend moves it into the
 // data path on promotion): applying must be drained first; the shadow is
 // closed and not touched again until the node is passive once more.
-func (d *Daemon) Release() (Position, error) {
+func (d *Daemon) Release() (replica.Position, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.applier == nil {
-		return Position{}, errors.New("no shadow database")
+		return replica.Position{}, errors.New("no shadow database")
 	}
 	if !d.paused || d.following {
-		return Position{}, errors.New("drain before releasing the shadow database")
+		return replica.Position{}, errors.New("drain before releasing the shadow database")
 	}
 	pos := d.applier.Position()
 	d.applier.Close()

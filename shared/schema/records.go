@@ -119,3 +119,17 @@ type StorageStatus struct {
 	Error     string    `json:"error,omitempty"`
 	UpdatedAt time.Time `json:"updatedAt"`
 }
+
+// DemoteRequest is the body of ccm-elector's demote request.
+type DemoteRequest struct {
+	// To names the node to hand over to; "" lets the cluster elect one.
+	To string `json:"to,omitempty"`
+}
+
+// RoleReply is the reply of ccm-elector's promote and demote requests.
+type RoleReply struct {
+	Node   string `json:"node"`
+	Role   Role   `json:"role"`
+	Epoch  uint64 `json:"epoch"`
+	Leader string `json:"leader,omitempty"`
+}

@@ -1,4 +1,4 @@
-package walapply
+package replica
 
 import (
 	"errors"
@@ -10,7 +10,7 @@ import (
 // sidecars are the files walapply keeps beside the shadow database.
 func sidecars(dbPath string) []string {
 	j := dbPath + ".ccm-incoming"
-	return []string{positionFile(dbPath), positionFile(dbPath) + ".tmp", j, j + ".apply", checkpointPath(dbPath)}
+	return []string{positionFile(dbPath), positionFile(dbPath) + ".tmp", j, j + ".apply", CheckpointPath(dbPath)}
 }
 
 // Exists reports whether a shadow database or its position is at dbPath.

@@ -1,4 +1,4 @@
-package walapply
+package replica
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package walapply_test
+package replica_test
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/superfly/ltx"
 
-	"github.com/convex-cluster-manager/ccm/services/walapply"
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
 
@@ -85,14 +85,14 @@ func marker(epoch uint64) nats.Header {
 
 // base returns an applier at epoch 2 that applied a snapshot and one change
 // (sequences 1-3), with the fake leader database it follows.
-func base(t *testing.T) (*walapply.Applier, *walapply.Shadow, *fakeDB) {
+func base(t *testing.T) (*replica.Applier, *replica.Shadow, *fakeDB) {
 	t.Helper()
-	sh, err := walapply.OpenShadow(filepath.Join(t.TempDir(), "db.sqlite3"))
+	sh, err := replica.OpenShadow(filepath.Join(t.TempDir(), "db.sqlite3"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sh.Close() })
-	ap, err := walapply.NewApplier(sh)
+	ap, err := replica.NewApplier(sh)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,52 +125,52 @@ func TestApplierRefuses(t *testing.T) {
 			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
 			data[len(data)/2] ^= 0xff
 			return 4, m.Header(), data
-		}, walapply.ErrCorrupt},
+		}, replica.ErrCorrupt},
 		{"truncated LTX", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
 			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
 			return 4, m.Header(), data[:len(data)-20]
-		}, walapply.ErrCorrupt},
+		}, replica.ErrCorrupt},
 		{"garbage header", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
 			h := nats.Header{}
 			h.Set(walstream.HdrKind, "ltx")
 			h.Set(walstream.HdrEpoch, "two")
 			return 4, h, []byte("x")
-		}, walapply.ErrCorrupt},
+		}, replica.ErrCorrupt},
 		{"TXID gap", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
 			db.commit(t, 2, false, map[uint32]byte{1: 'y'}) // TXID 3 never sent
 			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
 			return 4, m.Header(), data
-		}, walapply.ErrGap},
+		}, replica.ErrGap},
 		{"sequence gap", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
 			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
 			return 6, m.Header(), data
-		}, walapply.ErrGap},
+		}, replica.ErrGap},
 		{"missing first chunk", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
 			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
 			m.Chunk = 1
 			return 4, m.Header(), data
-		}, walapply.ErrGap},
+		}, replica.ErrGap},
 		{"pre-apply checksum mismatch", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
 			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
 			m.Pre ^= 0x10
 			return 4, m.Header(), data
-		}, walapply.ErrChecksum},
+		}, replica.ErrChecksum},
 		{"post-apply checksum mismatch", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
 			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
 			m.Post ^= 0x10
 			return 4, m.Header(), data
-		}, walapply.ErrChecksum},
+		}, replica.ErrChecksum},
 		{"older epoch", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
 			data, m := db.commit(t, 1, false, map[uint32]byte{1: 'z'})
 			return 4, m.Header(), data
-		}, walapply.ErrStaleEpoch},
+		}, replica.ErrStaleEpoch},
 		{"older epoch marker", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
 			return 4, marker(1), nil
-		}, walapply.ErrStaleEpoch},
+		}, replica.ErrStaleEpoch},
 		{"newer epoch without its marker", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
 			data, m := db.commit(t, 3, true, map[uint32]byte{1: 'z'})
 			return 4, m.Header(), data
-		}, walapply.ErrGap},
+		}, replica.ErrGap},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -243,10 +243,10 @@ func TestApplierChunkedFileAndRestart(t *testing.T) {
 	ap.Close()
 	path := sh.Path()
 	sh.Close()
-	sh2, err := walapply.OpenShadow(path)
+	sh2, err := replica.OpenShadow(path)
 	must(t, err)
 	defer sh2.Close()
-	ap2, err := walapply.NewApplier(sh2)
+	ap2, err := replica.NewApplier(sh2)
 	must(t, err)
 	if ap2.Consumed() != 3 {
 		t.Fatalf("restarted applier resumes after seq %d, want 3", ap2.Consumed())
@@ -267,7 +267,7 @@ func TestApplierChunkedFileAndRestart(t *testing.T) {
 func TestApplierRecoversInterruptedApply(t *testing.T) {
 	ap, sh, db := base(t)
 	data, m := db.commit(t, 2, false, map[uint32]byte{1: 'x', 3: 'y', 5: 'z'})
-	next := walapply.Position{Epoch: 2, TXID: m.MaxTXID, Seq: 4, Checksum: m.Post, Captured: m.Captured}
+	next := replica.Position{Epoch: 2, TXID: m.MaxTXID, Seq: 4, Checksum: m.Post, Captured: m.Captured}
 	// What applyJournal leaves behind when it dies inside Shadow.Apply:
 	// the journal, the record of the apply in progress, and a half-written page.
 	path := sh.Path()
@@ -281,10 +281,10 @@ func TestApplierRecoversInterruptedApply(t *testing.T) {
 	f.WriteAt(page(1, 'x')[:1000], 0)
 	f.Close()
 
-	sh2, err := walapply.OpenShadow(path)
+	sh2, err := replica.OpenShadow(path)
 	must(t, err)
 	defer sh2.Close()
-	ap2, err := walapply.NewApplier(sh2)
+	ap2, err := replica.NewApplier(sh2)
 	must(t, err)
 	if p := ap2.Position(); p.TXID != m.MaxTXID || p.Seq != 4 || p.Checksum != db.sum() {
 		t.Fatalf("after recovery %+v, want TXID %d seq 4 checksum %s", p, m.MaxTXID, db.sum())
@@ -298,10 +298,10 @@ func TestApplierRecoversInterruptedApply(t *testing.T) {
 	f, _ = os.OpenFile(path, os.O_RDWR, 0)
 	f.WriteAt([]byte("damage"), 100)
 	f.Close()
-	sh3, err := walapply.OpenShadow(path)
+	sh3, err := replica.OpenShadow(path)
 	must(t, err)
 	defer sh3.Close()
-	if _, err := walapply.NewApplier(sh3); !errors.Is(err, walapply.ErrDiverged) {
+	if _, err := replica.NewApplier(sh3); !errors.Is(err, replica.ErrDiverged) {
 		t.Fatalf("damaged shadow: err = %v, want ErrDiverged", err)
 	}
 }
