@@ -40,14 +40,15 @@ type Applier struct {
 // NewApplier returns an applier for shadow, first finishing an apply that
 // a crash interrupted.
 func NewApplier(shadow *Shadow) (*Applier, error) {
-	a := &Applier{shadow: shadow, jpath: shadow.Path() + ".ccm-incoming", consumed: shadow.Position().Seq}
+	a := &Applier{shadow: shadow, jpath: shadow.Path() + ".ccm-incoming"}
 	if err := a.recover(); err != nil {
 		return nil, err
 	}
 	if err := shadow.Verify(); err != nil {
 		return nil, err
 	}
-	a.captured = shadow.Position().Captured
+	// Only now: a recovered apply moved the position past its file.
+	a.consumed, a.captured = shadow.Position().Seq, shadow.Position().Captured
 	return a, nil
 }
 

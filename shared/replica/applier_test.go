@@ -289,7 +289,13 @@ func TestApplierRecoversInterruptedApply(t *testing.T) {
 	if p := ap2.Position(); p.TXID != m.MaxTXID || p.Seq != 4 || p.Checksum != db.sum() {
 		t.Fatalf("after recovery %+v, want TXID %d seq 4 checksum %s", p, m.MaxTXID, db.sum())
 	}
+	if ap2.Consumed() != 4 {
+		t.Fatalf("after recovery the applier resumes after seq %d, want 4 (the recovered file's last)", ap2.Consumed())
+	}
 	must(t, sh2.Verify())
+	// The stream continues after the recovered file with no gap.
+	data, m = db.commit(t, 2, false, map[uint32]byte{2: 'q'})
+	must(t, ap2.Handle(5, m.Header(), data))
 	if _, err := os.Stat(path + ".ccm-incoming.apply"); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("apply record left behind: %v", err)
 	}
