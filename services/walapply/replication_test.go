@@ -75,8 +75,14 @@ func mustExec(t *testing.T, db *sql.DB, q string, args ...any) {
 
 func (e *env) ship(t *testing.T, epoch uint64) *walship.Shipper {
 	t.Helper()
+	return e.shipDB(t, e.dbPath, "leader", epoch)
+}
+
+// shipDB ships the database at path as node's epoch.
+func (e *env) shipDB(t *testing.T, path, node string, epoch uint64) *walship.Shipper {
+	t.Helper()
 	s, err := walship.Open(context.Background(), e.js, walship.ShipperOptions{
-		DBPath: e.dbPath, Cluster: cluster, Node: "leader", Epoch: epoch,
+		DBPath: path, Cluster: cluster, Node: node, Epoch: epoch,
 		Interval: 20 * time.Millisecond, Log: daemontest.Logger(),
 	})
 	if err != nil {
@@ -286,7 +292,7 @@ func TestOldEpochCannotAppend(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A newer leader opens epoch 7 on the stream.
-	if _, err := walstream.Open(context.Background(), e.js, cluster, "other", 7); err != nil {
+	if _, err := walstream.Open(context.Background(), e.js, cluster, "other", 7, "test"); err != nil {
 		t.Fatal(err)
 	}
 	mustExec(t, db, `INSERT INTO docs (body) VALUES ('after')`)
@@ -294,7 +300,7 @@ func TestOldEpochCannotAppend(t *testing.T) {
 		t.Fatalf("flush by the deposed epoch: err = %v, want ErrFenced", err)
 	}
 	// Nor can it reopen its epoch.
-	if _, err := walstream.Open(context.Background(), e.js, cluster, "leader", 3); !errors.Is(err, walstream.ErrFenced) {
+	if _, err := walstream.Open(context.Background(), e.js, cluster, "leader", 3, "test"); !errors.Is(err, walstream.ErrFenced) {
 		t.Fatalf("reopen of an old epoch: err = %v, want ErrFenced", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/benbjohnson/litestream"
 	"github.com/superfly/ltx"
 
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
 
@@ -20,30 +21,34 @@ import (
 // to the WAL stream through a fenced Appender. Only level 0 exists remotely;
 // it never restores, so reads report nothing.
 type streamClient struct {
-	app     *walstream.Appender
-	onWrite func(ltx.TXID, int64) // after each successful append
+	app      *walstream.Appender
+	onWrite  func(ltx.TXID, int64) // after each successful append
+	sumsPath string
 
 	mu     sync.Mutex
-	last   ltx.TXID
-	pages  pageSums
+	last   ltx.TXID // last TXID in the stream: the replica resumes after it
+	pages  replica.PageSums
+	sums   *replica.SumsFile // nil until the first file is shipped
 	fenced error
 	log    *slog.Logger
 }
 
 var _ litestream.ReplicaClient = (*streamClient)(nil)
 
-func newStreamClient(app *walstream.Appender, onWrite func(ltx.TXID, int64)) *streamClient {
-	return &streamClient{app: app, onWrite: onWrite, log: slog.Default()}
+// newStreamClient ships after TXID last, whose database pages has; last 0
+// means the first file must be a full snapshot. Each shipped position is
+// recorded in the page-sums file at sumsPath.
+func newStreamClient(app *walstream.Appender, last ltx.TXID, pages replica.PageSums, sumsPath string, onWrite func(ltx.TXID, int64)) *streamClient {
+	return &streamClient{app: app, last: last, pages: pages, sumsPath: sumsPath, onWrite: onWrite, log: slog.Default()}
 }
 
 func (c *streamClient) Type() string                    { return "ccm-nats" }
 func (c *streamClient) Init(context.Context) error      { return nil }
 func (c *streamClient) SetLogger(l *slog.Logger)        { c.log = l }
 func (c *streamClient) DeleteAll(context.Context) error { return nil }
-
 func (c *streamClient) DeleteLTXFiles(context.Context, []*ltx.FileInfo) error { return nil }
 
-// LTXFiles reports the last file shipped in this epoch, so that the replica
+// LTXFiles reports the last file in the stream, so that the replica
 // resumes after it.
 func (c *streamClient) LTXFiles(_ context.Context, level int, _ ltx.TXID, _ bool) (ltx.FileIterator, error) {
 	c.mu.Lock()
@@ -68,35 +73,64 @@ func (c *streamClient) WriteLTXFile(ctx context.Context, level int, minTXID, max
 	if level != 0 {
 		return nil, fmt.Errorf("ccm ships level 0 only, got level %d", level)
 	}
+	if c.last != 0 && minTXID != c.last+1 {
+		return nil, fmt.Errorf("LTX %d-%d does not follow TXID %d in the stream", minTXID, maxTXID, c.last)
+	}
 	rs, ok := r.(io.ReadSeeker)
 	if !ok {
 		return nil, fmt.Errorf("LTX %d-%d: reader %T cannot seek", minTXID, maxTXID, r)
 	}
-	next, hdr, err := c.pages.next(rs)
+	pre := c.pages.Checksum()
+	hdr, undo, err := c.pages.Apply(rs)
 	if err != nil {
 		return nil, fmt.Errorf("checksum LTX %d-%d: %w", minTXID, maxTXID, err)
 	}
-	if _, err := rs.Seek(0, io.SeekStart); err != nil {
+	size, err := rs.Seek(0, io.SeekEnd)
+	if err == nil {
+		_, err = rs.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		undo()
 		return nil, err
 	}
-	cr := &countingReader{r: rs}
 	meta := walstream.Meta{MinTXID: minTXID, MaxTXID: maxTXID, Captured: time.UnixMilli(hdr.Timestamp),
-		Pre: c.pages.sum, Post: next.sum}
+		Pre: pre, Post: c.pages.Checksum()}
 	if hdr.IsSnapshot() {
 		meta.Pre = 0
 	}
-	if err := c.app.AppendLTX(ctx, meta, cr); err != nil {
+	if err := c.app.AppendLTX(ctx, meta, rs, size); err != nil {
+		undo()
 		if errors.Is(err, walstream.ErrFenced) {
 			c.fenced = err
 		}
 		return nil, err
 	}
-	c.last, c.pages = maxTXID, next
+	c.last = maxTXID
+	c.record(walstream.Base{Epoch: c.app.Epoch(), TXID: maxTXID, Checksum: meta.Post, Seq: c.app.LastSeq(), End: c.app.End()})
 	if c.onWrite != nil {
-		c.onWrite(maxTXID, cr.n)
+		c.onWrite(maxTXID, size)
 	}
 	return &ltx.FileInfo{Level: 0, MinTXID: minTXID, MaxTXID: maxTXID, PreApplyChecksum: meta.Pre,
-		PostApplyChecksum: meta.Post, Size: cr.n, CreatedAt: time.UnixMilli(hdr.Timestamp)}, nil
+		PostApplyChecksum: meta.Post, Size: size, CreatedAt: time.UnixMilli(hdr.Timestamp)}, nil
+}
+
+// record keeps the page-sums file at the shipped position b. A failure
+// costs only a full copy at the next start, so it is logged, not returned.
+func (c *streamClient) record(b walstream.Base) {
+	var err error
+	if c.sums == nil {
+		c.sums, err = replica.CreateSums(c.sumsPath, b, &c.pages)
+	} else {
+		err = c.sums.Update(b, &c.pages)
+	}
+	if err != nil {
+		c.log.Warn("page sums not recorded: the next start ships a full copy", "err", err)
+		if c.sums != nil {
+			c.sums.Close()
+			c.sums = nil
+		}
+		os.Remove(c.sumsPath)
+	}
 }
 
 // Fenced returns the fencing error once an append was refused.
@@ -106,13 +140,12 @@ func (c *streamClient) Fenced() error {
 	return c.fenced
 }
 
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
+// close closes the page-sums file.
+func (c *streamClient) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sums != nil {
+		c.sums.Close()
+		c.sums = nil
+	}
 }

@@ -2,6 +2,7 @@ package walship
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/superfly/ltx"
 
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
 
@@ -24,6 +26,8 @@ const keepL0 = 8
 // Shipper captures one database's WAL with Litestream and ships it for one
 // epoch. It stops for good when its appends are fenced.
 type Shipper struct {
+	how     string // startFull, startContinue or startResume
+	reason  string // why a full copy
 	db      *litestream.DB
 	replica *litestream.Replica
 	client  *streamClient
@@ -45,17 +49,14 @@ type ShipperOptions struct {
 }
 
 // Open opens epoch on the WAL stream (fenced) and starts capturing the
-// database. Litestream's local state is always discarded first, so the
-// first file shipped is a full snapshot: it rebuilds the page checksums
-// that chain every later file, and passives that already hold the same
-// content recognise it by checksum and write nothing.
+// database. It continues the chain when it can (see planStart): a new
+// epoch whose database is the chain's head, or a restart within the epoch,
+// ships only what is committed after it. Otherwise Litestream's local
+// state is discarded and the first file shipped is a full copy, and the
+// marker and the log say why.
 func Open(ctx context.Context, js jetstream.JetStream, o ShipperOptions) (*Shipper, error) {
 	if _, err := os.Stat(o.DBPath); err != nil {
 		return nil, fmt.Errorf("database %s: %w", o.DBPath, err)
-	}
-	app, err := walstream.Open(ctx, js, o.Cluster, o.Node, o.Epoch)
-	if err != nil {
-		return nil, err
 	}
 	db := litestream.NewDB(o.DBPath)
 	db.MonitorInterval = o.Interval
@@ -63,29 +64,71 @@ func Open(ctx context.Context, js jetstream.JetStream, o ShipperOptions) (*Shipp
 	// first, and a fenced shipper must not linger.
 	db.ShutdownSyncTimeout = 0
 	db.Logger = o.Log.With("component", "litestream")
-	if err := os.RemoveAll(db.MetaPath()); err != nil {
-		return nil, fmt.Errorf("reset litestream state %s: %w", db.MetaPath(), err)
+	p, err := planStart(ctx, js, o.Cluster, o.Epoch, db)
+	if err != nil {
+		return nil, err
 	}
-	s := &Shipper{db: db, epoch: o.Epoch}
-	s.client = newStreamClient(app, s.wrote)
+	var app *walstream.Appender
+	var conn *sql.DB
+	switch p.how {
+	case startResume:
+		app, err = walstream.Continue(ctx, js, o.Cluster, o.Node, o.Epoch, p.base, p.tail)
+	case startContinue:
+		if err := os.RemoveAll(db.MetaPath()); err != nil {
+			return nil, fmt.Errorf("reset litestream state %s: %w", db.MetaPath(), err)
+		}
+		if conn, err = seed(ctx, db, p.base.TXID, p.pages.Pages()); err != nil {
+			return nil, fmt.Errorf("start Litestream at TXID %d: %w", p.base.TXID, err)
+		}
+		defer conn.Close() // after Litestream's first capture, below
+		app, err = walstream.Continue(ctx, js, o.Cluster, o.Node, o.Epoch, p.base, p.tail)
+	default:
+		if err := os.RemoveAll(db.MetaPath()); err != nil {
+			return nil, fmt.Errorf("reset litestream state %s: %w", db.MetaPath(), err)
+		}
+		p.base, p.pages = walstream.Base{}, replica.PageSums{}
+		app, err = walstream.Open(ctx, js, o.Cluster, o.Node, o.Epoch, p.reason)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s := &Shipper{db: db, epoch: o.Epoch, how: p.how, reason: p.reason}
+	s.client = newStreamClient(app, p.base.TXID, p.pages, replica.SumsPath(o.DBPath), s.wrote)
+	s.client.log = o.Log
+	if p.base.TXID != 0 {
+		// From now on a restart resumes this epoch from the marker.
+		s.client.record(walstream.Base{Epoch: o.Epoch, TXID: p.base.TXID, Checksum: p.base.Checksum, Seq: app.LastSeq(), End: app.End()})
+	}
 	s.replica = litestream.NewReplicaWithClient(db, s.client)
 	s.replica.SyncInterval = o.Interval
 	db.Replica = s.replica
 	if err := db.Open(); err != nil {
+		s.client.close()
 		return nil, fmt.Errorf("open litestream db %s: %w", o.DBPath, err)
 	}
-	// The first sync switches the database to WAL mode and captures it whole,
-	// before the backend writes to it.
+	// The first sync switches the database to WAL mode and captures it (whole,
+	// on a full copy), before the backend writes to it.
 	if err := db.Sync(ctx); err != nil {
-		db.Close(context.Background())
+		s.close()
 		return nil, fmt.Errorf("first capture of %s: %w", o.DBPath, err)
 	}
 	if err := s.replica.Start(context.WithoutCancel(ctx)); err != nil {
-		db.Close(context.Background())
+		s.close()
 		return nil, fmt.Errorf("start replica: %w", err)
 	}
-	o.Log.Info("shipping WAL", "epoch", o.Epoch, "stream_seq", app.LastSeq())
+	if p.how == startFull {
+		o.Log.Warn("shipping WAL: full copy of the database", "epoch", o.Epoch, "stream_seq", app.LastSeq(), "reason", p.reason)
+	} else {
+		o.Log.Info("shipping WAL: "+p.how+" the chain", "epoch", o.Epoch, "stream_seq", app.LastSeq(),
+			"base_epoch", p.base.Epoch, "base_txid", p.base.TXID)
+	}
 	return s, nil
+}
+
+// close stops Litestream after a failed start.
+func (s *Shipper) close() {
+	s.db.Close(context.Background())
+	s.client.close()
 }
 
 // wrote records an append and prunes old local L0 files.
@@ -108,6 +151,11 @@ func (s *Shipper) wrote(txid ltx.TXID, n int64) {
 		}
 	}
 }
+
+// Start says how the epoch started: "full copy" (with the reason),
+// "continue" (a new epoch from the chain's head) or "resume" (a restart
+// within the epoch).
+func (s *Shipper) Start() (how, reason string) { return s.how, s.reason }
 
 // Epoch is the epoch being shipped.
 func (s *Shipper) Epoch() uint64 { return s.epoch }
@@ -140,6 +188,7 @@ func (s *Shipper) Flush(ctx context.Context) (ltx.TXID, error) {
 func (s *Shipper) Close(ctx context.Context) error {
 	s.replica.Stop(true)
 	err := s.db.Close(ctx)
+	s.client.close()
 	if errors.Is(err, walstream.ErrFenced) || s.Fenced() != nil {
 		return nil
 	}

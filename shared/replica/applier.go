@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/superfly/ltx"
 
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
@@ -73,7 +72,7 @@ func (a *Applier) recover() error {
 		return fmt.Errorf("journal of interrupted apply: %w", err)
 	}
 	defer f.Close()
-	if err := a.shadow.Apply(f, next, true); err != nil {
+	if err := a.shadow.Recover(f, next); err != nil {
 		return fmt.Errorf("finish interrupted apply of TXID %d: %w", next.TXID, err)
 	}
 	return os.Remove(a.donePath())
@@ -105,9 +104,17 @@ func (a *Applier) Handle(seq uint64, h nats.Header, data []byte) error {
 	if m.Kind == walstream.KindMarker {
 		a.resetJournal()
 		next := pos
-		next.Seq = seq
-		if m.Epoch > pos.Epoch {
-			next.Epoch, next.TXID = m.Epoch, 0 // a new epoch starts with a snapshot
+		next.Seq, next.Epoch = seq, m.Epoch
+		if b := m.Base; b != nil {
+			// The new writer continues the chain from b: a shadow there
+			// continues too, with no copy.
+			if !pos.Complete() || pos.TXID != b.TXID || pos.Checksum != b.Checksum {
+				return fmt.Errorf("%w: epoch %d at sequence %d continues from TXID %d (checksum %s, epoch %d), the shadow is at TXID %d (checksum %s, epoch %d)",
+					ErrChecksum, m.Epoch, seq, b.TXID, b.Checksum, b.Epoch, pos.TXID, pos.Checksum, pos.Epoch)
+			}
+			next.Bytes = b.End
+		} else {
+			next.TXID, next.Bytes = 0, 0 // a full copy follows
 		}
 		if err := a.shadow.SetPosition(next); err != nil {
 			return err
@@ -165,18 +172,18 @@ func (a *Applier) applyJournal(seq uint64, m walstream.Meta) error {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	hdr, err := verifyLTX(f)
+	hdr, post, err := a.shadow.Predict(f)
 	if err != nil {
 		return fmt.Errorf("%w: TXID %d-%d at sequence %d: %w", ErrCorrupt, m.MinTXID, m.MaxTXID, seq, err)
 	}
 	if hdr.MinTXID != m.MinTXID || hdr.MaxTXID != m.MaxTXID {
 		return fmt.Errorf("%w: sequence %d announces TXID %d-%d but holds %d-%d", ErrCorrupt, seq, m.MinTXID, m.MaxTXID, hdr.MinTXID, hdr.MaxTXID)
 	}
-	next := Position{Epoch: m.Epoch, TXID: hdr.MaxTXID, Seq: seq, Captured: m.Captured, Checksum: m.Post}
+	next := Position{Epoch: m.Epoch, TXID: hdr.MaxTXID, Seq: seq, Captured: m.Captured, Checksum: m.Post, Bytes: m.End,
+		PageSize: hdr.PageSize}
 	if hdr.IsSnapshot() {
 		if pos.PageSize == hdr.PageSize && m.Post == pos.Checksum && pos.Checksum != 0 {
 			// The new epoch starts from exactly our content: nothing to write.
-			next.PageSize, next.Checksum = pos.PageSize, pos.Checksum
 			a.captured = m.Captured
 			return a.shadow.SetPosition(next)
 		}
@@ -188,12 +195,7 @@ func (a *Applier) applyJournal(seq uint64, m walstream.Meta) error {
 			return fmt.Errorf("%w: TXID %d expects database checksum %s before it, the shadow has %s", ErrChecksum, hdr.MinTXID, m.Pre, pos.Checksum)
 		}
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-	if post, err := a.shadow.Predict(f); err != nil {
-		return err
-	} else if post != m.Post {
+	if post != m.Post {
 		return fmt.Errorf("%w: applying TXID %d-%d would give checksum %s, the leader's is %s", ErrChecksum, hdr.MinTXID, hdr.MaxTXID, post, m.Post)
 	}
 	b, _ := json.Marshal(next)
@@ -203,30 +205,11 @@ func (a *Applier) applyJournal(seq uint64, m walstream.Meta) error {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	if err := a.shadow.Apply(f, next, false); err != nil {
+	if err := a.shadow.Apply(f, next); err != nil {
 		return err
 	}
 	a.captured = m.Captured
 	return os.Remove(a.donePath())
-}
-
-// verifyLTX decodes a whole LTX file, checking its structure and file checksum.
-func verifyLTX(r io.Reader) (ltx.Header, error) {
-	dec := ltx.NewDecoder(r)
-	if err := dec.DecodeHeader(); err != nil {
-		return ltx.Header{}, err
-	}
-	hdr := dec.Header()
-	data := make([]byte, hdr.PageSize)
-	for {
-		var ph ltx.PageHeader
-		if err := dec.DecodePage(&ph, data); errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			return hdr, err
-		}
-	}
-	return hdr, dec.Close()
 }
 
 // Captured is the leader's capture time of the newest applied file.

@@ -10,7 +10,8 @@ import (
 // sidecars are the files walapply keeps beside the shadow database.
 func sidecars(dbPath string) []string {
 	j := dbPath + ".ccm-incoming"
-	return []string{positionFile(dbPath), positionFile(dbPath) + ".tmp", j, j + ".apply", CheckpointPath(dbPath)}
+	return []string{positionFile(dbPath), positionFile(dbPath) + ".tmp", j, j + ".apply", CheckpointPath(dbPath),
+		SumsPath(dbPath), SumsPath(dbPath) + ".tmp"}
 }
 
 // Exists reports whether a shadow database or its position is at dbPath.
@@ -47,12 +48,7 @@ func Install(dbPath string, pos Position) error {
 		return err
 	}
 	defer sh.Close()
-	st, err := sh.f.Stat()
-	if err != nil {
-		return err
-	}
 	sh.pos = pos
-	sh.pages = uint32(st.Size() / int64(pos.PageSize))
 	if err := sh.Verify(); err != nil {
 		return err
 	}

@@ -12,7 +12,8 @@ import (
 
 	"github.com/superfly/ltx"
 
-	"github.com/convex-cluster-manager/ccm/shared/snapstore"
+	"github.com/convex-cluster-manager/ccm/shared/fsutil"
+	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
 
 // Position is how far the shadow database has applied the WAL stream; it
@@ -25,6 +26,19 @@ type Position struct {
 	Checksum ltx.Checksum `json:"checksum"` // rolling LTX checksum of the shadow database
 	PageSize uint32       `json:"pageSize,omitempty"`
 	Captured time.Time    `json:"captured,omitzero"` // leader capture time of the last applied file
+	// Bytes is the chain bytes applied (walstream.Meta.End of the last
+	// file): the stream's end minus Bytes is the lag in bytes.
+	Bytes int64 `json:"bytes,omitempty"`
+}
+
+// Complete reports whether the shadow holds a whole database: one that
+// has applied a full copy (or a snapshot) at least once.
+func (p Position) Complete() bool { return p.PageSize != 0 }
+
+// Base is the chain position the shadow is at, as a new writer names it
+// when it continues the chain from this database.
+func (p Position) Base() walstream.Base {
+	return walstream.Base{Epoch: p.Epoch, TXID: p.TXID, Checksum: p.Checksum, Seq: p.Seq, End: p.Bytes}
 }
 
 // Shadow is the passive's copy of the database: a plain page image written
@@ -34,14 +48,14 @@ type Shadow struct {
 	posPath string
 	f       *os.File
 	pos     Position
-	pages   uint32 // size in pages
+	sums    PageSums // of the file as it is; valid once Verify passed
 }
 
 // positionFile is the name of the position file beside the shadow database.
 func positionFile(dbPath string) string { return dbPath + ".ccm-position" }
 
 // OpenShadow opens (creating if needed) the shadow database at path and its
-// position, and checks that the file's checksum is the recorded one.
+// position. Verify must pass before anything is applied.
 func OpenShadow(path string) (*Shadow, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("create replica directory: %w", err)
@@ -63,39 +77,30 @@ func OpenShadow(path string) (*Shadow, error) {
 			return nil, fmt.Errorf("position file %s: %w", s.posPath, err)
 		}
 	}
-	if s.pos.PageSize != 0 {
-		st, err := f.Stat()
-		if err != nil {
-			f.Close()
-			return nil, err
-		}
-		s.pages = uint32(st.Size() / int64(s.pos.PageSize))
-	}
 	return s, nil
 }
 
-// Verify recomputes the shadow's checksum and compares it with the position.
+// Verify reads the whole shadow, computing its page checksums, and
+// compares the database checksum with the position's.
 func (s *Shadow) Verify() error {
-	if s.pos.PageSize == 0 {
+	if !s.pos.Complete() {
+		s.sums = PageSums{}
 		return nil
 	}
-	sum, err := s.checksum()
+	st, err := s.f.Stat()
 	if err != nil {
 		return err
 	}
-	if sum != s.pos.Checksum {
-		return fmt.Errorf("%w: shadow database checksum %s, position records %s", ErrDiverged, sum, s.pos.Checksum)
-	}
-	return nil
-}
-
-// checksum computes the rolling LTX checksum of the whole file.
-func (s *Shadow) checksum() (ltx.Checksum, error) {
-	sum, _, err := snapstore.Checksum(io.NewSectionReader(s.f, 0, int64(s.pages)*int64(s.pos.PageSize)), s.pos.PageSize)
+	pages := st.Size() / int64(s.pos.PageSize)
+	sums, err := BuildPageSums(io.NewSectionReader(s.f, 0, pages*int64(s.pos.PageSize)), s.pos.PageSize)
 	if err != nil {
-		return 0, fmt.Errorf("checksum shadow database: %w", err)
+		return fmt.Errorf("checksum shadow database: %w", err)
 	}
-	return sum, nil
+	if sums.Checksum() != s.pos.Checksum {
+		return fmt.Errorf("%w: shadow database checksum %s, position records %s", ErrDiverged, sums.Checksum(), s.pos.Checksum)
+	}
+	s.sums = sums
+	return nil
 }
 
 // Position returns the applied position.
@@ -107,108 +112,97 @@ func (s *Shadow) Path() string { return s.path }
 // ErrDiverged means the shadow database no longer matches what was applied.
 var ErrDiverged = errors.New("shadow database diverged")
 
-// Predict returns the checksum the shadow would have after the LTX file
-// read from r, without writing anything.
-func (s *Shadow) Predict(r io.Reader) (ltx.Checksum, error) {
-	sum, _, err := s.pass(r, false)
-	return sum, err
+// Predict decodes a whole LTX file from r, verifying its structure and
+// file checksum, and returns its header and the checksum the shadow would
+// have after it, without writing anything.
+func (s *Shadow) Predict(r io.Reader) (ltx.Header, ltx.Checksum, error) {
+	hdr, undo, err := s.sums.Apply(r)
+	if err != nil {
+		return hdr, 0, err
+	}
+	sum := s.sums.Checksum()
+	undo()
+	return hdr, sum, nil
 }
 
 // Apply writes the pages of a verified LTX file (read from r) into the
 // shadow, truncates it to the file's commit size, syncs, checks the result
 // against next.Checksum (the leader's database checksum after the file) and
-// records next as the position. After a crash (recovering) the checksum is
-// recomputed over the whole file, since the old pages may be gone.
-func (s *Shadow) Apply(r io.Reader, next Position, recovering bool) error {
-	sum, hdr, err := s.pass(r, true)
+// records next as the position.
+func (s *Shadow) Apply(r io.ReadSeeker, next Position) error {
+	hdr, undo, err := s.sums.Apply(r)
 	if err != nil {
 		return err
 	}
-	if recovering {
-		if sum, err = s.checksum(); err != nil {
-			return err
-		}
+	if sum := s.sums.Checksum(); sum != next.Checksum {
+		undo()
+		return fmt.Errorf("%w: after TXID %d-%d the checksum would be %s, the leader's was %s", ErrChecksum, hdr.MinTXID, hdr.MaxTXID, sum, next.Checksum)
 	}
-	if sum != next.Checksum {
-		return fmt.Errorf("%w: after TXID %d-%d the checksum is %s, the leader's was %s", ErrDiverged, hdr.MinTXID, hdr.MaxTXID, sum, next.Checksum)
+	if _, err := r.Seek(0, io.SeekStart); err != nil {
+		return err
 	}
-	next.PageSize = hdr.PageSize
+	if _, err := s.write(r); err != nil {
+		// The file is in an unknown state: only a restart (which finishes
+		// the apply from the journal) may touch it again.
+		s.sums = PageSums{}
+		return err
+	}
 	return s.SetPosition(next)
 }
 
-// pass reads an LTX file and computes the shadow's checksum after it,
-// page by page from the current one; with write it also applies the file.
-func (s *Shadow) pass(r io.Reader, write bool) (ltx.Checksum, ltx.Header, error) {
+// Recover re-applies a verified LTX file whose apply was interrupted
+// (its pages are absolute images, so writing them again is harmless),
+// then checks the whole file against next.Checksum and records next.
+func (s *Shadow) Recover(r io.Reader, next Position) error {
+	hdr, err := s.write(r)
+	if err != nil {
+		return err
+	}
+	next.PageSize = hdr.PageSize // absent in records of older versions
+	s.pos = next
+	if err := s.Verify(); err != nil {
+		return err
+	}
+	return s.SetPosition(next)
+}
+
+// write writes the pages of an LTX file into the shadow file, truncates it
+// to the file's commit size and syncs.
+func (s *Shadow) write(r io.Reader) (ltx.Header, error) {
 	dec := ltx.NewDecoder(r)
 	if err := dec.DecodeHeader(); err != nil {
-		return 0, ltx.Header{}, fmt.Errorf("decode LTX header: %w", err)
+		return ltx.Header{}, fmt.Errorf("decode LTX header: %w", err)
 	}
 	hdr := dec.Header()
-	if s.pos.PageSize != 0 && hdr.PageSize != s.pos.PageSize && !hdr.IsSnapshot() {
-		return 0, hdr, fmt.Errorf("LTX page size %d differs from the shadow's %d", hdr.PageSize, s.pos.PageSize)
-	}
-	sum, pages := s.pos.Checksum, s.pages
 	if hdr.IsSnapshot() {
 		// A snapshot holds every page: start from an empty file.
-		sum, pages = 0, 0
-		if write {
-			if err := s.f.Truncate(0); err != nil {
-				return 0, hdr, fmt.Errorf("truncate shadow: %w", err)
-			}
+		if err := s.f.Truncate(0); err != nil {
+			return hdr, fmt.Errorf("truncate shadow: %w", err)
 		}
 	}
 	ps := int64(hdr.PageSize)
 	data := make([]byte, hdr.PageSize)
-	old := make([]byte, hdr.PageSize)
-	h := ltx.NewHasher()
-	newPages := pages
 	for {
 		var ph ltx.PageHeader
 		if err := dec.DecodePage(&ph, data); errors.Is(err, io.EOF) {
 			break
 		} else if err != nil {
-			return 0, hdr, fmt.Errorf("decode page: %w", err)
+			return hdr, fmt.Errorf("decode page: %w", err)
 		}
-		off := int64(ph.Pgno-1) * ps
-		if ph.Pgno <= pages {
-			if _, err := s.f.ReadAt(old, off); err != nil {
-				return 0, hdr, fmt.Errorf("read page %d: %w", ph.Pgno, err)
-			}
-			sum ^= ltx.ChecksumPageWithHasher(h, ph.Pgno, old)
+		if _, err := s.f.WriteAt(data, int64(ph.Pgno-1)*ps); err != nil {
+			return hdr, fmt.Errorf("write page %d: %w", ph.Pgno, err)
 		}
-		if write {
-			if _, err := s.f.WriteAt(data, off); err != nil {
-				return 0, hdr, fmt.Errorf("write page %d: %w", ph.Pgno, err)
-			}
-		}
-		sum = ltx.ChecksumFlag | (sum ^ ltx.ChecksumPageWithHasher(h, ph.Pgno, data))
-		newPages = max(newPages, ph.Pgno)
 	}
 	if err := dec.Close(); err != nil {
-		return 0, hdr, fmt.Errorf("LTX trailer: %w", err)
-	}
-	lock := ltx.LockPgno(hdr.PageSize)
-	for pgno := hdr.Commit + 1; pgno <= min(pages, newPages); pgno++ {
-		if pgno == lock {
-			continue
-		}
-		if _, err := s.f.ReadAt(old, int64(pgno-1)*ps); err != nil {
-			return 0, hdr, fmt.Errorf("read page %d: %w", pgno, err)
-		}
-		sum = ltx.ChecksumFlag | (sum ^ ltx.ChecksumPageWithHasher(h, pgno, old))
-	}
-	if !write {
-		return sum, hdr, nil
+		return hdr, fmt.Errorf("LTX trailer: %w", err)
 	}
 	if err := s.f.Truncate(int64(hdr.Commit) * ps); err != nil {
-		return 0, hdr, fmt.Errorf("truncate shadow to %d pages: %w", hdr.Commit, err)
+		return hdr, fmt.Errorf("truncate shadow to %d pages: %w", hdr.Commit, err)
 	}
 	if err := s.f.Sync(); err != nil {
-		return 0, hdr, fmt.Errorf("sync shadow: %w", err)
+		return hdr, fmt.Errorf("sync shadow: %w", err)
 	}
-	s.pages = hdr.Commit
-	s.pos.PageSize = hdr.PageSize
-	return sum, hdr, nil
+	return hdr, nil
 }
 
 // SetPosition durably records pos (temporary file, fsync, rename).
@@ -217,27 +211,21 @@ func (s *Shadow) SetPosition(pos Position) error {
 	if err != nil {
 		return err
 	}
-	tmp := s.posPath + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
-	if err != nil {
-		return fmt.Errorf("write position: %w", err)
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("write position: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync position: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, s.posPath); err != nil {
-		return fmt.Errorf("install position: %w", err)
+	if err := fsutil.WriteFileSync(s.posPath, b, 0o640); err != nil {
+		return fmt.Errorf("record position: %w", err)
 	}
 	s.pos = pos
 	return nil
+}
+
+// WriteSums writes the shadow's page-sums file (SumsPath) at its position,
+// so that a walship shipping this database once it is promoted continues
+// the chain without reading it.
+func (s *Shadow) WriteSums() error {
+	if !s.pos.Complete() {
+		return nil
+	}
+	return WriteSums(SumsPath(s.path), s.pos.Base(), &s.sums, SumsHandover)
 }
 
 // Close closes the shadow database file.

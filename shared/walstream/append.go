@@ -21,35 +21,30 @@ type Appender struct {
 	epoch   uint64
 	node    string
 	lastSeq atomic.Uint64 // written by the appending goroutine, read by status
+	end     atomic.Int64  // chain bytes appended (Meta.End of the last file)
 	fenced  error
 }
 
 // Open opens epoch on the stream: it refuses if the stream already holds a
 // newer epoch, then appends the epoch marker with the stream's current last
-// sequence as the expected one.
-func Open(ctx context.Context, js jetstream.JetStream, cluster, node string, epoch uint64) (*Appender, error) {
+// sequence as the expected one. The marker says that a full copy follows,
+// for reason.
+func Open(ctx context.Context, js jetstream.JetStream, cluster, node string, epoch uint64, reason string) (*Appender, error) {
 	s, err := js.Stream(ctx, Stream(cluster))
 	if err != nil {
 		return nil, fmt.Errorf("open WAL stream: %w", err)
 	}
 	a := &Appender{js: js, subject: Subject(cluster), epoch: epoch, node: node}
 	for attempt := 0; attempt < 5; attempt++ {
-		info, err := s.Info(ctx)
+		last, newest, err := Last(ctx, s)
 		if err != nil {
-			return nil, fmt.Errorf("WAL stream info: %w", err)
+			return nil, err
 		}
-		last := info.State.LastSeq
-		if last > 0 {
-			newest, err := NewestEpoch(ctx, s)
-			if err != nil {
-				return nil, err
-			}
-			if newest > epoch {
-				return nil, fmt.Errorf("%w: stream holds epoch %d, newer than %d", ErrFenced, newest, epoch)
-			}
+		if newest.Epoch > epoch {
+			return nil, fmt.Errorf("%w: stream holds epoch %d, newer than %d", ErrFenced, newest.Epoch, epoch)
 		}
 		a.lastSeq.Store(last)
-		err = a.publish(ctx, Meta{Kind: KindMarker, Epoch: epoch, Node: node}, nil)
+		err = a.publish(ctx, Meta{Kind: KindMarker, Epoch: epoch, Node: node, Reason: reason}, nil)
 		if err == nil {
 			return a, nil
 		}
@@ -61,20 +56,62 @@ func Open(ctx context.Context, js jetstream.JetStream, cluster, node string, epo
 	return nil, fmt.Errorf("%w: could not open epoch %d: the stream keeps moving", ErrFenced, epoch)
 }
 
-// NewestEpoch returns the epoch of the stream's last message (0 if empty).
-func NewestEpoch(ctx context.Context, s jetstream.Stream) (uint64, error) {
+// ErrBaseMoved means the stream moved on after the position a writer
+// wanted to continue from: the chain cannot be continued from it.
+var ErrBaseMoved = errors.New("the WAL stream moved past the base")
+
+// Continue opens epoch on the stream continuing the chain from base: the
+// marker names base and is appended only if the stream's last sequence is
+// still tail (what the caller checked base against). The appender's files
+// then continue from base.End chain bytes.
+func Continue(ctx context.Context, js jetstream.JetStream, cluster, node string, epoch uint64, base Base, tail uint64) (*Appender, error) {
+	s, err := js.Stream(ctx, Stream(cluster))
+	if err != nil {
+		return nil, fmt.Errorf("open WAL stream: %w", err)
+	}
+	last, newest, err := Last(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	if newest.Epoch > epoch {
+		return nil, fmt.Errorf("%w: stream holds epoch %d, newer than %d", ErrFenced, newest.Epoch, epoch)
+	}
+	if last != tail {
+		return nil, fmt.Errorf("%w: its last sequence is %d, not %d", ErrBaseMoved, last, tail)
+	}
+	a := &Appender{js: js, subject: Subject(cluster), epoch: epoch, node: node}
+	a.lastSeq.Store(tail)
+	a.end.Store(base.End)
+	if err := a.publish(ctx, Meta{Kind: KindMarker, Epoch: epoch, Node: node, Base: &base}, nil); err != nil {
+		if errors.Is(err, ErrFenced) {
+			return nil, fmt.Errorf("%w: %w", ErrBaseMoved, err)
+		}
+		return nil, err
+	}
+	return a, nil
+}
+
+// Last returns the sequence and header of the stream's last message (0 and
+// an empty Meta if the stream is empty).
+func Last(ctx context.Context, s jetstream.Stream) (uint64, Meta, error) {
 	m, err := s.GetLastMsgForSubject(ctx, s.CachedInfo().Config.Subjects[0])
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return 0, nil
+		return 0, Meta{}, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read last WAL message: %w", err)
+		return 0, Meta{}, fmt.Errorf("read last WAL message: %w", err)
 	}
 	meta, err := ParseMeta(m.Header)
 	if err != nil {
-		return 0, fmt.Errorf("last WAL message (seq %d): %w", m.Sequence, err)
+		return m.Sequence, meta, fmt.Errorf("last WAL message (seq %d): %w", m.Sequence, err)
 	}
-	return meta.Epoch, nil
+	return m.Sequence, meta, nil
+}
+
+// NewestEpoch returns the epoch of the stream's last message (0 if empty).
+func NewestEpoch(ctx context.Context, s jetstream.Stream) (uint64, error) {
+	_, m, err := Last(ctx, s)
+	return m.Epoch, err
 }
 
 // Epoch is the epoch this appender writes.
@@ -83,10 +120,14 @@ func (a *Appender) Epoch() uint64 { return a.epoch }
 // LastSeq is the stream sequence of this appender's last append.
 func (a *Appender) LastSeq() uint64 { return a.lastSeq.Load() }
 
-// AppendLTX streams one LTX file from r in chunks; m gives its TXID range
-// and capture time.
-func (a *Appender) AppendLTX(ctx context.Context, m Meta, r io.Reader) error {
+// End is the chain bytes appended so far: the End of the last file.
+func (a *Appender) End() int64 { return a.end.Load() }
+
+// AppendLTX streams one LTX file of size bytes from r in chunks; m gives
+// its TXID range, checksums and capture time.
+func (a *Appender) AppendLTX(ctx context.Context, m Meta, r io.Reader, size int64) error {
 	m.Kind, m.Epoch, m.Node = KindLTX, a.epoch, a.node
+	m.End = a.end.Load() + size
 	buf := make([]byte, ChunkSize)
 	for i := 0; ; i++ {
 		n, err := io.ReadFull(r, buf)
@@ -94,16 +135,16 @@ func (a *Appender) AppendLTX(ctx context.Context, m Meta, r io.Reader) error {
 		if err != nil && !last {
 			return fmt.Errorf("read LTX %d-%d: %w", m.MinTXID, m.MaxTXID, err)
 		}
-		if last && n == 0 && i > 0 {
-			// The file ended exactly at a chunk boundary: mark the end.
-			m.Chunk, m.Last = i, true
-			return a.publish(ctx, m, nil)
+		if last && n == 0 && i == 0 {
+			return fmt.Errorf("LTX %d-%d is empty", m.MinTXID, m.MaxTXID)
 		}
+		// A file that ends exactly at a chunk boundary gets an empty last chunk.
 		m.Chunk, m.Last = i, last
 		if err := a.publish(ctx, m, buf[:n]); err != nil {
 			return err
 		}
 		if last {
+			a.end.Store(m.End)
 			return nil
 		}
 	}

@@ -21,7 +21,29 @@ const (
 	HdrChunk  = "Ccm-Chunk"         // index of this chunk of the LTX file, from 0
 	HdrLast   = "Ccm-Last"          // "1" on the last chunk of an LTX file
 	HdrCommit = "Ccm-Commit-Ms"     // leader's wall clock when the change was captured (unix ms)
+	HdrEnd    = "Ccm-End"           // chain bytes (LTX bytes since the last full copy) at the end of this chunk's file
+
+	// A marker that continues the chain names its base: the position of
+	// the chain that the new writer's database is at. Without them the
+	// epoch starts with a full copy.
+	HdrBaseEpoch = "Ccm-Base-Epoch"
+	HdrBaseTXID  = "Ccm-Base-Txid"
+	HdrBaseSum   = "Ccm-Base-Checksum"
+	HdrBaseSeq   = "Ccm-Base-Seq"
+	HdrBaseEnd   = "Ccm-Base-End"
+	HdrReason    = "Ccm-Full-Copy-Reason" // on a marker without a base: why
 )
+
+// Base is a position of the WAL chain: the database after TXID with
+// Checksum, reached by the message at stream sequence Seq of epoch Epoch,
+// End chain bytes from the last full copy.
+type Base struct {
+	Epoch    uint64       `json:"epoch"`
+	TXID     ltx.TXID     `json:"txid"`
+	Checksum ltx.Checksum `json:"checksum"`
+	Seq      uint64       `json:"seq"`
+	End      int64        `json:"end"`
+}
 
 // Kinds of WAL messages.
 const (
@@ -44,6 +66,11 @@ type Meta struct {
 	Chunk    int
 	Last     bool
 	Captured time.Time
+	End      int64 // chain bytes at the end of the file (LTX chunks)
+	// Base is the chain position a marker continues from; nil when the
+	// epoch starts with a full copy, for the reason in Reason.
+	Base   *Base
+	Reason string
 }
 
 // Header encodes m as NATS headers.
@@ -52,6 +79,15 @@ func (m Meta) Header() nats.Header {
 	h.Set(HdrKind, m.Kind)
 	h.Set(HdrEpoch, strconv.FormatUint(m.Epoch, 10))
 	h.Set(HdrNode, m.Node)
+	if m.Kind == KindMarker && m.Base != nil {
+		h.Set(HdrBaseEpoch, strconv.FormatUint(m.Base.Epoch, 10))
+		h.Set(HdrBaseTXID, strconv.FormatUint(uint64(m.Base.TXID), 10))
+		h.Set(HdrBaseSum, m.Base.Checksum.String())
+		h.Set(HdrBaseSeq, strconv.FormatUint(m.Base.Seq, 10))
+		h.Set(HdrBaseEnd, strconv.FormatInt(m.Base.End, 10))
+	} else if m.Kind == KindMarker && m.Reason != "" {
+		h.Set(HdrReason, m.Reason)
+	}
 	if m.Kind == KindLTX {
 		h.Set(HdrMinTX, strconv.FormatUint(uint64(m.MinTXID), 10))
 		h.Set(HdrMaxTX, strconv.FormatUint(uint64(m.MaxTXID), 10))
@@ -62,6 +98,7 @@ func (m Meta) Header() nats.Header {
 			h.Set(HdrLast, "1")
 		}
 		h.Set(HdrCommit, strconv.FormatInt(m.Captured.UnixMilli(), 10))
+		h.Set(HdrEnd, strconv.FormatInt(m.End, 10))
 	}
 	return h
 }
@@ -78,9 +115,6 @@ func ParseMeta(h nats.Header) (Meta, error) {
 		return m, fmt.Errorf("header %s: %q is not a positive integer", HdrEpoch, h.Get(HdrEpoch))
 	}
 	m.Node = h.Get(HdrNode)
-	if m.Kind == KindMarker {
-		return m, nil
-	}
 	num := func(name string) (uint64, error) {
 		v, err := strconv.ParseUint(h.Get(name), 10, 64)
 		if err != nil {
@@ -89,6 +123,35 @@ func ParseMeta(h nats.Header) (Meta, error) {
 		return v, nil
 	}
 	var v uint64
+	if m.Kind == KindMarker {
+		if h.Get(HdrBaseEpoch) == "" {
+			m.Reason = h.Get(HdrReason)
+			return m, nil
+		}
+		b := &Base{}
+		if b.Epoch, err = num(HdrBaseEpoch); err != nil {
+			return m, err
+		}
+		if v, err = num(HdrBaseTXID); err != nil {
+			return m, err
+		}
+		b.TXID = ltx.TXID(v)
+		if b.Checksum, err = parseChecksum(h, HdrBaseSum); err != nil {
+			return m, err
+		}
+		if b.Seq, err = num(HdrBaseSeq); err != nil {
+			return m, err
+		}
+		if v, err = num(HdrBaseEnd); err != nil {
+			return m, err
+		}
+		b.End = int64(v)
+		if b.TXID == 0 || b.Epoch > m.Epoch {
+			return m, fmt.Errorf("marker of epoch %d: base epoch %d TXID %d is invalid", m.Epoch, b.Epoch, b.TXID)
+		}
+		m.Base = b
+		return m, nil
+	}
 	if v, err = num(HdrMinTX); err != nil {
 		return m, err
 	}
@@ -115,6 +178,12 @@ func ParseMeta(h nats.Header) (Meta, error) {
 		return m, err
 	}
 	m.Captured = time.UnixMilli(int64(v))
+	if h.Get(HdrEnd) != "" { // absent in messages of older versions
+		if v, err = num(HdrEnd); err != nil {
+			return m, err
+		}
+		m.End = int64(v)
+	}
 	return m, nil
 }
 

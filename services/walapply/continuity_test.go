@@ -1,0 +1,203 @@
+package walapply_test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/convex-cluster-manager/ccm/shared/replica"
+	"github.com/convex-cluster-manager/ccm/shared/walstream"
+)
+
+// streamBytes is the WAL stream's size on disk.
+func (e *env) streamBytes(t *testing.T) uint64 {
+	t.Helper()
+	s, err := e.js.Stream(context.Background(), walstream.Stream(cluster))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Bytes
+}
+
+// grow adds about mib MiB of incompressible rows in transactions of 8 MiB.
+func grow(t *testing.T, path string, mib int) {
+	t.Helper()
+	db := openDB(t, writerDSN(path))
+	defer db.Close()
+	blob := make([]byte, 64<<10)
+	for done := 0; done < mib; done += 8 {
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 128 {
+			rand.Read(blob)
+			if _, err := tx.Exec(`INSERT INTO docs (body, blob) VALUES ('big', ?)`, blob); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// promote hands a drained follower's shadow over as the database at dbPath,
+// as ccm-walapply's release and ccm-backend's install do.
+func promote(t *testing.T, r *follower, dbPath string) {
+	t.Helper()
+	r.mu.Lock()
+	if err := r.shadow.WriteSums(); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Unlock()
+	r.stop()
+	os.MkdirAll(filepath.Dir(dbPath), 0o755)
+	for _, p := range [][2]string{{replica.SumsPath(r.shadow.Path()), replica.SumsPath(dbPath)}, {r.shadow.Path(), dbPath}} {
+		if err := os.Rename(p[0], p[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestLeaderChangeContinuesTheChain: a switchover to a caught-up passive and
+// a walship restart add no copy of the database to the stream, and the
+// other passive follows both without one.
+func TestLeaderChangeContinuesTheChain(t *testing.T) {
+	size := 256 // MiB
+	if testing.Short() {
+		size = 32
+	}
+	e := newEnv(t)
+	old := e.ship(t, 1)
+	n2, n3 := e.follow(t, "n2"), e.follow(t, "n3")
+	grow(t, e.dbPath, size)
+	txid, err := old.Flush(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2.waitTXID(t, 1, uint64(txid))
+	n3.waitTXID(t, 1, uint64(txid))
+	if err := old.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+
+	// Switchover: n2's drained shadow becomes the leader's database.
+	before := e.streamBytes(t)
+	newDB := filepath.Join(e.dir, "n2-data", "db.sqlite3")
+	promote(t, n2, newDB)
+	start := time.Now()
+	s := e.shipDB(t, newDB, "n2", 2)
+	t.Logf("epoch 2 open after %s (%d MiB database)", time.Since(start).Round(time.Millisecond), size)
+	if how, reason := s.Start(); how != "continue" {
+		t.Fatalf("epoch 2 started by %q (%s), want continue", how, reason)
+	}
+	w := openDB(t, writerDSN(newDB))
+	mustExec(t, w, `INSERT INTO docs (body) VALUES ('after switchover')`)
+	mustExec(t, w, `UPDATE docs SET body = 'updated' WHERE blob IS NULL`)
+	w.Close()
+	txid, err = s.Flush(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n3.waitTXID(t, 2, uint64(txid))
+	if grown := e.streamBytes(t) - before; grown > 1<<20 {
+		t.Fatalf("the switchover added %d bytes to the stream, want at most 1 MiB beyond the changes", grown)
+	}
+	assertSame(t, newDB, n3.shadow.Path())
+
+	// A walship restart within the epoch resumes.
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before = e.streamBytes(t)
+	s = e.shipDB(t, newDB, "n2", 2)
+	if how, reason := s.Start(); how != "resume" {
+		t.Fatalf("restart started by %q (%s), want resume", how, reason)
+	}
+	w = openDB(t, writerDSN(newDB))
+	mustExec(t, w, `INSERT INTO docs (body) VALUES ('after restart')`)
+	w.Close()
+	txid, err = s.Flush(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n3.waitTXID(t, 2, uint64(txid))
+	if grown := e.streamBytes(t) - before; grown > 1<<20 {
+		t.Fatalf("the walship restart added %d bytes to the stream, want at most 1 MiB", grown)
+	}
+	assertSame(t, newDB, n3.shadow.Path())
+}
+
+// assertSame compares a leader database with a passive's shadow, row by
+// row through SQLite (digests, so that large databases stay cheap).
+func assertSame(t *testing.T, leader, shadow string) {
+	t.Helper()
+	wantCheck, want := digest(t, leader)
+	gotCheck, got := digest(t, snapshotCopy(t, shadow))
+	if wantCheck != "ok" || gotCheck != "ok" {
+		t.Fatalf("integrity_check leader %q, passive %q", wantCheck, gotCheck)
+	}
+	if got != want {
+		t.Fatalf("passive content %s differs from the leader's %s", got, want)
+	}
+}
+
+// digest returns integrity_check and a SHA-256 of every table's rows.
+func digest(t *testing.T, path string) (string, string) {
+	t.Helper()
+	db := openDB(t, "file:"+path+"?mode=ro")
+	defer db.Close()
+	var check string
+	if err := db.QueryRow(`PRAGMA integrity_check`).Scan(&check); err != nil {
+		t.Fatalf("integrity_check %s: %v", path, err)
+	}
+	h := sha256.New()
+	rows, err := db.Query(`SELECT name, sql FROM sqlite_master WHERE type='table' ORDER BY name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tables []string
+	for rows.Next() {
+		var name, ddl string
+		rows.Scan(&name, &ddl)
+		tables = append(tables, name)
+		fmt.Fprintln(h, ddl)
+	}
+	rows.Close()
+	for _, tbl := range tables {
+		rs, err := db.Query(fmt.Sprintf(`SELECT * FROM %q ORDER BY rowid`, tbl))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cols, _ := rs.Columns()
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		for rs.Next() {
+			rs.Scan(ptrs...)
+			for _, v := range vals {
+				if b, ok := v.([]byte); ok {
+					h.Write(b)
+				} else {
+					fmt.Fprint(h, v)
+				}
+				h.Write([]byte{0})
+			}
+		}
+		rs.Close()
+	}
+	return check, hex.EncodeToString(h.Sum(nil))
+}
