@@ -42,10 +42,10 @@ func newStreamClient(app *walstream.Appender, last ltx.TXID, pages replica.PageS
 	return &streamClient{app: app, last: last, pages: pages, sumsPath: sumsPath, onWrite: onWrite, log: slog.Default()}
 }
 
-func (c *streamClient) Type() string                    { return "ccm-nats" }
-func (c *streamClient) Init(context.Context) error      { return nil }
-func (c *streamClient) SetLogger(l *slog.Logger)        { c.log = l }
-func (c *streamClient) DeleteAll(context.Context) error { return nil }
+func (c *streamClient) Type() string                                          { return "ccm-nats" }
+func (c *streamClient) Init(context.Context) error                            { return nil }
+func (c *streamClient) SetLogger(l *slog.Logger)                              { c.log = l }
+func (c *streamClient) DeleteAll(context.Context) error                       { return nil }
 func (c *streamClient) DeleteLTXFiles(context.Context, []*ltx.FileInfo) error { return nil }
 
 // LTXFiles reports the last file in the stream, so that the replica
