@@ -11,16 +11,18 @@ import (
 // length of the copy, so that the copy is exactly the recorded position.
 // The caller removes the copy when done.
 func (d *Daemon) Checkpoint() (replica.Checkpoint, error) {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.failed != nil {
-		return replica.Checkpoint{}, fmt.Errorf("replication stopped: %w", d.failed)
-	}
-	if d.applier == nil {
+	failed, shadow, complete := d.failed, d.shadow, d.pos.Complete()
+	d.mu.Unlock()
+	switch {
+	case failed != nil:
+		return replica.Checkpoint{}, fmt.Errorf("replication stopped: %w", failed)
+	case shadow == nil:
 		return replica.Checkpoint{}, errors.New("no shadow database")
-	}
-	if d.applier.Position().PageSize == 0 {
+	case !complete:
 		return replica.Checkpoint{}, errors.New("the shadow database is empty: nothing applied yet")
 	}
-	return d.shadow.Checkpoint()
+	return shadow.Checkpoint()
 }

@@ -33,8 +33,7 @@ func (d *Daemon) Status() any {
 		st.State = "idle"
 	}
 	if d.applier != nil {
-		p := d.applier.Position()
-		st.Epoch, st.TXID, st.Seq = p.Epoch, uint64(p.TXID), d.applier.Consumed()
+		st.Epoch, st.TXID, st.Seq = d.pos.Epoch, uint64(d.pos.TXID), d.consumed
 	}
 	return st
 }
@@ -82,11 +81,11 @@ func (d *Daemon) refreshLag(ctx context.Context) {
 	if d.applier == nil {
 		return
 	}
-	p := d.applier.Position()
+	p := d.pos
 	st := &d.status
 	st.StreamSeq = m.Sequence
 	st.LagMs, st.LagTXIDs = 0, 0
-	if d.applier.Consumed() >= m.Sequence {
+	if d.consumed >= m.Sequence {
 		return
 	}
 	switch {

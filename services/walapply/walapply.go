@@ -47,9 +47,16 @@ type Daemon struct {
 	metrics *metrics
 	wake    chan struct{}
 
+	// applyMu is held while a message is applied (a large file takes
+	// seconds): status, health and the control loop use mu and the
+	// position cached under it, so they never wait for an apply.
+	applyMu sync.Mutex
+
 	mu        sync.Mutex
-	shadow    *replica.Shadow
-	applier   *replica.Applier
+	shadow    *replica.Shadow  // set under applyMu and mu
+	applier   *replica.Applier // set under applyMu and mu
+	pos       replica.Position // the applier's position after its last message
+	consumed  uint64           // the applier's last stream sequence handled
 	failed    error  // apply refused or the shadow is unusable: resync needed
 	paused    bool   // drained, for promotion; resumed by the resume endpoint
 	drainTo   uint64 // pause once this stream sequence is consumed
@@ -127,15 +134,20 @@ func (d *Daemon) open(ctx context.Context) error {
 		sh.Close()
 		return err
 	}
+	d.applyMu.Lock()
 	d.mu.Lock()
 	d.shadow, d.applier = sh, ap
+	d.pos, d.consumed = ap.Position(), ap.Consumed()
 	d.mu.Unlock()
+	d.applyMu.Unlock()
 	p := ap.Position()
 	d.log.Info("shadow database open", "path", sh.Path(), "epoch", p.Epoch, "txid", p.TXID, "seq", p.Seq)
 	return nil
 }
 
 func (d *Daemon) close() {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.applier != nil {
@@ -240,7 +252,7 @@ func (f *follower) ended() bool {
 // message is refused, or a drain completes.
 func (d *Daemon) follow(ctx context.Context) {
 	d.mu.Lock()
-	from := d.applier.Consumed() + 1
+	from := d.consumed + 1
 	d.following = true
 	d.mu.Unlock()
 	defer func() {
@@ -271,13 +283,18 @@ func (d *Daemon) handle(m jetstream.Msg) error {
 	if err != nil {
 		return fmt.Errorf("%w: message metadata: %w", replica.ErrCorrupt, err)
 	}
+	d.applyMu.Lock()
+	err = d.applier.Handle(md.Sequence.Stream, m.Headers(), m.Data())
+	pos, consumed := d.applier.Position(), d.applier.Consumed()
+	d.applyMu.Unlock()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.applier.Handle(md.Sequence.Stream, m.Headers(), m.Data()); err != nil {
+	d.pos, d.consumed = pos, consumed
+	if err != nil {
 		return err
 	}
 	d.metrics.messages.Inc()
-	if d.drainTo > 0 && d.applier.Consumed() >= d.drainTo {
+	if d.drainTo > 0 && consumed >= d.drainTo {
 		d.paused, d.drainTo = true, 0
 		return errPaused
 	}
@@ -323,7 +340,7 @@ func (d *Daemon) Drain(ctx context.Context) (replica.Position, error) {
 		d.mu.Unlock()
 		return replica.Position{}, errors.New("cannot drain: no shadow database")
 	}
-	if d.applier.Consumed() >= target {
+	if d.consumed >= target {
 		d.paused = true
 	} else {
 		d.drainTo = target
@@ -333,10 +350,7 @@ func (d *Daemon) Drain(ctx context.Context) (replica.Position, error) {
 	for {
 		d.mu.Lock()
 		paused, following, failed := d.paused, d.following, d.failed
-		var pos replica.Position
-		if d.applier != nil {
-			pos = d.applier.Position()
-		}
+		pos := d.pos
 		d.mu.Unlock()
 		switch {
 		case failed != nil:
@@ -383,6 +397,8 @@ func (d *Daemon) Leave(ctx context.Context) error {
 // data path on promotion): applying must be drained first; the shadow is
 // closed and not touched again until the node is passive once more.
 func (d *Daemon) Release() (replica.Position, error) {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.applier == nil {
