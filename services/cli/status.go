@@ -144,13 +144,18 @@ func printStatus(w io.Writer, st ClusterStatus) {
 		txid, lag, repl := "-", "-", "-"
 		if a := n.Apply; a != nil && n.Role != schema.RoleLeader {
 			txid = fmt.Sprintf("%d/%d", a.Epoch, a.TXID)
-			lag = fmt.Sprintf("%dms %d tx", a.LagMs, a.LagTXIDs)
-			if a.LagTXIDs < 0 {
-				lag = "new epoch pending"
+			lag = fmt.Sprintf("%dms %d tx %s", a.LagMs, a.LagTXIDs, mib(a.LagBytes))
+			if a.LagTXIDs < 0 || a.LagBytes < 0 {
+				lag = "full copy in flight"
 			}
 			repl = a.State
-			if a.Error != "" {
+			switch {
+			case a.State == schema.ApplyBehindRetention:
+				repl = "BEHIND RETENTION (re-bootstrapping)"
+			case a.Error != "":
 				repl = "FAILED: " + a.Error
+			case !a.Complete && a.StreamSeq > 0:
+				repl += " (no complete database yet)"
 			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%.1fs ago\t%s\n", n.ID, n.Role, n.Epoch, txid, lag, repl,
@@ -177,3 +182,4 @@ func storageCell(s *schema.StorageStatus) string {
 		return fmt.Sprintf("%s %d files %s", s.State, s.Files, mib(s.Bytes))
 	}
 }
+

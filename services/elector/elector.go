@@ -34,6 +34,7 @@ type Elector struct {
 	cluster, node, version string
 	ttl, heartbeat, lease  time.Duration
 	replicas, maxLag       int
+	maxLagBytes            int
 	storageSync            time.Duration // how long a promotion waits for the storage mirror
 	resumeReady            bool          // the leader record found at start says this node served
 
@@ -85,6 +86,7 @@ func New(env daemon.Env) (*Elector, error) {
 		lease:       c.Election.LeaderTTL() - c.Election.SafetyMargin(),
 		replicas:    c.NATS.Replicas,
 		maxLag:      c.Election.MaxLagTXIDs,
+		maxLagBytes: c.Election.MaxLagBytes,
 		storageSync: c.Storage.SyncTimeout(),
 		nc:          env.NC,
 		js:          js,

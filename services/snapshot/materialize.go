@@ -104,7 +104,7 @@ func (d *Daemon) passiveAvailable(ctx context.Context) bool {
 			continue
 		}
 		var st schema.ApplyStatus
-		if json.Unmarshal(ent.Value(), &st) == nil && st.Node != d.cfg.NodeID && st.State == "following" &&
+		if json.Unmarshal(ent.Value(), &st) == nil && st.Node != d.cfg.NodeID && st.State == schema.ApplyFollowing && st.Complete &&
 			st.LagTXIDs >= 0 && st.LagTXIDs <= int64(d.cfg.Election.MaxLagTXIDs) {
 			avail = true
 		}

@@ -28,8 +28,10 @@ func newMetrics(reg prometheus.Registerer, d *Daemon) *metrics {
 			func() float64 { return float64(status().Seq) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ccm_walapply_lag_seconds", Help: "Age of the applied position relative to the newest change in the stream."},
 			func() float64 { return float64(status().LagMs) / 1000 }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ccm_walapply_lag_txids", Help: "TXIDs of the current epoch not yet applied (-1: epoch change pending)."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ccm_walapply_lag_txids", Help: "TXIDs of the chain not yet applied (-1: a full copy is in flight)."},
 			func() float64 { return float64(status().LagTXIDs) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ccm_walapply_lag_bytes", Help: "Bytes of LTX in the stream (a file in flight counted whole) not yet applied (-1: a full copy is in flight)."},
+			func() float64 { return float64(status().LagBytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ccm_walapply_healthy", Help: "1 while replication runs without a refused message."},
 			func() float64 {
 				if d.Healthy() == nil {

@@ -2,10 +2,9 @@ package walapply
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
@@ -20,20 +19,22 @@ func (d *Daemon) Status() any {
 	st.Node = d.cfg.NodeID
 	switch {
 	case d.left:
-		st.State = "left"
+		st.State = schema.ApplyLeft
 	case d.released:
-		st.State = "released"
+		st.State = schema.ApplyReleased
+	case d.behind != nil:
+		st.State, st.Error = schema.ApplyBehindRetention, d.behind.Error()
 	case d.failed != nil:
-		st.State, st.Error = "failed", d.failed.Error()
+		st.State, st.Error = schema.ApplyFailed, d.failed.Error()
 	case d.paused:
-		st.State = "paused"
+		st.State = schema.ApplyPaused
 	case d.following:
-		st.State = "following"
+		st.State = schema.ApplyFollowing
 	default:
-		st.State = "idle"
+		st.State = schema.ApplyIdle
 	}
 	if d.applier != nil {
-		st.Epoch, st.TXID, st.Seq = d.pos.Epoch, uint64(d.pos.TXID), d.consumed
+		st.Epoch, st.TXID, st.Seq, st.Complete = d.pos.Epoch, uint64(d.pos.TXID), d.consumed, d.pos.Complete()
 	}
 	return st
 }
@@ -53,7 +54,8 @@ func (d *Daemon) publish(ctx context.Context) error {
 	return nil
 }
 
-// refreshLag compares the applied position with the stream's newest message.
+// refreshLag compares the applied position with the stream's newest
+// message, and notices a position that aged out of the stream.
 func (d *Daemon) refreshLag(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
@@ -63,36 +65,36 @@ func (d *Daemon) refreshLag(ctx context.Context) {
 	if s == nil {
 		return // still starting
 	}
-	m, err := s.GetLastMsgForSubject(ctx, walstream.Subject(d.cfg.ClusterID))
+	info, err := s.Info(ctx)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			d.mu.Lock()
-			d.status.StreamSeq, d.status.LagMs, d.status.LagTXIDs = 0, 0, 0
-			d.mu.Unlock()
-		}
 		return
 	}
-	meta, err := walstream.ParseMeta(m.Header)
+	last, meta, err := walstream.Last(ctx, s)
 	if err != nil {
 		return
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.applier == nil {
+	st := &d.status
+	st.StreamSeq, st.LagMs, st.LagTXIDs, st.LagBytes = last, 0, 0, 0
+	if d.applier == nil || d.consumed >= last {
 		return
+	}
+	if first := info.State.FirstSeq; d.consumed+1 < first && d.behind == nil && !d.released && !d.left {
+		d.behind = fmt.Errorf("the next message (sequence %d) is no longer in the WAL stream, which starts at %d", d.consumed+1, first)
+		d.log.Warn("replication behind retention: re-bootstrapping from the newest snapshot", "err", d.behind)
+		d.poke()
 	}
 	p := d.pos
-	st := &d.status
-	st.StreamSeq = m.Sequence
-	st.LagMs, st.LagTXIDs = 0, 0
-	if d.consumed >= m.Sequence {
-		return
-	}
 	switch {
-	case meta.Epoch != p.Epoch:
-		st.LagTXIDs = -1
-	case meta.Kind == walstream.KindLTX:
-		st.LagTXIDs = int64(meta.MaxTXID) - int64(p.TXID)
+	case meta.Kind == walstream.KindLTX && meta.Chain == p.Chain && p.Chain != 0:
+		st.LagTXIDs = max(0, int64(meta.MaxTXID)-int64(p.TXID))
+		st.LagBytes = max(0, meta.End-p.Bytes)
+	case meta.Kind == walstream.KindMarker && meta.Base != nil && meta.Base.Chain == p.Chain && p.Chain != 0:
+		st.LagTXIDs = max(0, int64(meta.Base.TXID)-int64(p.TXID))
+		st.LagBytes = max(0, meta.Base.End-p.Bytes)
+	default: // another chain: a full copy is in flight, or the shadow predates chains
+		st.LagTXIDs, st.LagBytes = -1, -1
 	}
 	if meta.Kind == walstream.KindLTX && !p.Captured.IsZero() {
 		st.LagMs = max(0, meta.Captured.Sub(p.Captured).Milliseconds())

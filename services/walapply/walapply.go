@@ -52,20 +52,22 @@ type Daemon struct {
 	// position cached under it, so they never wait for an apply.
 	applyMu sync.Mutex
 
-	mu        sync.Mutex
-	shadow    *replica.Shadow  // set under applyMu and mu
-	applier   *replica.Applier // set under applyMu and mu
-	pos       replica.Position // the applier's position after its last message
-	consumed  uint64           // the applier's last stream sequence handled
-	failed    error  // apply refused or the shadow is unusable: resync needed
-	paused    bool   // drained, for promotion; resumed by the resume endpoint
-	drainTo   uint64 // pause once this stream sequence is consumed
-	following bool
-	left      bool // ccm leave: stopped, status key removed
-	released  bool // the shadow was handed to ccm-backend on promotion
-	leading   bool // the node led at the last look
-	status    schema.ApplyStatus
-	loopAt    time.Time
+	mu             sync.Mutex
+	shadow         *replica.Shadow  // set under applyMu and mu
+	applier        *replica.Applier // set under applyMu and mu
+	pos            replica.Position // the applier's position after its last message
+	consumed       uint64           // the applier's last stream sequence handled
+	failed         error            // apply refused or the shadow is unusable: resync needed
+	behind         error            // the next message aged out of the stream: re-bootstrap
+	retryBootstrap time.Time
+	paused         bool   // drained, for promotion; resumed by the resume endpoint
+	drainTo        uint64 // pause once this stream sequence is consumed
+	following      bool
+	left           bool // ccm leave: stopped, status key removed
+	released       bool // the shadow was handed to ccm-backend on promotion
+	leading        bool // the node led at the last look
+	status         schema.ApplyStatus
+	loopAt         time.Time
 }
 
 var _ daemon.Daemon = (*Daemon)(nil)
@@ -194,7 +196,17 @@ func (d *Daemon) control(ctx context.Context, roles *rolewatch.Tracker) error {
 			d.mu.Unlock()
 		}
 		d.mu.Lock()
-		want := roles.Settled(time.Now()) && !leading && !d.paused && !d.left && !d.released && d.failed == nil && d.applier != nil
+		behind := d.behind != nil && !leading && !d.left && !d.released && time.Now().After(d.retryBootstrap)
+		d.mu.Unlock()
+		if behind {
+			if f != nil {
+				f.stop()
+				f = nil
+			}
+			d.rebootstrap(ctx)
+		}
+		d.mu.Lock()
+		want := roles.Settled(time.Now()) && !leading && !d.paused && !d.left && !d.released && d.failed == nil && d.behind == nil && d.applier != nil
 		d.loopAt = time.Now()
 		d.mu.Unlock()
 		if f != nil && f.ended() {
@@ -264,6 +276,8 @@ func (d *Daemon) follow(ctx context.Context) {
 	err := replica.Follow(ctx, d.js, d.cfg.ClusterID, from, d.handle)
 	switch {
 	case err == nil, errors.Is(err, errPaused), ctx.Err() != nil:
+	case errors.Is(err, replica.ErrGap) && d.agedOut(ctx):
+		// refreshLag recorded it: the control loop re-bootstraps.
 	case errors.Is(err, replica.ErrCorrupt), errors.Is(err, replica.ErrGap), errors.Is(err, replica.ErrChecksum),
 		errors.Is(err, replica.ErrStaleEpoch), errors.Is(err, replica.ErrDiverged):
 		d.fail(err)
@@ -276,6 +290,44 @@ func (d *Daemon) follow(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// agedOut measures the lag afresh and reports whether the next message
+// is no longer in the stream.
+func (d *Daemon) agedOut(ctx context.Context) bool {
+	d.refreshLag(ctx)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.behind != nil
+}
+
+// rebootstrap replaces a shadow that fell behind the stream's retention
+// with the newest snapshot. While that snapshot is older than the stream's
+// start too, it is tried again a minute later (ccm-snapshot takes new
+// ones); meanwhile the node stays behind retention, and ineligible.
+func (d *Daemon) rebootstrap(ctx context.Context) {
+	d.close()
+	snap, err := replica.Bootstrap(ctx, d.js, d.cfg.ClusterID, d.cfg.ShadowPath(), nil)
+	if oerr := d.open(ctx); err == nil {
+		err = oerr
+	}
+	d.mu.Lock()
+	d.behind = nil
+	d.mu.Unlock()
+	if err == nil && !d.agedOut(ctx) {
+		d.log.Info("re-bootstrapped the shadow database from a snapshot", "snapshot", snap.Name, "epoch", snap.Epoch, "txid", snap.TXID, "seq", snap.Seq)
+		return
+	}
+	if err == nil {
+		err = fmt.Errorf("the newest snapshot (%s, sequence %d) is older than the stream's first message", snap.Name, snap.Seq)
+	}
+	d.mu.Lock()
+	if d.behind == nil {
+		d.behind = fmt.Errorf("re-bootstrap: %w", err)
+	}
+	d.retryBootstrap = time.Now().Add(time.Minute)
+	d.mu.Unlock()
+	d.log.Warn("still behind the WAL stream's retention; re-bootstrapping again in a minute", "err", err)
 }
 
 func (d *Daemon) handle(m jetstream.Msg) error {
@@ -331,8 +383,8 @@ func (d *Daemon) Drain(ctx context.Context) (replica.Position, error) {
 		d.mu.Unlock()
 		return replica.Position{}, nil
 	}
-	if d.failed != nil {
-		err := d.failed
+	if d.failed != nil || d.behind != nil {
+		err := errors.Join(d.failed, d.behind)
 		d.mu.Unlock()
 		return replica.Position{}, fmt.Errorf("cannot drain: replication stopped: %w", err)
 	}

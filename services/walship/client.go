@@ -106,7 +106,7 @@ func (c *streamClient) WriteLTXFile(ctx context.Context, level int, minTXID, max
 		return nil, err
 	}
 	c.last = maxTXID
-	c.record(walstream.Base{Epoch: c.app.Epoch(), TXID: maxTXID, Checksum: meta.Post, Seq: c.app.LastSeq(), End: c.app.End()})
+	c.record(walstream.Base{Epoch: c.app.Epoch(), TXID: maxTXID, Checksum: meta.Post, Seq: c.app.LastSeq(), End: c.app.End(), Chain: c.app.Chain()})
 	if c.onWrite != nil {
 		c.onWrite(maxTXID, size)
 	}

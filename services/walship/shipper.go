@@ -97,7 +97,7 @@ func Open(ctx context.Context, js jetstream.JetStream, o ShipperOptions) (*Shipp
 	s.client.log = o.Log
 	if p.base.TXID != 0 {
 		// From now on a restart resumes this epoch from the marker.
-		s.client.record(walstream.Base{Epoch: o.Epoch, TXID: p.base.TXID, Checksum: p.base.Checksum, Seq: app.LastSeq(), End: app.End()})
+		s.client.record(walstream.Base{Epoch: o.Epoch, TXID: p.base.TXID, Checksum: p.base.Checksum, Seq: app.LastSeq(), End: app.End(), Chain: app.Chain()})
 	}
 	s.replica = litestream.NewReplicaWithClient(db, s.client)
 	s.replica.SyncInterval = o.Interval

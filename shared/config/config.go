@@ -67,6 +67,10 @@ type Election struct {
 	// MaxLagTXIDs is how far behind the WAL stream's end a passive may be
 	// and still campaign; promotion drains the rest before serving.
 	MaxLagTXIDs int `json:"maxLagTxids"`
+	// MaxLagBytes is the same bound in bytes of LTX not yet applied,
+	// counting a file still in flight whole: a promotion must apply it
+	// before serving.
+	MaxLagBytes int `json:"maxLagBytes"`
 }
 
 // WAL configures replication.
@@ -111,7 +115,7 @@ func Default() Config {
 	return Config{
 		NATS:     NATS{Servers: []string{"nats://127.0.0.1:4222"}, Replicas: 1},
 		VIP:      VIP{Netmask: 24, Interface: "eth0", ARPCount: 3, ARPRepeatMs: 2000},
-		Election: Election{LeaderTTLMs: 10000, HeartbeatIntervalMs: 3000, SafetyMarginMs: 1000, MaxLagTXIDs: 500},
+		Election: Election{LeaderTTLMs: 10000, HeartbeatIntervalMs: 3000, SafetyMarginMs: 1000, MaxLagTXIDs: 500, MaxLagBytes: 64 << 20},
 		WAL:      WAL{StreamRetention: "24h", SnapshotIntervalMs: 3600000, ReplicaPath: "/var/lib/convex/replica", CaptureIntervalMs: 20, SnapshotKeep: 3},
 		Backend: Backend{
 			ServiceName:    "convex-backend",

@@ -59,6 +59,7 @@ func (c *Config) fields() []field {
 		{path: "election.heartbeatIntervalMs", num: &c.Election.HeartbeatIntervalMs, usage: "lease renewal interval in ms"},
 		{path: "election.safetyMarginMs", num: &c.Election.SafetyMarginMs, usage: "a leader that cannot renew steps down this long before the lease expires, in ms"},
 		{path: "election.maxLagTxids", num: &c.Election.MaxLagTXIDs, usage: "a passive more than this many TXIDs behind the WAL stream does not campaign"},
+		{path: "election.maxLagBytes", num: &c.Election.MaxLagBytes, usage: "a passive more than this many bytes of LTX behind the WAL stream (a file in flight counted whole) does not campaign"},
 		{path: "wal.streamRetention", str: &c.WAL.StreamRetention, usage: "how long the WAL stream keeps changes (Go duration)"},
 		{path: "wal.snapshotIntervalMs", num: &c.WAL.SnapshotIntervalMs, usage: "interval between full snapshots in ms"},
 		{path: "wal.snapshotKeep", num: &c.WAL.SnapshotKeep, usage: "snapshots kept in the Object Store (1-100)"},

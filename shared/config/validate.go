@@ -97,6 +97,9 @@ func (c Config) Validate() error {
 	if e.MaxLagTXIDs < 0 {
 		bad("election.maxLagTxids", e.MaxLagTXIDs, "must be 0 or more")
 	}
+	if e.MaxLagBytes < 0 {
+		bad("election.maxLagBytes", e.MaxLagBytes, "must be 0 or more")
+	}
 	if d, err := time.ParseDuration(c.WAL.StreamRetention); err != nil || d < time.Minute {
 		bad("wal.streamRetention", c.WAL.StreamRetention, "must be a Go duration of at least 1m, such as 24h")
 	}

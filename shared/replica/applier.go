@@ -112,9 +112,9 @@ func (a *Applier) Handle(seq uint64, h nats.Header, data []byte) error {
 				return fmt.Errorf("%w: epoch %d at sequence %d continues from TXID %d (checksum %s, epoch %d), the shadow is at TXID %d (checksum %s, epoch %d)",
 					ErrChecksum, m.Epoch, seq, b.TXID, b.Checksum, b.Epoch, pos.TXID, pos.Checksum, pos.Epoch)
 			}
-			next.Bytes = b.End
+			next.Bytes, next.Chain = b.End, b.Chain
 		} else {
-			next.TXID, next.Bytes = 0, 0 // a full copy follows
+			next.TXID, next.Bytes, next.Chain = 0, 0, seq // a full copy starts a chain
 		}
 		if err := a.shadow.SetPosition(next); err != nil {
 			return err
@@ -180,7 +180,7 @@ func (a *Applier) applyJournal(seq uint64, m walstream.Meta) error {
 		return fmt.Errorf("%w: sequence %d announces TXID %d-%d but holds %d-%d", ErrCorrupt, seq, m.MinTXID, m.MaxTXID, hdr.MinTXID, hdr.MaxTXID)
 	}
 	next := Position{Epoch: m.Epoch, TXID: hdr.MaxTXID, Seq: seq, Captured: m.Captured, Checksum: m.Post, Bytes: m.End,
-		PageSize: hdr.PageSize}
+		Chain: m.Chain, PageSize: hdr.PageSize}
 	if hdr.IsSnapshot() {
 		if pos.PageSize == hdr.PageSize && m.Post == pos.Checksum && pos.Checksum != 0 {
 			// The new epoch starts from exactly our content: nothing to write.

@@ -28,7 +28,8 @@ type Position struct {
 	Captured time.Time    `json:"captured,omitzero"` // leader capture time of the last applied file
 	// Bytes is the chain bytes applied (walstream.Meta.End of the last
 	// file): the stream's end minus Bytes is the lag in bytes.
-	Bytes int64 `json:"bytes,omitempty"`
+	Bytes int64  `json:"bytes,omitempty"`
+	Chain uint64 `json:"chain,omitempty"` // the chain Bytes counts in (walstream.Meta.Chain)
 }
 
 // Complete reports whether the shadow holds a whole database: one that
@@ -38,7 +39,7 @@ func (p Position) Complete() bool { return p.PageSize != 0 }
 // Base is the chain position the shadow is at, as a new writer names it
 // when it continues the chain from this database.
 func (p Position) Base() walstream.Base {
-	return walstream.Base{Epoch: p.Epoch, TXID: p.TXID, Checksum: p.Checksum, Seq: p.Seq, End: p.Bytes}
+	return walstream.Base{Epoch: p.Epoch, TXID: p.TXID, Checksum: p.Checksum, Seq: p.Seq, End: p.Bytes, Chain: p.Chain}
 }
 
 // Shadow is the passive's copy of the database: a plain page image written

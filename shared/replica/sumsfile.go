@@ -19,12 +19,12 @@ import (
 // the database it ships. A new or restarted ccm-walship continues the
 // chain from it instead of shipping a full copy.
 //
-// Layout: a 64-byte header (magic, epoch, TXID, checksum, stream sequence,
-// page size, pages, chain bytes, source), then 8 bytes per page,
+// Layout: a 72-byte header (magic, epoch, TXID, checksum, stream sequence,
+// page size, pages, chain bytes, source, chain), then 8 bytes per page,
 // big-endian.
 const (
 	sumsMagic  = "CCMPSUM1"
-	sumsHeader = 64
+	sumsHeader = 72
 )
 
 // SumsPath is the page-sums file of the database at dbPath.
@@ -52,6 +52,7 @@ func encodeSumsHeader(b walstream.Base, p *PageSums, source byte) []byte {
 	binary.BigEndian.PutUint32(h[44:], p.Pages())
 	binary.BigEndian.PutUint64(h[48:], uint64(b.End))
 	h[56] = source
+	binary.BigEndian.PutUint64(h[64:], b.Chain)
 	return h
 }
 
@@ -98,6 +99,7 @@ func ReadSums(path string) (Sums, error) {
 		Checksum: ltx.Checksum(binary.BigEndian.Uint64(b[24:])),
 		Seq:      binary.BigEndian.Uint64(b[32:]),
 		End:      int64(binary.BigEndian.Uint64(b[48:])),
+		Chain:    binary.BigEndian.Uint64(b[64:]),
 	}
 	p := PageSums{pageSize: binary.BigEndian.Uint32(b[40:])}
 	pages := int(binary.BigEndian.Uint32(b[44:]))

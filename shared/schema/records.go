@@ -84,11 +84,29 @@ type ApplyStatus struct {
 	LagMs int64 `json:"lagMs"`
 	// LagTXIDs is how many TXIDs of the current epoch are not applied yet
 	// (-1 when the stream's newest change is from another epoch).
-	LagTXIDs  int64     `json:"lagTxids"`
-	State     string    `json:"state"` // following, paused, failed, idle
+	LagTXIDs int64 `json:"lagTxids"`
+	// LagBytes is how many bytes of LTX the stream holds (or, for a file
+	// still being appended, will hold) beyond the applied position; -1
+	// when it cannot be told (a full copy of another chain is in flight).
+	LagBytes int64 `json:"lagBytes"`
+	// Complete is true once the shadow has held a whole database: an
+	// incomplete one is never eligible.
+	Complete  bool      `json:"complete"`
+	State     string    `json:"state"` // ApplyFollowing, ApplyBehindRetention, ...
 	Error     string    `json:"error,omitempty"`
 	UpdatedAt time.Time `json:"updatedAt"`
 }
+
+// States of a passive's replication (ApplyStatus.State).
+const (
+	ApplyFollowing       = "following"
+	ApplyPaused          = "paused"           // drained for a promotion
+	ApplyReleased        = "released"         // the shadow became the leader's database
+	ApplyFailed          = "failed"           // a message was refused (Error says why)
+	ApplyBehindRetention = "behind retention" // the next message aged out of the stream: re-bootstrapping
+	ApplyLeft            = "left"
+	ApplyIdle            = "idle"
+)
 
 // States of a node's storage replication (StorageStatus.State).
 const (

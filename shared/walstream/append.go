@@ -22,6 +22,7 @@ type Appender struct {
 	node    string
 	lastSeq atomic.Uint64 // written by the appending goroutine, read by status
 	end     atomic.Int64  // chain bytes appended (Meta.End of the last file)
+	chain   uint64        // the chain appended to (Meta.Chain)
 	fenced  error
 }
 
@@ -46,6 +47,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cluster, node string, epo
 		a.lastSeq.Store(last)
 		err = a.publish(ctx, Meta{Kind: KindMarker, Epoch: epoch, Node: node, Reason: reason}, nil)
 		if err == nil {
+			a.chain = a.lastSeq.Load() // a full copy starts a chain
 			return a, nil
 		}
 		if !errors.Is(err, ErrFenced) {
@@ -82,6 +84,7 @@ func Continue(ctx context.Context, js jetstream.JetStream, cluster, node string,
 	a := &Appender{js: js, subject: Subject(cluster), epoch: epoch, node: node}
 	a.lastSeq.Store(tail)
 	a.end.Store(base.End)
+	a.chain = base.Chain
 	if err := a.publish(ctx, Meta{Kind: KindMarker, Epoch: epoch, Node: node, Base: &base}, nil); err != nil {
 		if errors.Is(err, ErrFenced) {
 			return nil, fmt.Errorf("%w: %w", ErrBaseMoved, err)
@@ -123,11 +126,14 @@ func (a *Appender) LastSeq() uint64 { return a.lastSeq.Load() }
 // End is the chain bytes appended so far: the End of the last file.
 func (a *Appender) End() int64 { return a.end.Load() }
 
+// Chain is the chain appended to: the sequence of its full copy's marker.
+func (a *Appender) Chain() uint64 { return a.chain }
+
 // AppendLTX streams one LTX file of size bytes from r in chunks; m gives
 // its TXID range, checksums and capture time.
 func (a *Appender) AppendLTX(ctx context.Context, m Meta, r io.Reader, size int64) error {
 	m.Kind, m.Epoch, m.Node = KindLTX, a.epoch, a.node
-	m.End = a.end.Load() + size
+	m.End, m.Chain = a.end.Load()+size, a.chain
 	buf := make([]byte, ChunkSize)
 	for i := 0; ; i++ {
 		n, err := io.ReadFull(r, buf)

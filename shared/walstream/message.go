@@ -22,6 +22,7 @@ const (
 	HdrLast   = "Ccm-Last"          // "1" on the last chunk of an LTX file
 	HdrCommit = "Ccm-Commit-Ms"     // leader's wall clock when the change was captured (unix ms)
 	HdrEnd    = "Ccm-End"           // chain bytes (LTX bytes since the last full copy) at the end of this chunk's file
+	HdrChain  = "Ccm-Chain"         // the chain: stream sequence of the marker of its full copy
 
 	// A marker that continues the chain names its base: the position of
 	// the chain that the new writer's database is at. Without them the
@@ -31,6 +32,7 @@ const (
 	HdrBaseSum   = "Ccm-Base-Checksum"
 	HdrBaseSeq   = "Ccm-Base-Seq"
 	HdrBaseEnd   = "Ccm-Base-End"
+	HdrBaseChain = "Ccm-Base-Chain"
 	HdrReason    = "Ccm-Full-Copy-Reason" // on a marker without a base: why
 )
 
@@ -43,6 +45,7 @@ type Base struct {
 	Checksum ltx.Checksum `json:"checksum"`
 	Seq      uint64       `json:"seq"`
 	End      int64        `json:"end"`
+	Chain    uint64       `json:"chain"`
 }
 
 // Kinds of WAL messages.
@@ -66,7 +69,8 @@ type Meta struct {
 	Chunk    int
 	Last     bool
 	Captured time.Time
-	End      int64 // chain bytes at the end of the file (LTX chunks)
+	End      int64  // chain bytes at the end of the file (LTX chunks)
+	Chain    uint64 // the chain the file belongs to (LTX chunks); End counts from its start
 	// Base is the chain position a marker continues from; nil when the
 	// epoch starts with a full copy, for the reason in Reason.
 	Base   *Base
@@ -85,6 +89,7 @@ func (m Meta) Header() nats.Header {
 		h.Set(HdrBaseSum, m.Base.Checksum.String())
 		h.Set(HdrBaseSeq, strconv.FormatUint(m.Base.Seq, 10))
 		h.Set(HdrBaseEnd, strconv.FormatInt(m.Base.End, 10))
+		h.Set(HdrBaseChain, strconv.FormatUint(m.Base.Chain, 10))
 	} else if m.Kind == KindMarker && m.Reason != "" {
 		h.Set(HdrReason, m.Reason)
 	}
@@ -99,6 +104,7 @@ func (m Meta) Header() nats.Header {
 		}
 		h.Set(HdrCommit, strconv.FormatInt(m.Captured.UnixMilli(), 10))
 		h.Set(HdrEnd, strconv.FormatInt(m.End, 10))
+		h.Set(HdrChain, strconv.FormatUint(m.Chain, 10))
 	}
 	return h
 }
@@ -146,6 +152,9 @@ func ParseMeta(h nats.Header) (Meta, error) {
 			return m, err
 		}
 		b.End = int64(v)
+		if b.Chain, err = num(HdrBaseChain); err != nil {
+			return m, err
+		}
 		if b.TXID == 0 || b.Epoch > m.Epoch {
 			return m, fmt.Errorf("marker of epoch %d: base epoch %d TXID %d is invalid", m.Epoch, b.Epoch, b.TXID)
 		}
@@ -183,6 +192,9 @@ func ParseMeta(h nats.Header) (Meta, error) {
 			return m, err
 		}
 		m.End = int64(v)
+		if m.Chain, err = num(HdrChain); err != nil {
+			return m, err
+		}
 	}
 	return m, nil
 }
