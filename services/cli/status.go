@@ -182,4 +182,3 @@ func storageCell(s *schema.StorageStatus) string {
 		return fmt.Sprintf("%s %d files %s", s.State, s.Files, mib(s.Bytes))
 	}
 }
-

@@ -25,13 +25,13 @@ func TestLagEligible(t *testing.T) {
 		{"empty stream, empty shadow", schema.ApplyStatus{State: schema.ApplyFollowing}, "", 0},
 		{"never held a whole database", with(func(s *schema.ApplyStatus) { s.Complete = false }), "never held a complete database", 0},
 		{"full copy in flight", with(func(s *schema.ApplyStatus) { s.LagTXIDs, s.LagBytes = -1, -1 }), "full copy", 0},
-		{"one large file in flight", with(func(s *schema.ApplyStatus) { s.LagTXIDs, s.LagBytes = 1, 500 << 20 }), "bytes behind", 0},
+		{"one large file in flight", with(func(s *schema.ApplyStatus) { s.LagTXIDs, s.LagBytes = 1, 500<<20 }), "bytes behind", 0},
 		{"too many TXIDs", with(func(s *schema.ApplyStatus) { s.LagTXIDs = 501 }), "TXIDs behind", 0},
 		{"behind retention", with(func(s *schema.ApplyStatus) {
 			s.State, s.Error = schema.ApplyBehindRetention, "the next message (sequence 5) is no longer in the WAL stream"
 		}), "retention", 0},
 		{"failed", with(func(s *schema.ApplyStatus) { s.State, s.Error = schema.ApplyFailed, "gap" }), "replication failed", 0},
-		{"ranked by lag", with(func(s *schema.ApplyStatus) { s.LagTXIDs, s.LagBytes = 10, 3 << 20 }), "", 50 * time.Millisecond},
+		{"ranked by lag", with(func(s *schema.ApplyStatus) { s.LagTXIDs, s.LagBytes = 10, 3<<20 }), "", 50 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
