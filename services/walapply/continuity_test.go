@@ -32,15 +32,26 @@ func (e *env) streamBytes(t *testing.T) uint64 {
 // grow adds about mib MiB of incompressible rows in transactions of 8 MiB.
 func grow(t *testing.T, path string, mib int) {
 	t.Helper()
+	growBy(t, path, mib, 8)
+}
+
+// growTx adds about mib MiB of incompressible rows in one transaction.
+func growTx(t *testing.T, path string, mib int) {
+	t.Helper()
+	growBy(t, path, mib, mib)
+}
+
+func growBy(t *testing.T, path string, mib, perTx int) {
+	t.Helper()
 	db := openDB(t, writerDSN(path))
 	defer db.Close()
 	blob := make([]byte, 64<<10)
-	for done := 0; done < mib; done += 8 {
+	for done := 0; done < mib; done += perTx {
 		tx, err := db.Begin()
 		if err != nil {
 			t.Fatal(err)
 		}
-		for range 128 {
+		for range perTx * 16 {
 			rand.Read(blob)
 			if _, err := tx.Exec(`INSERT INTO docs (body, blob) VALUES ('big', ?)`, blob); err != nil {
 				t.Fatal(err)

@@ -27,6 +27,7 @@ const cluster = "rt"
 
 type env struct {
 	js     jetstream.JetStream
+	url    string // of the NATS server
 	dbPath string
 	dir    string
 }
@@ -43,7 +44,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	e := &env{js: js, dir: dir, dbPath: filepath.Join(dir, "leader", "db.sqlite3")}
+	e := &env{js: js, url: srv.ClientURL(), dir: dir, dbPath: filepath.Join(dir, "leader", "db.sqlite3")}
 	os.MkdirAll(filepath.Dir(e.dbPath), 0o755)
 	// Like the real backend: created with no pragmas, rollback journal.
 	db := openDB(t, e.dbPath)

@@ -1,0 +1,188 @@
+package walapply_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/convex-cluster-manager/ccm/shared/replica"
+)
+
+// TestMain lets the test binary act as a bare applier process (the code
+// ccm-walapply runs), so that a test can kill -9 it at any point.
+func TestMain(m *testing.M) {
+	if url := os.Getenv("CCM_APPLY_CHILD_NATS"); url != "" {
+		if err := applyChild(url, os.Getenv("CCM_APPLY_CHILD_DB")); err != nil {
+			fmt.Fprintln(os.Stderr, "apply child:", err)
+			os.Exit(3)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// applyChild follows the stream into the shadow at path until killed.
+func applyChild(url, path string) error {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	sh, err := replica.OpenShadow(path)
+	if err != nil {
+		return err
+	}
+	ap, err := replica.NewApplier(sh)
+	if err != nil {
+		return err
+	}
+	return replica.Follow(context.Background(), js, cluster, ap.Consumed()+1, func(m jetstream.Msg) error {
+		md, err := m.Metadata()
+		if err != nil {
+			return err
+		}
+		return ap.Handle(md.Sequence.Stream, m.Headers(), m.Data())
+	})
+}
+
+// readPosition reads a shadow's recorded position (zero if none yet).
+func readPosition(t *testing.T, path string) replica.Position {
+	t.Helper()
+	var p replica.Position
+	b, err := os.ReadFile(path + ".ccm-position")
+	if errors.Is(err, os.ErrNotExist) {
+		return p
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &p); err != nil {
+		t.Fatalf("position file: %v", err)
+	}
+	return p
+}
+
+// TestApplyKilledMidFileRecovers kills the applier with SIGKILL at random
+// points while it assembles and applies one large multi-chunk file: every
+// restart must continue by itself, never refusing a message, and end with
+// the leader's content.
+func TestApplyKilledMidFileRecovers(t *testing.T) {
+	size := 96 // MiB in one transaction
+	if testing.Short() {
+		size = 24
+	}
+	e := newEnv(t)
+	s := e.ship(t, 1)
+	growTx(t, e.dbPath, size)
+	if _, err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// And a small file after it, so that finishing the large one is not
+	// the end: a restart must continue after it, not before.
+	w := openDB(t, writerDSN(e.dbPath))
+	mustExec(t, w, `INSERT INTO docs (body) VALUES ('after the large transaction')`)
+	w.Close()
+	target, err := s.Flush(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	shadow := filepath.Join(e.dir, "killed", "db.sqlite3")
+	seed := uint64(time.Now().UnixNano())
+	rng := rand.New(rand.NewPCG(seed, seed))
+	t.Logf("seed %d, %d MiB transaction, target TXID %d", seed, size, target)
+	start := func() (*exec.Cmd, *bytes.Buffer) {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), "CCM_APPLY_CHILD_NATS="+e.url, "CCM_APPLY_CHILD_DB="+shadow)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd, &stderr
+	}
+	midFile, midApply := 0, 0
+	for kill := 0; kill < 12; kill++ {
+		cmd, stderr := start()
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		// Every other kill waits for the pages of a verified file to be
+		// written (its apply record exists), the others land anywhere.
+		wait := time.After(time.Duration(50+rng.IntN(1500)) * time.Millisecond)
+		if kill%2 == 1 {
+			wait = appearing(shadow+".ccm-incoming.apply", 5*time.Second)
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("applier exited by itself (%v) after %d kills: %s", err, kill, stderr)
+		case <-wait:
+		}
+		cmd.Process.Kill()
+		<-exited
+		p := readPosition(t, shadow)
+		_, journal := os.Stat(shadow + ".ccm-incoming")
+		if p.TXID < target && journal == nil {
+			midFile++
+		}
+		if _, err := os.Stat(shadow + ".ccm-incoming.apply"); err == nil {
+			midApply++
+		}
+		if p.TXID >= target {
+			break
+		}
+	}
+	// A last start must finish by itself.
+	cmd, stderr := start()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop := sync.OnceFunc(func() { cmd.Process.Kill(); <-exited })
+	defer stop()
+	deadline := time.Now().Add(2 * time.Minute)
+	for readPosition(t, shadow).TXID < target {
+		select {
+		case err := <-exited:
+			exited <- err // for stop
+			t.Fatalf("applier exited by itself (%v): %s", err, stderr)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("applier at %+v, want TXID %d", readPosition(t, shadow), target)
+		}
+	}
+	t.Logf("%d kills landed while a file was being assembled or applied, %d while its pages were written", midFile, midApply)
+	if midFile == 0 || midApply == 0 {
+		t.Fatalf("no kill landed mid-file: the test proved nothing (seed %d)", seed)
+	}
+	stop()
+	assertSame(t, e.dbPath, shadow)
+}
+
+// appearing fires once path exists, or after limit.
+func appearing(path string, limit time.Duration) <-chan time.Time {
+	c := make(chan time.Time, 1)
+	go func() {
+		deadline := time.Now().Add(limit)
+		for time.Now().Before(deadline) {
+			if _, err := os.Stat(path); err == nil {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		c <- time.Now()
+	}()
+	return c
+}
