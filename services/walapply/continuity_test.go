@@ -82,8 +82,9 @@ func promote(t *testing.T, r *follower, dbPath string) {
 }
 
 // TestLeaderChangeContinuesTheChain: a switchover to a caught-up passive and
-// a walship restart add no copy of the database to the stream, and the
-// other passive follows both without one.
+// a walship restart add no copy of the database to the stream; the other
+// passive follows both without one, and the demoted leader continues from
+// its own database.
 func TestLeaderChangeContinuesTheChain(t *testing.T) {
 	size := 256 // MiB
 	if testing.Short() {
@@ -102,6 +103,15 @@ func TestLeaderChangeContinuesTheChain(t *testing.T) {
 	if err := old.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	// The demoted leader's own database becomes its shadow: no download.
+	pos, err := replica.Adopt(context.Background(), e.dbPath, filepath.Join(e.dir, "n1", "db.sqlite3"))
+	if err != nil {
+		t.Fatalf("adopt the demoted leader's database: %v", err)
+	}
+	if pos.TXID != txid {
+		t.Fatalf("adopted at TXID %d, the leader shipped %d", pos.TXID, txid)
+	}
+	n1 := e.follow(t, "n1")
 
 	// Switchover: n2's drained shadow becomes the leader's database.
 	before := e.streamBytes(t)
@@ -122,10 +132,12 @@ func TestLeaderChangeContinuesTheChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	n3.waitTXID(t, 2, uint64(txid))
+	n1.waitTXID(t, 2, uint64(txid))
 	if grown := e.streamBytes(t) - before; grown > 1<<20 {
 		t.Fatalf("the switchover added %d bytes to the stream, want at most 1 MiB beyond the changes", grown)
 	}
 	assertSame(t, newDB, n3.shadow.Path())
+	assertSame(t, newDB, n1.shadow.Path())
 
 	// A walship restart within the epoch resumes.
 	if err := s.Close(context.Background()); err != nil {

@@ -113,6 +113,24 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
+// adopt makes the database this node led with its shadow, when that
+// database is exactly what it shipped last: a demoted leader then
+// continues from there instead of downloading a snapshot (open's
+// bootstrap, which follows when adopt did not).
+func (d *Daemon) adopt(ctx context.Context) {
+	if replica.Exists(d.cfg.ShadowPath()) {
+		return
+	}
+	start := time.Now()
+	pos, err := replica.Adopt(ctx, d.cfg.Backend.DBPath(), d.cfg.ShadowPath())
+	if err != nil {
+		d.log.Info("the database this node led with cannot become its shadow: bootstrapping from a snapshot", "reason", err)
+		return
+	}
+	d.log.Info("the database this node led with is its shadow again", "epoch", pos.Epoch, "txid", pos.TXID, "seq", pos.Seq,
+		"took", time.Since(start).Round(time.Millisecond))
+}
+
 // open opens the shadow database; a node without one first bootstraps it
 // from the newest snapshot, if there is one (otherwise it replays the
 // stream from its start).
@@ -188,6 +206,7 @@ func (d *Daemon) control(ctx context.Context, roles *rolewatch.Tracker) error {
 		reopen := demoted && d.released
 		d.mu.Unlock()
 		if reopen {
+			d.adopt(ctx)
 			if err := d.open(ctx); err != nil {
 				d.fail(err)
 			}
