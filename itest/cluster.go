@@ -3,12 +3,16 @@
 package itest
 
 import (
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
 
 // Cluster is three node containers, each a NATS cluster member with all
@@ -153,7 +157,7 @@ func WaitCaughtUp(t *testing.T, n *Node, nodes int, within time.Duration) {
 			if v.ID == st.Leader.Node {
 				continue
 			}
-			if v.Apply == nil || v.Apply.State != "following" || v.Apply.LagTXIDs != 0 || v.Apply.Epoch != st.Leader.Epoch {
+			if v.Apply == nil || v.Apply.State != schema.ApplyFollowing || v.Apply.LagTXIDs != 0 || v.Apply.LagBytes != 0 || v.Apply.Epoch != st.Leader.Epoch {
 				return false
 			}
 		}
@@ -310,4 +314,57 @@ func (c *Cluster) StorageFileSum(t *testing.T, path string) string {
 	t.Helper()
 	out := c.Client.Must(t, "sh", "-c", fmt.Sprintf("curl -sf -m 10 -o /tmp/down 'http://%s:3210/storage?f=%s' && sha256sum /tmp/down", c.VIP, path))
 	return strings.Fields(out)[0]
+}
+
+// WALStreamBytes is the WAL stream's size, as the NATS servers of nodes
+// (all, if none are named) report it: the largest of their replicas.
+func (c *Cluster) WALStreamBytes(t *testing.T, nodes ...*Node) uint64 {
+	t.Helper()
+	if len(nodes) == 0 {
+		nodes = c.Nodes
+	}
+	var most uint64
+	for _, n := range nodes {
+		code, out := n.Exec(t, "curl", "-sf", "-m", "5", "http://127.0.0.1:8222/jsz?accounts=true&streams=true")
+		if code != 0 {
+			continue
+		}
+		var jsz struct {
+			Accounts []struct {
+				Streams []struct {
+					Name  string `json:"name"`
+					State struct {
+						Bytes uint64 `json:"bytes"`
+					} `json:"state"`
+				} `json:"stream_detail"`
+			} `json:"account_details"`
+		}
+		if err := json.Unmarshal([]byte(out), &jsz); err != nil {
+			t.Fatalf("jsz of %s: %v", n.Name, err)
+		}
+		for _, a := range jsz.Accounts {
+			for _, s := range a.Streams {
+				if s.Name == walstream.Stream(c.Name) {
+					most = max(most, s.State.Bytes)
+				}
+			}
+		}
+	}
+	if most == 0 {
+		t.Fatal("no NATS server reports the WAL stream")
+	}
+	return most
+}
+
+// DBDigest is integrity_check and a SHA3 of the rows of tables writes and
+// big of the database at path on n: read in place when live (the leader's,
+// in WAL mode), from a copy otherwise (a shadow is a plain page image that
+// SQLite must not touch).
+func DBDigest(t *testing.T, n *Node, path string, live bool) string {
+	t.Helper()
+	q := `"PRAGMA integrity_check; SELECT hex(sha3_query('SELECT * FROM writes ORDER BY rowid; SELECT * FROM big ORDER BY rowid'));"`
+	if live {
+		return strings.TrimSpace(n.Must(t, "sh", "-c", "sqlite3 -cmd '.timeout 10000' "+path+" "+q))
+	}
+	return strings.TrimSpace(n.Must(t, "sh", "-c", "rm -f /tmp/digest.db* && cp "+path+" /tmp/digest.db && sqlite3 /tmp/digest.db "+q))
 }

@@ -203,3 +203,87 @@ func TestCluster(t *testing.T) {
 		c.WaitNATSRoutes(t, 60*time.Second)
 	})
 }
+
+// TestClusterLargeDatabase grows the database to a few hundred MiB and
+// checks that neither a switchover nor a leader crash ships a copy of it:
+// the WAL stream grows by the changes only, and every shadow ends equal to
+// the serving leader's database.
+func TestClusterLargeDatabase(t *testing.T) {
+	c := StartCluster(t, ClusterOptions{TTLMs: 3000, HeartbeatMs: 1000, MarginMs: 500})
+	const db, shadow = "/var/lib/convex/data/db.sqlite3", "/var/lib/convex/replica/db.sqlite3"
+	l := c.Leader(t)
+	// 256 MiB of incompressible rows in four transactions, written beside
+	// the running backend.
+	for range 4 {
+		l.Must(t, "sqlite3", "-cmd", ".timeout 30000", db, `CREATE TABLE IF NOT EXISTS big (b BLOB);
+WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 1024) INSERT INTO big SELECT randomblob(65536) FROM c;`)
+	}
+	c.WaitPassivesCaughtUp(t, 5*time.Minute)
+	sameEverywhere := func(leader *Node, passives ...*Node) {
+		t.Helper()
+		want := DBDigest(t, leader, db, true)
+		if !strings.HasPrefix(want, "ok\n") {
+			t.Fatalf("leader %s: %q", leader.Name, want)
+		}
+		for _, n := range passives {
+			if got := DBDigest(t, n, shadow, false); got != want {
+				t.Fatalf("%s's shadow %q, the leader's database %q", n.Name, got, want)
+			}
+		}
+	}
+	sameEverywhere(l, c.others(l)...)
+
+	t.Run("switchover ships no copy", func(t *testing.T) {
+		old := c.Leader(t)
+		target := c.others(old)[0]
+		before := c.WALStreamBytes(t)
+		out := old.Must(t, "ccm", "promote", "--node", target.Name)
+		t.Log(strings.TrimSpace(out))
+		c.WaitServing(t, target, 60*time.Second)
+		c.Client.Must(t, "curl", "-sf", "-XPOST", "http://"+c.VIP+":3210/write?v=after-switchover")
+		c.WaitPassivesCaughtUp(t, 2*time.Minute)
+		grown := c.WALStreamBytes(t) - before
+		t.Logf("switchover %s -> %s with a 256 MiB database: the WAL stream grew by %d bytes", old.Name, target.Name, grown)
+		if grown > 1<<20 {
+			t.Fatalf("the switchover added %d bytes to the WAL stream: a copy of the database", grown)
+		}
+		sameEverywhere(target, c.others(target)...)
+	})
+
+	t.Run("leader crash ships no copy", func(t *testing.T) {
+		old := c.Leader(t)
+		before := c.WALStreamBytes(t)
+		name, _ := old.C.Name(t.Context())
+		name = strings.TrimPrefix(name, "/")
+		if out, err := exec.Command("docker", "kill", name).CombinedOutput(); err != nil {
+			t.Fatalf("kill: %v %s", err, out)
+		}
+		next := c.WaitTakeover(t, old, 60*time.Second)
+		c.WaitServing(t, next, 60*time.Second)
+		c.Client.Must(t, "curl", "-sf", "-XPOST", "http://"+c.VIP+":3210/write?v=after-crash")
+		var live []*Node
+		for _, n := range c.Nodes {
+			if n != old {
+				live = append(live, n)
+			}
+		}
+		WaitCaughtUp(t, next, 2, 2*time.Minute)
+		grown := c.WALStreamBytes(t, live...) - before
+		t.Logf("leader %s killed, %s serves: the WAL stream grew by %d bytes", old.Name, next.Name, grown)
+		if grown > 1<<20 {
+			t.Fatalf("the failover added %d bytes to the WAL stream: a copy of the database", grown)
+		}
+		for _, n := range live {
+			if n != next {
+				sameEverywhere(next, n)
+			}
+		}
+		// The crashed node comes back and catches up.
+		if out, err := exec.Command("docker", "start", name).CombinedOutput(); err != nil {
+			t.Fatalf("restart: %v %s", err, out)
+		}
+		c.WaitNATSRoutes(t, 90*time.Second)
+		c.WaitPassivesCaughtUp(t, 5*time.Minute)
+		sameEverywhere(next, c.others(next)...)
+	})
+}
