@@ -359,12 +359,18 @@ func (c *Cluster) WALStreamBytes(t *testing.T, nodes ...*Node) uint64 {
 // DBDigest is integrity_check and a SHA3 of the rows of tables writes and
 // big of the database at path on n: read in place when live (the leader's,
 // in WAL mode), from a copy otherwise (a shadow is a plain page image that
-// SQLite must not touch).
-func DBDigest(t *testing.T, n *Node, path string, live bool) string {
+// SQLite must not touch). A copy taken while a file is applied may be torn:
+// the error is returned, for the caller to look again.
+func DBDigest(t *testing.T, n *Node, path string, live bool) (string, error) {
 	t.Helper()
 	q := `"PRAGMA integrity_check; SELECT hex(sha3_query('SELECT * FROM writes ORDER BY rowid; SELECT * FROM big ORDER BY rowid'));"`
+	cmd := "rm -f /tmp/digest.db* && cp " + path + " /tmp/digest.db && sqlite3 /tmp/digest.db " + q
 	if live {
-		return strings.TrimSpace(n.Must(t, "sh", "-c", "sqlite3 -cmd '.timeout 10000' "+path+" "+q))
+		cmd = "sqlite3 -cmd '.timeout 10000' " + path + " " + q
 	}
-	return strings.TrimSpace(n.Must(t, "sh", "-c", "rm -f /tmp/digest.db* && cp "+path+" /tmp/digest.db && sqlite3 /tmp/digest.db "+q))
+	code, out := n.Exec(t, "sh", "-c", cmd)
+	if code != 0 {
+		return "", fmt.Errorf("%s: digest of %s: exit %d: %s", n.Name, path, code, strings.TrimSpace(out))
+	}
+	return strings.TrimSpace(out), nil
 }

@@ -3,6 +3,7 @@
 package itest
 
 import (
+	"fmt"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -219,17 +220,32 @@ func TestClusterLargeDatabase(t *testing.T) {
 WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 1024) INSERT INTO big SELECT randomblob(65536) FROM c;`)
 	}
 	c.WaitPassivesCaughtUp(t, 5*time.Minute)
+	// sameEverywhere waits until every passive's shadow holds the leader's
+	// rows (the leader may still be shipping the last transaction).
 	sameEverywhere := func(leader *Node, passives ...*Node) {
 		t.Helper()
-		want := DBDigest(t, leader, db, true)
-		if !strings.HasPrefix(want, "ok\n") {
-			t.Fatalf("leader %s: %q", leader.Name, want)
-		}
-		for _, n := range passives {
-			if got := DBDigest(t, n, shadow, false); got != want {
-				t.Fatalf("%s's shadow %q, the leader's database %q", n.Name, got, want)
+		var last string
+		differs := func(s string) bool {
+			if s != last {
+				t.Logf("not yet: %s", s)
+				last = s
 			}
+			return false
 		}
+		Eventually(t, 3*time.Minute, "every shadow equal to "+leader.Name+"'s database", func() bool {
+			want, err := DBDigest(t, leader, db, true)
+			if err != nil || !strings.HasPrefix(want, "ok\n") {
+				return differs(fmt.Sprintf("leader: %q %v", want, err))
+			}
+			for _, n := range passives {
+				got, err := DBDigest(t, n, shadow, false)
+				if err != nil || got != want {
+					return differs(fmt.Sprintf("%s: %q %v, leader %q", n.Name, got, err, want))
+				}
+			}
+			return true
+		})
+		t.Logf("every shadow equals %s's database", leader.Name)
 	}
 	sameEverywhere(l, c.others(l)...)
 
