@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/convex-cluster-manager/ccm/shared/daemon.version=
 BINARIES := $(notdir $(wildcard cmd/*))
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: help build test unit-test lint bench bench-failover images demo demo-down clean
+.PHONY: help build test unit-test lint bench bench-failover bench-scale images demo demo-down clean
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
@@ -31,6 +31,9 @@ bench: build ## replication lag vs Litestream, ccm join throughput, storage mirr
 
 bench-failover: images ## five switchovers and five leader kills at TTL 10 s and 3 s; prints figures
 	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -count=1 -timeout 60m -tags 'integration bench' -run TestBenchFailover -v ./itest/ | grep '^BENCH'
+
+bench-scale: images ## leader changes, walship kills and a 1 GiB transaction with a 10 MiB and a 1 GiB database; prints figures
+	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -count=1 -timeout 120m -tags 'integration bench' -run TestBenchScale -v ./itest/ | grep '^BENCH'
 
 images: build ## base image (debootstrap, cached) and node image ccm-node:dev, no registry
 	deploy/images/base.sh
