@@ -146,7 +146,7 @@ func printStatus(w io.Writer, st ClusterStatus) {
 			txid = fmt.Sprintf("%d/%d", a.Epoch, a.TXID)
 			lag = fmt.Sprintf("%dms %d tx %s", a.LagMs, a.LagTXIDs, mib(a.LagBytes))
 			if a.LagTXIDs < 0 || a.LagBytes < 0 {
-				lag = "full copy in flight"
+				lag = "full copy in flight: " + a.FullCopy
 			}
 			repl = a.State
 			switch {

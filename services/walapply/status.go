@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
@@ -75,7 +77,7 @@ func (d *Daemon) refreshLag(ctx context.Context) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st := &d.status
-	st.StreamSeq, st.LagMs, st.LagTXIDs, st.LagBytes = last, 0, 0, 0
+	st.StreamSeq, st.LagMs, st.LagTXIDs, st.LagBytes, st.FullCopy = last, 0, 0, 0, ""
 	if d.applier == nil || d.consumed >= last {
 		return
 	}
@@ -94,8 +96,29 @@ func (d *Daemon) refreshLag(ctx context.Context) {
 		st.LagBytes = max(0, meta.Base.End-p.Bytes)
 	default: // another chain: a full copy is in flight, or the shadow predates chains
 		st.LagTXIDs, st.LagBytes = -1, -1
+		st.FullCopy = fullCopyReason(ctx, s, last, meta)
 	}
 	if meta.Kind == walstream.KindLTX && !p.Captured.IsZero() {
 		st.LagMs = max(0, meta.Captured.Sub(p.Captured).Milliseconds())
 	}
+}
+
+// fullCopyReason reads why the chain of the stream's last message (at seq,
+// with meta) started with a full copy, from the marker that opened it.
+func fullCopyReason(ctx context.Context, s jetstream.Stream, seq uint64, meta walstream.Meta) string {
+	if meta.Kind == walstream.KindLTX {
+		seq = meta.Chain
+	}
+	m, err := s.GetMsg(ctx, seq)
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	marker, err := walstream.ParseMeta(m.Header)
+	if err != nil || marker.Kind != walstream.KindMarker {
+		return "unknown"
+	}
+	if marker.Reason == "" {
+		return "not recorded (an older version)"
+	}
+	return marker.Reason
 }

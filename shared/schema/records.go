@@ -89,6 +89,9 @@ type ApplyStatus struct {
 	// still being appended, will hold) beyond the applied position; -1
 	// when it cannot be told (a full copy of another chain is in flight).
 	LagBytes int64 `json:"lagBytes"`
+	// FullCopy is, while a full copy of the database is in flight, why the
+	// leader ships one (from its epoch marker).
+	FullCopy string `json:"fullCopy,omitempty"`
 	// Complete is true once the shadow has held a whole database: an
 	// incomplete one is never eligible.
 	Complete  bool      `json:"complete"`
