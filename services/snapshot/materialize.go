@@ -44,8 +44,7 @@ func (d *Daemon) materialize(ctx context.Context, dir string) (string, replica.P
 		if err := d.store.Download(ctx, newest, db, nil); err != nil {
 			return "", replica.Position{}, err
 		}
-		if err := replica.Install(db, replica.Position{Epoch: newest.Epoch, TXID: newest.TXID, Seq: newest.Seq,
-			Checksum: newest.Checksum, PageSize: newest.PageSize, Captured: newest.Captured}); err != nil {
+		if err := replica.Install(db, replica.SnapshotPosition(newest)); err != nil {
 			return "", replica.Position{}, err
 		}
 	}

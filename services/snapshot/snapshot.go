@@ -228,7 +228,7 @@ func (d *Daemon) take(ctx context.Context) (snapstore.Snapshot, error) {
 	defer os.RemoveAll(path)
 	return d.store.Put(ctx, path, snapstore.Snapshot{
 		Epoch: p.Epoch, TXID: p.TXID, Seq: p.Seq, Checksum: p.Checksum, PageSize: p.PageSize,
-		Node: d.cfg.NodeID, Captured: p.Captured,
+		Node: d.cfg.NodeID, Captured: p.Captured, Bytes: p.Bytes, Chain: p.Chain,
 	}, d.cfg.WAL.SnapshotKeep)
 }
 

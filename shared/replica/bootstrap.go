@@ -34,10 +34,14 @@ func Bootstrap(ctx context.Context, js jetstream.JetStream, cluster, dbPath stri
 	if err := store.Download(ctx, snap, dbPath, p); err != nil {
 		return snap, err
 	}
-	pos := Position{Epoch: snap.Epoch, TXID: snap.TXID, Seq: snap.Seq, Checksum: snap.Checksum,
-		PageSize: snap.PageSize, Captured: snap.Captured}
-	if err := Install(dbPath, pos); err != nil {
+	if err := Install(dbPath, SnapshotPosition(snap)); err != nil {
 		return snap, fmt.Errorf("install snapshot %s: %w", snap.Name, err)
 	}
 	return snap, nil
+}
+
+// SnapshotPosition is the position of a shadow made from snap.
+func SnapshotPosition(snap snapstore.Snapshot) Position {
+	return Position{Epoch: snap.Epoch, TXID: snap.TXID, Seq: snap.Seq, Checksum: snap.Checksum,
+		PageSize: snap.PageSize, Captured: snap.Captured, Bytes: snap.Bytes, Chain: snap.Chain}
 }

@@ -41,6 +41,10 @@ type Snapshot struct {
 	Node     string
 	Captured time.Time // leader capture time of the last change included
 	Created  time.Time
+	// Bytes and Chain place the snapshot in the WAL chain's byte count
+	// (replica.Position.Bytes and .Chain); 0 in snapshots of older versions.
+	Bytes int64
+	Chain uint64
 }
 
 // Store is a cluster's snapshot bucket.
@@ -89,6 +93,8 @@ func (s Snapshot) metadata() map[string]string {
 		"pageSize": strconv.FormatUint(uint64(s.PageSize), 10),
 		"node":     s.Node,
 		"captured": strconv.FormatInt(max(0, s.Captured.UnixMilli()), 10),
+		"bytes":    strconv.FormatInt(s.Bytes, 10),
+		"chain":    strconv.FormatUint(s.Chain, 10),
 	}
 }
 
@@ -112,6 +118,12 @@ func fromInfo(info *jetstream.ObjectInfo) (Snapshot, error) {
 	}
 	if ms, err := strconv.ParseInt(md["captured"], 10, 64); err == nil && ms > 0 {
 		s.Captured = time.UnixMilli(ms)
+	}
+	if md["chain"] != "" { // absent in snapshots of older versions
+		s.Chain, s.Bytes = num("chain"), int64(num("bytes"))
+		if err != nil {
+			return s, err
+		}
 	}
 	if s.Checksum, err = ltx.ParseChecksum(md["checksum"]); err != nil {
 		return s, fmt.Errorf("snapshot %s: metadata checksum=%q: %w", info.Name, md["checksum"], err)
