@@ -42,9 +42,7 @@ func TestPassiveBehindRetentionRebootstraps(t *testing.T) {
 	ap2 := daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
 	daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c3)
 	daemontest.Start[*snapshot.Daemon](t, snapshot.Spec(), c3)
-	for ship.D.Status().(walship.Status).TXID == 0 {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitShipping(t, ship)
 	w := openDB(t, "file:"+c1.Backend.DBPath()+"?_pragma=busy_timeout(5000)")
 	defer w.Close()
 	nc := natstest.Connect(t, srv.ClientURL())

@@ -130,9 +130,7 @@ func TestSnapshotJoinAndLeave(t *testing.T) {
 	daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
 	daemontest.Start[*snapshot.Daemon](t, snapshot.Spec(), c2)
 	snap1 := daemontest.Start[*snapshot.Daemon](t, snapshot.Spec(), c1)
-	for ship.D.Status().(walship.Status).TXID == 0 {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitShipping(t, ship)
 	w := openDB(t, "file:"+c1.Backend.DBPath()+"?_pragma=busy_timeout(5000)")
 	defer w.Close()
 	write(t, w, 0, 500)
@@ -147,10 +145,13 @@ func TestSnapshotJoinAndLeave(t *testing.T) {
 	}
 	f := flush()
 	// Wait until n2 applied it, then snapshot there.
-	for {
+	for deadline := time.Now().Add(time.Minute); ; {
 		st, _ := request[struct{ Status schema.ApplyStatus }](t, nc, schema.Endpoint("sc", "n2", schema.ServiceWalapply, "status"))
 		if st.Status.TXID >= f.TXID && st.Status.Epoch == f.Epoch {
 			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n2 at %+v, want epoch %d TXID %d", st.Status, f.Epoch, f.TXID)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -301,9 +302,7 @@ func TestLeaderBuildsSnapshotFromStream(t *testing.T) {
 	et.WaitLeader(t, []*et.Node{n1}, et.TTL)
 	ship := daemontest.Start[*walship.Daemon](t, walship.Spec(), c1)
 	snap1 := daemontest.Start[*snapshot.Daemon](t, snapshot.Spec(), c1)
-	for ship.D.Status().(walship.Status).TXID == 0 {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitShipping(t, ship)
 	w := openDB(t, "file:"+c1.Backend.DBPath()+"?_pragma=busy_timeout(5000)")
 	defer w.Close()
 	write(t, w, 0, 300)
@@ -335,5 +334,17 @@ func TestLeaderBuildsSnapshotFromStream(t *testing.T) {
 	}
 	if got, want := rows(t, c2.ShadowPath(), true), rows(t, c1.Backend.DBPath(), false); got != want || !strings.HasPrefix(got, "ok 400") {
 		t.Fatalf("joined node has %q, leader %q", got, want)
+	}
+}
+
+// waitShipping waits until the leader's walship has shipped a first file.
+func waitShipping(t *testing.T, ship *daemontest.Running[*walship.Daemon]) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for ship.D.Status().(walship.Status).TXID == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("walship not shipping after 30s: %+v", ship.D.Status())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
