@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/benbjohnson/litestream"
@@ -29,8 +30,10 @@ type streamClient struct {
 	last   ltx.TXID // last TXID in the stream: the replica resumes after it
 	pages  replica.PageSums
 	sums   *replica.SumsFile // nil until the first file is shipped
-	fenced error
 	log    *slog.Logger
+	// fenced is set once an append was refused; read without mu, so that
+	// the daemon's loop never waits for a large file's append.
+	fenced atomic.Pointer[error]
 }
 
 var _ litestream.ReplicaClient = (*streamClient)(nil)
@@ -67,8 +70,8 @@ func (c *streamClient) OpenLTXFile(context.Context, int, ltx.TXID, ltx.TXID, int
 func (c *streamClient) WriteLTXFile(ctx context.Context, level int, minTXID, maxTXID ltx.TXID, r io.Reader) (*ltx.FileInfo, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.fenced != nil {
-		return nil, c.fenced
+	if err := c.Fenced(); err != nil {
+		return nil, err
 	}
 	if level != 0 {
 		return nil, fmt.Errorf("ccm ships level 0 only, got level %d", level)
@@ -101,7 +104,7 @@ func (c *streamClient) WriteLTXFile(ctx context.Context, level int, minTXID, max
 	if err := c.app.AppendLTX(ctx, meta, rs, size); err != nil {
 		undo()
 		if errors.Is(err, walstream.ErrFenced) {
-			c.fenced = err
+			c.fenced.Store(&err)
 		}
 		return nil, err
 	}
@@ -135,9 +138,10 @@ func (c *streamClient) record(b walstream.Base) {
 
 // Fenced returns the fencing error once an append was refused.
 func (c *streamClient) Fenced() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.fenced
+	if err := c.fenced.Load(); err != nil {
+		return *err
+	}
+	return nil
 }
 
 // close closes the page-sums file.
