@@ -26,11 +26,11 @@ type streamClient struct {
 	onWrite  func(ltx.TXID, int64) // after each successful append
 	sumsPath string
 
-	mu     sync.Mutex
-	last   ltx.TXID // last TXID in the stream: the replica resumes after it
-	pages  replica.PageSums
-	sums   *replica.SumsFile // nil until the first file is shipped
-	log    *slog.Logger
+	mu    sync.Mutex
+	last  ltx.TXID // last TXID in the stream: the replica resumes after it
+	pages replica.PageSums
+	sums  *replica.SumsFile // nil until the first file is shipped
+	log   *slog.Logger
 	// fenced is set once an append was refused; read without mu, so that
 	// the daemon's loop never waits for a large file's append.
 	fenced atomic.Pointer[error]
