@@ -23,6 +23,13 @@ import (
 // TestMain lets the test binary act as a bare applier process (the code
 // ccm-walapply runs), so that a test can kill -9 it at any point.
 func TestMain(m *testing.M) {
+	if url := os.Getenv("CCM_SHIP_CHILD_NATS"); url != "" {
+		if err := shipChild(url, os.Getenv("CCM_SHIP_CHILD_DB")); err != nil {
+			fmt.Fprintln(os.Stderr, "ship child:", err)
+			os.Exit(3)
+		}
+		os.Exit(0)
+	}
 	if url := os.Getenv("CCM_APPLY_CHILD_NATS"); url != "" {
 		if err := applyChild(url, os.Getenv("CCM_APPLY_CHILD_DB")); err != nil {
 			fmt.Fprintln(os.Stderr, "apply child:", err)

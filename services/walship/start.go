@@ -46,7 +46,6 @@ func planStart(ctx context.Context, js jetstream.JetStream, cluster string, epoc
 	if err != nil {
 		return plan{}, err
 	}
-	b := sums.Base
 	s, err := js.Stream(ctx, walstream.Stream(cluster))
 	if err != nil {
 		return plan{}, fmt.Errorf("WAL stream: %w", err)
@@ -55,15 +54,36 @@ func planStart(ctx context.Context, js jetstream.JetStream, cluster string, epoc
 	if err != nil {
 		return plan{}, err
 	}
-	atBase := last == b.Seq && m.Epoch == b.Epoch &&
-		(m.Kind == walstream.KindMarker && m.Base != nil && m.Base.TXID == b.TXID && m.Base.Checksum == b.Checksum ||
-			m.Kind == walstream.KindLTX && m.Last && m.MaxTXID == b.TXID && m.Post == b.Checksum)
-	// A file whose append was cut short after the base: its chunks follow
-	// the base one by one, and the next marker abandons it.
-	cutShort := m.Kind == walstream.KindLTX && !m.Last && m.MinTXID == b.TXID+1 && last == b.Seq+1+uint64(m.Chunk)
-	if !atBase && !cutShort {
-		return full("the stream's last message (seq %d, epoch %d, TXID %d) is not the recorded position (seq %d, epoch %d, TXID %d)",
-			last, m.Epoch, m.MaxTXID, b.Seq, b.Epoch, b.TXID)
+	// The chain's head is the last complete file (or marker); a file whose
+	// append was cut short may follow it, chunk after chunk, and the next
+	// marker abandons it.
+	headSeq, head := last, m
+	if m.Kind == walstream.KindLTX && !m.Last && last > uint64(m.Chunk)+1 {
+		headSeq = last - 1 - uint64(m.Chunk)
+		raw, err := s.GetMsg(ctx, headSeq)
+		if err != nil {
+			return plan{}, fmt.Errorf("read WAL message %d: %w", headSeq, err)
+		}
+		if head, err = walstream.ParseMeta(raw.Header); err != nil {
+			return full("the stream's head (seq %d) cannot be read: %v", headSeq, err)
+		}
+	}
+	b := sums.Base
+	if headSeq != b.Seq && b.Epoch == epoch && head.Kind == walstream.KindLTX && head.Last && head.Epoch == epoch && head.MaxTXID > b.TXID {
+		// Killed after an append and before recording it: the files
+		// since are in Litestream's local state.
+		if err := advance(db, &sums.Pages, b.TXID, head.MaxTXID); err != nil {
+			return full("the stream is at TXID %d, the recorded position at %d: %v", head.MaxTXID, b.TXID, err)
+		}
+		b = walstream.Base{Epoch: epoch, TXID: head.MaxTXID, Checksum: sums.Pages.Checksum(), Seq: headSeq, End: head.End, Chain: head.Chain}
+	}
+	atBase := headSeq == b.Seq && head.Epoch == b.Epoch &&
+		(head.Kind == walstream.KindMarker && head.Base != nil && head.Base.TXID == b.TXID && head.Base.Checksum == b.Checksum ||
+			head.Kind == walstream.KindLTX && head.Last && head.MaxTXID == b.TXID && head.Post == b.Checksum)
+	tailOK := headSeq == last || m.MinTXID == b.TXID+1 // a cut-short file after the head follows it
+	if !atBase || !tailOK {
+		return full("the stream's head (seq %d, epoch %d, TXID %d) is not the recorded position (seq %d, epoch %d, TXID %d)",
+			headSeq, head.Epoch, max(head.MaxTXID, baseTXID(head)), b.Seq, b.Epoch, b.TXID)
 	}
 	p := plan{base: b, pages: sums.Pages, tail: last}
 	if b.Epoch == epoch {
@@ -80,6 +100,31 @@ func planStart(ctx context.Context, js jetstream.JetStream, cluster string, epoc
 	}
 	p.how = startContinue
 	return p, nil
+}
+
+// baseTXID is the TXID a marker continues from (0 for other messages).
+func baseTXID(m walstream.Meta) ltx.TXID {
+	if m.Base != nil {
+		return m.Base.TXID
+	}
+	return 0
+}
+
+// advance applies Litestream's local files from TXID after+1 to to to the
+// page sums.
+func advance(db *litestream.DB, pages *replica.PageSums, after, to ltx.TXID) error {
+	for txid := after + 1; txid <= to; txid++ {
+		f, err := os.Open(db.LTXPath(0, txid, txid))
+		if err != nil {
+			return err
+		}
+		_, _, err = pages.Apply(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("local LTX %d: %w", txid, err)
+		}
+	}
+	return nil
 }
 
 // checkLocalLTX checks that Litestream's L0 directory holds every file from
