@@ -50,12 +50,7 @@ func install(shadow, db, setAside string) (string, error) {
 	}
 	// The shadow's page sums (its chain position) go with it; those of the
 	// database set aside describe nothing any more.
-	if err := os.Rename(replica.SumsPath(shadow), replica.SumsPath(db)); errors.Is(err, fs.ErrNotExist) {
-		err = os.Remove(replica.SumsPath(db))
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return aside, err
-		}
-	} else if err != nil {
+	if err := replica.MoveSums(shadow, db); err != nil {
 		return aside, fmt.Errorf("install the page sums: %w", err)
 	}
 	if err := os.Rename(staged, db); err != nil {

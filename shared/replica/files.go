@@ -11,7 +11,7 @@ import (
 func sidecars(dbPath string) []string {
 	j := dbPath + ".ccm-incoming"
 	return []string{positionFile(dbPath), positionFile(dbPath) + ".tmp", j, j + ".apply", CheckpointPath(dbPath),
-		SumsPath(dbPath), SumsPath(dbPath) + ".tmp", dbPath + ".ccm-adopt"}
+		SumsPath(dbPath), SumsPath(dbPath) + ".tmp", sumsLog(SumsPath(dbPath)), dbPath + ".ccm-adopt"}
 }
 
 // Exists reports whether a shadow database or its position is at dbPath.

@@ -4,8 +4,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc64"
 	"io"
+	"io/fs"
 	"os"
+	"slices"
 
 	"github.com/superfly/ltx"
 
@@ -56,18 +59,43 @@ func encodeSumsHeader(b walstream.Base, p *PageSums, source byte) []byte {
 	return h
 }
 
+// sumsLog is the redo log beside a page-sums file: each update is written
+// there whole (changed entries and the new header, with a checksum) before
+// the file itself is touched, so that an update cut short by a kill is
+// finished on the next read instead of leaving a file that adds up to
+// nothing.
+func sumsLog(path string) string { return path + ".log" }
+
 // WriteSums writes the page-sums file at path for p at base b, whole
-// (temporary file, fsync, rename).
+// (temporary file, fsync, rename), and drops any redo log of an older one.
 func WriteSums(path string, b walstream.Base, p *PageSums, source byte) error {
 	buf := make([]byte, sumsHeader+8*len(p.sums))
 	copy(buf, encodeSumsHeader(b, p, source))
 	for i, c := range p.sums {
 		binary.BigEndian.PutUint64(buf[sumsHeader+8*i:], uint64(c))
 	}
+	if err := os.Remove(sumsLog(path)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("write page sums: %w", err)
+	}
 	if err := fsutil.WriteFileSync(path, buf, 0o640); err != nil {
 		return fmt.Errorf("write page sums: %w", err)
 	}
 	return nil
+}
+
+// MoveSums moves the page-sums file of the database at from to the
+// database at to (whose own, if any, describes a database set aside).
+func MoveSums(from, to string) error {
+	for _, p := range []string{sumsLog(SumsPath(to)), SumsPath(to)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	err := os.Rename(SumsPath(from), SumsPath(to))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
 }
 
 // ErrNoSums means there is no usable page-sums file.
@@ -80,8 +108,19 @@ type Sums struct {
 	Source byte // SumsHandover or SumsShipped
 }
 
-// ReadSums reads the page-sums file at path and checks that its pages add
-// up to the base's checksum.
+func decodeSumsHeader(h []byte) (walstream.Base, uint32, uint32, byte) {
+	return walstream.Base{
+		Epoch:    binary.BigEndian.Uint64(h[8:]),
+		TXID:     ltx.TXID(binary.BigEndian.Uint64(h[16:])),
+		Checksum: ltx.Checksum(binary.BigEndian.Uint64(h[24:])),
+		Seq:      binary.BigEndian.Uint64(h[32:]),
+		End:      int64(binary.BigEndian.Uint64(h[48:])),
+		Chain:    binary.BigEndian.Uint64(h[64:]),
+	}, binary.BigEndian.Uint32(h[40:]), binary.BigEndian.Uint32(h[44:]), h[56]
+}
+
+// ReadSums reads the page-sums file at path, finishes an update its redo
+// log holds, and checks that its pages add up to the base's checksum.
 func ReadSums(path string) (Sums, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -93,35 +132,88 @@ func ReadSums(path string) (Sums, error) {
 	if len(b) < sumsHeader || string(b[:8]) != sumsMagic {
 		return Sums{}, fmt.Errorf("%w: %s is not a page-sums file", ErrNoSums, path)
 	}
-	base := walstream.Base{
-		Epoch:    binary.BigEndian.Uint64(b[8:]),
-		TXID:     ltx.TXID(binary.BigEndian.Uint64(b[16:])),
-		Checksum: ltx.Checksum(binary.BigEndian.Uint64(b[24:])),
-		Seq:      binary.BigEndian.Uint64(b[32:]),
-		End:      int64(binary.BigEndian.Uint64(b[48:])),
-		Chain:    binary.BigEndian.Uint64(b[64:]),
+	base, pageSize, pages, source := decodeSumsHeader(b)
+	sums := make([]ltx.Checksum, (len(b)-sumsHeader)/8)
+	for i := range sums {
+		sums[i] = ltx.Checksum(binary.BigEndian.Uint64(b[sumsHeader+8*i:]))
 	}
-	p := PageSums{pageSize: binary.BigEndian.Uint32(b[40:])}
-	pages := int(binary.BigEndian.Uint32(b[44:]))
-	if len(b) != sumsHeader+8*pages {
-		return Sums{}, fmt.Errorf("%w: %s holds %d bytes, not the %d pages it announces", ErrNoSums, path, len(b), pages)
+	if rec, ok := readSumsLog(sumsLog(path)); ok {
+		base, pageSize, pages, source = decodeSumsHeader(rec.header)
+		for len(sums) < int(pages) {
+			sums = append(sums, 0)
+		}
+		for _, e := range rec.entries {
+			if e.pgno >= 1 && int(e.pgno) <= len(sums) {
+				sums[e.pgno-1] = e.sum
+			}
+		}
 	}
-	p.sums = make([]ltx.Checksum, pages)
-	for i := range p.sums {
-		c := ltx.Checksum(binary.BigEndian.Uint64(b[sumsHeader+8*i:]))
-		p.sums[i] = c
+	if len(sums) < int(pages) {
+		return Sums{}, fmt.Errorf("%w: %s holds %d pages, not the %d it announces", ErrNoSums, path, len(sums), pages)
+	}
+	p := PageSums{pageSize: pageSize, sums: sums[:pages]}
+	for _, c := range p.sums {
 		p.sum = ltx.ChecksumFlag | (p.sum ^ c)
 	}
 	if p.sum != base.Checksum {
 		return Sums{}, fmt.Errorf("%w: %s adds up to %s, its header says %s", ErrNoSums, path, p.sum, base.Checksum)
 	}
-	return Sums{Base: base, Pages: p, Source: b[56]}, nil
+	return Sums{Base: base, Pages: p, Source: source}, nil
 }
 
-// SumsFile keeps a page-sums file up to date as the database changes,
-// writing only the pages that changed and then the header.
+// Redo log records: magic, the new header, the number of entries, the
+// entries (page number, checksum), and a CRC-64 of all that.
+const logMagic = "CCMPLOG1"
+
+type logEntry struct {
+	pgno uint32
+	sum  ltx.Checksum
+}
+
+type logRecord struct {
+	header  []byte
+	entries []logEntry
+}
+
+var crcTable = crc64.MakeTable(crc64.ISO)
+
+func encodeSumsLog(header []byte, entries []logEntry) []byte {
+	buf := make([]byte, 0, 8+sumsHeader+4+12*len(entries)+8)
+	buf = append(buf, logMagic...)
+	buf = append(buf, header...)
+	buf = binary.BigEndian.AppendUint32(buf, uint32(len(entries)))
+	for _, e := range entries {
+		buf = binary.BigEndian.AppendUint32(buf, e.pgno)
+		buf = binary.BigEndian.AppendUint64(buf, uint64(e.sum))
+	}
+	return binary.BigEndian.AppendUint64(buf, crc64.Checksum(buf, crcTable))
+}
+
+// readSumsLog returns the redo log's record if it is whole.
+func readSumsLog(path string) (logRecord, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) < 8+sumsHeader+4+8 || string(b[:8]) != logMagic {
+		return logRecord{}, false
+	}
+	body, sum := b[:len(b)-8], binary.BigEndian.Uint64(b[len(b)-8:])
+	if crc64.Checksum(body, crcTable) != sum {
+		return logRecord{}, false
+	}
+	n := int(binary.BigEndian.Uint32(body[8+sumsHeader:]))
+	entries := body[8+sumsHeader+4:]
+	if len(entries) != 12*n {
+		return logRecord{}, false
+	}
+	rec := logRecord{header: body[8 : 8+sumsHeader], entries: make([]logEntry, n)}
+	for i := range rec.entries {
+		rec.entries[i] = logEntry{binary.BigEndian.Uint32(entries[12*i:]), ltx.Checksum(binary.BigEndian.Uint64(entries[12*i+4:]))}
+	}
+	return rec, true
+}
+
+// SumsFile keeps a page-sums file up to date as the database changes.
 type SumsFile struct {
-	f *os.File
+	f, log *os.File
 }
 
 // CreateSums writes the page-sums file at path whole and opens it for
@@ -135,33 +227,65 @@ func CreateSums(path string, b walstream.Base, p *PageSums) (*SumsFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open page sums: %w", err)
 	}
-	return &SumsFile{f: f}, nil
+	log, err := os.OpenFile(sumsLog(path), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open page sums: %w", err)
+	}
+	return &SumsFile{f: f, log: log}, nil
 }
 
-// Update records p at base b: the changed pages, the size, then the
-// header, so that a torn update never adds up to its header's checksum.
-// It does not sync: ReadSums finds a file that lost writes wanting.
+// Update records p at base b: first the redo log (the changed entries and
+// the new header), then the changed entries, the size and the header of
+// the file itself. It does not sync: a kill loses nothing (the page cache
+// survives it), and ReadSums finds a file that lost writes in a crash of
+// the machine wanting.
 func (s *SumsFile) Update(b walstream.Base, p *PageSums) error {
-	var e [8]byte
-	for _, pgno := range p.takeDirty() {
-		if pgno > p.Pages() {
-			continue
+	dirty := p.takeDirty()
+	slices.Sort(dirty)
+	dirty = slices.Compact(dirty)
+	entries := make([]logEntry, 0, len(dirty))
+	for _, pgno := range dirty {
+		if pgno <= p.Pages() {
+			entries = append(entries, logEntry{pgno, p.sums[pgno-1]})
 		}
-		binary.BigEndian.PutUint64(e[:], uint64(p.sums[pgno-1]))
-		if _, err := s.f.WriteAt(e[:], sumsHeader+8*int64(pgno-1)); err != nil {
+	}
+	header := encodeSumsHeader(b, p, SumsShipped)
+	rec := encodeSumsLog(header, entries)
+	if _, err := s.log.WriteAt(rec, 0); err != nil {
+		return fmt.Errorf("update page sums: %w", err)
+	}
+	if err := s.log.Truncate(int64(len(rec))); err != nil {
+		return fmt.Errorf("update page sums: %w", err)
+	}
+	// Runs of consecutive pages in one write each.
+	for i := 0; i < len(entries); {
+		j := i + 1
+		for j < len(entries) && entries[j].pgno == entries[j-1].pgno+1 {
+			j++
+		}
+		buf := make([]byte, 8*(j-i))
+		for k := i; k < j; k++ {
+			binary.BigEndian.PutUint64(buf[8*(k-i):], uint64(entries[k].sum))
+		}
+		if _, err := s.f.WriteAt(buf, sumsHeader+8*int64(entries[i].pgno-1)); err != nil {
 			return fmt.Errorf("update page sums: %w", err)
 		}
+		i = j
 	}
 	if err := s.f.Truncate(sumsHeader + 8*int64(p.Pages())); err != nil {
 		return fmt.Errorf("update page sums: %w", err)
 	}
-	if _, err := s.f.WriteAt(encodeSumsHeader(b, p, SumsShipped), 0); err != nil {
+	if _, err := s.f.WriteAt(header, 0); err != nil {
 		return fmt.Errorf("update page sums: %w", err)
 	}
 	return nil
 }
 
 // Close closes the file.
-func (s *SumsFile) Close() error { return s.f.Close() }
+func (s *SumsFile) Close() error {
+	s.log.Close()
+	return s.f.Close()
+}
 
 var _ io.Closer = (*SumsFile)(nil)
