@@ -21,9 +21,9 @@ import (
 
 // TestPassiveBehindRetentionRebootstraps stops a passive while the stream
 // moves on past what it applied (the oldest messages purged, as retention
-// does): started again, it reports itself behind retention, is not
-// eligible, and re-bootstraps from the newest snapshot by itself, then
-// follows the stream to the leader's position.
+// does, and past the only snapshot too): started again, it reports itself
+// behind retention, asks a caught-up passive for a snapshot, re-bootstraps
+// from it by itself and follows the stream to the leader's position.
 func TestPassiveBehindRetentionRebootstraps(t *testing.T) {
 	srv := natstest.Server(t)
 	dir := t.TempDir()
@@ -81,21 +81,25 @@ func TestPassiveBehindRetentionRebootstraps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Purge(context.Background(), jetstream.WithPurgeSequence(f.Seq)); err != nil {
-		t.Fatal(err)
-	}
-	snap, err := request[snapstore.Snapshot](t, nc, schema.Endpoint("sc", "n3", schema.ServiceSnapshot, "now"))
+	// The only snapshot predates the purge: n2 must ask n3 for a new one.
+	old, err := request[snapstore.Snapshot](t, nc, schema.Endpoint("sc", "n3", schema.ServiceSnapshot, "now"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	write(t, w, 500, 100)
+	f = flush()
+	applied("n3", f)
+	if err := s.Purge(context.Background(), jetstream.WithPurgeSequence(f.Seq)); err != nil {
+		t.Fatal(err)
+	}
+	write(t, w, 600, 100)
 	f = flush()
 
 	// n2 comes back: behind retention, ineligible, then by itself from the
 	// snapshot to the leader's position.
 	daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
 	sawBehind := false
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
 	for {
 		st, _ := request[schema.ApplyStatus](t, nc, schema.Endpoint("sc", "n2", schema.ServiceWalapply, "position"))
 		switch {
@@ -116,9 +120,9 @@ func TestPassiveBehindRetentionRebootstraps(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	if !sawBehind {
-		t.Log("n2 re-bootstrapped before a status showed it behind retention")
+		t.Fatal("n2 caught up without ever reporting itself behind retention: the old snapshot should not have sufficed")
 	}
-	if got, want := rows(t, c2.ShadowPath(), true), rows(t, c1.Backend.DBPath(), false); got != want || !strings.HasPrefix(got, "ok 600") {
-		t.Fatalf("n2 after re-bootstrap from snapshot %s: %q, leader %q", snap.Name, got, want)
+	if got, want := rows(t, c2.ShadowPath(), true), rows(t, c1.Backend.DBPath(), false); got != want || !strings.HasPrefix(got, "ok 700") {
+		t.Fatalf("n2 after re-bootstrap (the first snapshot was %s): %q, leader %q", old.Name, got, want)
 	}
 }

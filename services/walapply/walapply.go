@@ -5,6 +5,7 @@ package walapply
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -322,8 +323,8 @@ func (d *Daemon) agedOut(ctx context.Context) bool {
 
 // rebootstrap replaces a shadow that fell behind the stream's retention
 // with the newest snapshot. While that snapshot is older than the stream's
-// start too, it is tried again a minute later (ccm-snapshot takes new
-// ones); meanwhile the node stays behind retention, and ineligible.
+// start too, it asks a caught-up passive for a new one and tries again;
+// meanwhile the node stays behind retention, and ineligible.
 func (d *Daemon) rebootstrap(ctx context.Context) {
 	d.close()
 	snap, err := replica.Bootstrap(ctx, d.js, d.cfg.ClusterID, d.cfg.ShadowPath(), nil)
@@ -344,9 +345,48 @@ func (d *Daemon) rebootstrap(ctx context.Context) {
 	if d.behind == nil {
 		d.behind = fmt.Errorf("re-bootstrap: %w", err)
 	}
-	d.retryBootstrap = time.Now().Add(time.Minute)
 	d.mu.Unlock()
-	d.log.Warn("still behind the WAL stream's retention; re-bootstrapping again in a minute", "err", err)
+	// Ask a caught-up passive for a newer snapshot, and look again soon;
+	// with nobody to ask, wait for a scheduled snapshot.
+	retry := time.Minute
+	peer := d.askSnapshot(ctx)
+	if peer != "" {
+		retry = 15 * time.Second
+	}
+	d.mu.Lock()
+	d.retryBootstrap = time.Now().Add(retry)
+	d.mu.Unlock()
+	d.log.Warn("still behind the WAL stream's retention; re-bootstrapping again later", "err", err, "asked_snapshot_of", peer, "retry_in", retry)
+}
+
+// askSnapshot asks the ccm-snapshot of a caught-up passive to take a
+// snapshot now, without waiting for it (the next re-bootstrap uses it),
+// and returns the node asked ("" if none is caught up).
+func (d *Daemon) askSnapshot(ctx context.Context) string {
+	kv, err := d.js.KeyValue(ctx, schema.Bucket(d.cfg.ClusterID))
+	if err != nil {
+		return ""
+	}
+	lister, err := kv.ListKeysFiltered(ctx, schema.NodeKeys+".apply")
+	if err != nil {
+		return ""
+	}
+	for key := range lister.Keys() {
+		ent, err := kv.Get(ctx, key)
+		if err != nil {
+			continue
+		}
+		var st schema.ApplyStatus
+		if json.Unmarshal(ent.Value(), &st) != nil || st.Node == d.cfg.NodeID || st.State != schema.ApplyFollowing ||
+			!st.Complete || st.LagTXIDs != 0 {
+			continue
+		}
+		if d.env.NC.Publish(schema.Endpoint(d.cfg.ClusterID, st.Node, schema.ServiceSnapshot, "now"), nil) == nil {
+			lister.Stop()
+			return st.Node
+		}
+	}
+	return ""
 }
 
 func (d *Daemon) handle(m jetstream.Msg) error {
