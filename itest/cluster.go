@@ -24,6 +24,7 @@ type Cluster struct {
 	Client *Node
 	VIP    string
 	Name   string
+	syncN  int // settle markers written (bench)
 }
 
 // ClusterOptions tune StartCluster.
