@@ -82,7 +82,9 @@ func (c *Cluster) settle(t *testing.T, within time.Duration) {
 			continue
 		}
 		Eventually(t, within, v+" applied on "+n.Name, func() bool {
-			code, out := n.Exec(t, "sh", "-c", "rm -f /tmp/settle.db* && cp /var/lib/convex/replica/db.sqlite3 /tmp/settle.db && sqlite3 /tmp/settle.db \"SELECT count(*) FROM writes WHERE v='"+v+"'\"")
+			// In place, read-only and immutable (no lock, no -shm): a read
+			// torn by an apply fails or misses, and is tried again.
+			code, out := n.Exec(t, "sqlite3", "file:/var/lib/convex/replica/db.sqlite3?immutable=1", "SELECT count(*) FROM writes WHERE v='"+v+"'")
 			return code == 0 && strings.TrimSpace(out) == "1"
 		})
 	}
