@@ -91,16 +91,6 @@ func (c *Cluster) settle(t *testing.T, within time.Duration) {
 	c.WaitPassivesCaughtUp(t, within)
 }
 
-func (c *Cluster) alive(except *Node) []*Node {
-	var live []*Node
-	for _, n := range c.Nodes {
-		if n != except {
-			live = append(live, n)
-		}
-	}
-	return live
-}
-
 func (c *Cluster) scaleSwitchover(t *testing.T) scaleRun {
 	t.Helper()
 	c.settle(t, 5*time.Minute)
@@ -124,7 +114,7 @@ func (c *Cluster) scaleCrash(t *testing.T) scaleRun {
 	t.Helper()
 	c.settle(t, 5*time.Minute)
 	old := c.Leader(t)
-	live := c.alive(old)
+	live := c.others(old)
 	before := c.WALStreamBytes(t)
 	w := c.StartWriter(t)
 	time.Sleep(2 * time.Second)

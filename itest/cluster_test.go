@@ -277,12 +277,7 @@ WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 1024) INS
 		next := c.WaitTakeover(t, old, 60*time.Second)
 		c.WaitServing(t, next, 60*time.Second)
 		c.Client.Must(t, "curl", "-sf", "-XPOST", "http://"+c.VIP+":3210/write?v=after-crash")
-		var live []*Node
-		for _, n := range c.Nodes {
-			if n != old {
-				live = append(live, n)
-			}
-		}
+		live := c.others(old)
 		WaitCaughtUp(t, next, 2, 2*time.Minute)
 		grown := c.WALStreamBytes(t, live...) - before
 		t.Logf("leader %s killed, %s serves: the WAL stream grew by %d bytes", old.Name, next.Name, grown)

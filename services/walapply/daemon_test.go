@@ -97,10 +97,10 @@ func TestDaemonsReplicateDrainAndResume(t *testing.T) {
 	if pos.Epoch != flushed.Epoch || uint64(pos.TXID) != flushed.TXID {
 		t.Fatalf("drained to epoch %d TXID %d, leader flushed epoch %d TXID %d", pos.Epoch, pos.TXID, flushed.Epoch, flushed.TXID)
 	}
-	wantCheck, want := dump(t, c1.Backend.DBPath())
-	gotCheck, got := dump(t, snapshotCopy(t, c2.ShadowPath()))
+	wantCheck, want := digest(t, c1.Backend.DBPath())
+	gotCheck, got := digest(t, snapshotCopy(t, c2.ShadowPath()))
 	if wantCheck != "ok" || gotCheck != "ok" || got != want {
-		t.Fatalf("drained shadow differs: integrity %q/%q, dump %d vs %d bytes", wantCheck, gotCheck, len(got), len(want))
+		t.Fatalf("drained shadow differs: integrity %q/%q, rows %s vs %s", wantCheck, gotCheck, got, want)
 	}
 	if st := ap2.D.Status().(schema.ApplyStatus); st.State != "paused" {
 		t.Fatalf("after drain the applier is %q, want paused", st.State)

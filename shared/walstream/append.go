@@ -111,12 +111,6 @@ func Last(ctx context.Context, s jetstream.Stream) (uint64, Meta, error) {
 	return m.Sequence, meta, nil
 }
 
-// NewestEpoch returns the epoch of the stream's last message (0 if empty).
-func NewestEpoch(ctx context.Context, s jetstream.Stream) (uint64, error) {
-	_, m, err := Last(ctx, s)
-	return m.Epoch, err
-}
-
 // Epoch is the epoch this appender writes.
 func (a *Appender) Epoch() uint64 { return a.epoch }
 
