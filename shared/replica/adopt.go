@@ -54,6 +54,11 @@ func Adopt(ctx context.Context, dbPath, shadowPath string) (Position, error) {
 		return Position{}, err
 	}
 	defer src.Close()
+	// The shadow path holds nothing worth keeping (a released or missing
+	// shadow), and its sidecars must go before the copy lands.
+	if err := Reset(shadowPath); err != nil {
+		return Position{}, err
+	}
 	if err := os.MkdirAll(filepath.Dir(shadowPath), 0o750); err != nil {
 		return Position{}, err
 	}
@@ -75,9 +80,6 @@ func Adopt(ctx context.Context, dbPath, shadowPath string) (Position, error) {
 	}
 	if got.Checksum() != b.Checksum {
 		return Position{}, fmt.Errorf("%w: %s has checksum %s, its last shipped position (TXID %d) %s", ErrDiverged, dbPath, got.Checksum(), b.TXID, b.Checksum)
-	}
-	if err := Reset(shadowPath); err != nil {
-		return Position{}, err
 	}
 	if err := os.Rename(tmp, shadowPath); err != nil {
 		return Position{}, err
