@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -89,9 +91,12 @@ func readPosition(t *testing.T, path string) replica.Position {
 // restart must continue by itself, never refusing a message, and end with
 // the leader's content.
 func TestApplyKilledMidFileRecovers(t *testing.T) {
-	size := 96 // MiB in one transaction
+	size := 96 // MiB in one transaction; CCM_BIG_MIB measures others
 	if testing.Short() {
 		size = 24
+	}
+	if v, err := strconv.Atoi(os.Getenv("CCM_BIG_MIB")); err == nil && v > 0 {
+		size = v
 	}
 	e := newEnv(t)
 	s := e.ship(t, 1)
@@ -176,6 +181,26 @@ func TestApplyKilledMidFileRecovers(t *testing.T) {
 	}
 	stop()
 	assertSame(t, e.dbPath, shadow)
+
+	// A fresh applier takes the whole stream, the large file included:
+	// its peak RSS is what applying it costs (a figure, not a test).
+	shadow = filepath.Join(e.dir, "fresh", "db.sqlite3")
+	cmd, stderr = start()
+	exited = make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() { cmd.Process.Kill(); <-exited }()
+	for start := time.Now(); readPosition(t, shadow).TXID < target; time.Sleep(20 * time.Millisecond) {
+		if time.Since(start) > 2*time.Minute {
+			t.Fatalf("fresh applier at %+v: %s", readPosition(t, shadow), stderr)
+		}
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "VmHWM:") {
+				t.Logf("an applier that applied the %d MiB file: peak RSS %s", size, strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:")))
+			}
+		}
+	}
 }
 
 // appearing fires once path exists, or after limit.
