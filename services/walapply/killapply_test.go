@@ -136,7 +136,7 @@ func TestApplyKilledMidFileRecovers(t *testing.T) {
 		// written (its apply record exists), the others land anywhere.
 		wait := time.After(time.Duration(50+rng.IntN(1500)) * time.Millisecond)
 		if kill%2 == 1 {
-			wait = appearing(shadow+".ccm-incoming.apply", 5*time.Second)
+			wait = appearing(shadow+".ccm-incoming.apply", 60*time.Second)
 		}
 		select {
 		case err := <-exited:

@@ -21,7 +21,9 @@ func Follow(ctx context.Context, js jetstream.JetStream, cluster string, from ui
 	if err != nil {
 		return fmt.Errorf("consume WAL stream: %w", err)
 	}
-	it, err := c.Messages()
+	// Bounded prefetch: a large file arrives as many 512 KiB chunks, and
+	// memory must not grow with it while an apply keeps the reader busy.
+	it, err := c.Messages(jetstream.PullMaxBytes(8 << 20))
 	if err != nil {
 		return fmt.Errorf("consume WAL stream: %w", err)
 	}
