@@ -35,8 +35,9 @@ func Reset(dbPath string) error {
 	return nil
 }
 
-// Install records pos for a database file just put at dbPath (from a
-// snapshot) and verifies that the file has pos's checksum.
+// Install records pos for a database file just put at dbPath whose
+// checksum the caller verified as it wrote it (a snapshot download, an
+// adopted copy). walapply verifies the whole file again when it opens it.
 func Install(dbPath string, pos Position) error {
 	for _, p := range sidecars(dbPath) {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -48,9 +49,5 @@ func Install(dbPath string, pos Position) error {
 		return err
 	}
 	defer sh.Close()
-	sh.pos = pos
-	if err := sh.Verify(); err != nil {
-		return err
-	}
 	return sh.SetPosition(pos)
 }
