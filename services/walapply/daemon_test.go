@@ -102,7 +102,7 @@ func TestDaemonsReplicateDrainAndResume(t *testing.T) {
 	if wantCheck != "ok" || gotCheck != "ok" || got != want {
 		t.Fatalf("drained shadow differs: integrity %q/%q, rows %s vs %s", wantCheck, gotCheck, got, want)
 	}
-	if st := ap2.D.Status().(schema.ApplyStatus); st.State != "paused" {
+	if st := ap2.D.Status().(schema.ApplyStatus); st.State != schema.ApplyPaused {
 		t.Fatalf("after drain the applier is %q, want paused", st.State)
 	}
 
@@ -117,7 +117,7 @@ func TestDaemonsReplicateDrainAndResume(t *testing.T) {
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		if ent, err := kv.Get(context.Background(), schema.ApplyKey("n2")); err == nil {
 			json.Unmarshal(ent.Value(), &st)
-			if st.TXID == flushed.TXID && st.State == "paused" && st.LagTXIDs == 0 {
+			if st.TXID == flushed.TXID && st.State == schema.ApplyPaused && st.LagTXIDs == 0 {
 				break
 			}
 		}

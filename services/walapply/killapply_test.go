@@ -42,13 +42,18 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// applyChild follows the stream into the shadow at path until killed.
-func applyChild(url, path string) error {
+// childJetStream connects a test's child process to the test's NATS server.
+func childJetStream(url string) (jetstream.JetStream, error) {
 	nc, err := nats.Connect(url)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	js, err := jetstream.New(nc)
+	return jetstream.New(nc)
+}
+
+// applyChild follows the stream into the shadow at path until killed.
+func applyChild(url, path string) error {
+	js, err := childJetStream(url)
 	if err != nil {
 		return err
 	}

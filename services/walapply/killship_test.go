@@ -12,9 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/convex-cluster-manager/ccm/services/walship"
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 )
@@ -22,11 +19,7 @@ import (
 // shipChild ships the database at path as epoch 1 until killed, and
 // prints how it started ("start: <how>: <reason>").
 func shipChild(url, path string) error {
-	nc, err := nats.Connect(url)
-	if err != nil {
-		return err
-	}
-	js, err := jetstream.New(nc)
+	js, err := childJetStream(url)
 	if err != nil {
 		return err
 	}

@@ -109,12 +109,11 @@ func fullCopyReason(ctx context.Context, s jetstream.Stream, seq uint64, meta wa
 	if meta.Kind == walstream.KindLTX {
 		seq = meta.Chain
 	}
-	m, err := s.GetMsg(ctx, seq)
+	marker, err := walstream.At(ctx, s, seq)
 	if err != nil {
 		return "unknown (" + err.Error() + ")"
 	}
-	marker, err := walstream.ParseMeta(m.Header)
-	if err != nil || marker.Kind != walstream.KindMarker {
+	if marker.Kind != walstream.KindMarker {
 		return "unknown"
 	}
 	if marker.Reason == "" {

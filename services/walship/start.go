@@ -60,12 +60,10 @@ func planStart(ctx context.Context, js jetstream.JetStream, cluster string, epoc
 	headSeq, head := last, m
 	if m.Kind == walstream.KindLTX && !m.Last && last > uint64(m.Chunk)+1 {
 		headSeq = last - 1 - uint64(m.Chunk)
-		raw, err := s.GetMsg(ctx, headSeq)
-		if err != nil {
-			return plan{}, fmt.Errorf("read WAL message %d: %w", headSeq, err)
-		}
-		if head, err = walstream.ParseMeta(raw.Header); err != nil {
-			return full("the stream's head (seq %d) cannot be read: %v", headSeq, err)
+		if head, err = walstream.At(ctx, s, headSeq); errors.Is(err, walstream.ErrBadMessage) {
+			return full("the stream's head cannot be read: %v", err)
+		} else if err != nil {
+			return plan{}, err
 		}
 	}
 	b := sums.Base

@@ -40,11 +40,14 @@ type Applier struct {
 // a crash interrupted.
 func NewApplier(shadow *Shadow) (*Applier, error) {
 	a := &Applier{shadow: shadow, jpath: shadow.Path() + ".ccm-incoming"}
-	if err := a.recover(); err != nil {
+	recovered, err := a.recover()
+	if err != nil {
 		return nil, err
 	}
-	if err := shadow.Verify(); err != nil {
-		return nil, err
+	if !recovered { // Recover verified the whole file already
+		if err := shadow.Verify(); err != nil {
+			return nil, err
+		}
 	}
 	// Only now: a recovered apply moved the position past its file.
 	a.consumed, a.captured = shadow.Position().Seq, shadow.Position().Captured
@@ -53,29 +56,30 @@ func NewApplier(shadow *Shadow) (*Applier, error) {
 
 func (a *Applier) donePath() string { return a.jpath + ".apply" }
 
-// recover re-applies a verified file whose apply was interrupted: its pages
-// are absolute images, so writing them again is harmless.
-func (a *Applier) recover() error {
+// recover re-applies a verified file whose apply was interrupted (its
+// pages are absolute images, so writing them again is harmless) and
+// reports whether there was one.
+func (a *Applier) recover() (bool, error) {
 	b, err := os.ReadFile(a.donePath())
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("read interrupted apply: %w", err)
+		return false, fmt.Errorf("read interrupted apply: %w", err)
 	}
 	var next Position
 	if err := json.Unmarshal(b, &next); err != nil {
-		return fmt.Errorf("interrupted apply record %s: %w", a.donePath(), err)
+		return false, fmt.Errorf("interrupted apply record %s: %w", a.donePath(), err)
 	}
 	f, err := os.Open(a.jpath)
 	if err != nil {
-		return fmt.Errorf("journal of interrupted apply: %w", err)
+		return false, fmt.Errorf("journal of interrupted apply: %w", err)
 	}
 	defer f.Close()
 	if err := a.shadow.Recover(f, next); err != nil {
-		return fmt.Errorf("finish interrupted apply of TXID %d: %w", next.TXID, err)
+		return false, fmt.Errorf("finish interrupted apply of TXID %d: %w", next.TXID, err)
 	}
-	return os.Remove(a.donePath())
+	return true, os.Remove(a.donePath())
 }
 
 // Position is the applied position.

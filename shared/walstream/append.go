@@ -94,6 +94,22 @@ func Continue(ctx context.Context, js jetstream.JetStream, cluster, node string,
 	return a, nil
 }
 
+// ErrBadMessage means a WAL message was read but its header is invalid.
+var ErrBadMessage = errors.New("malformed WAL message")
+
+// At returns the header of the stream's message at seq.
+func At(ctx context.Context, s jetstream.Stream, seq uint64) (Meta, error) {
+	m, err := s.GetMsg(ctx, seq)
+	if err != nil {
+		return Meta{}, fmt.Errorf("read WAL message %d: %w", seq, err)
+	}
+	meta, err := ParseMeta(m.Header)
+	if err != nil {
+		return meta, fmt.Errorf("%w %d: %w", ErrBadMessage, seq, err)
+	}
+	return meta, nil
+}
+
 // Last returns the sequence and header of the stream's last message (0 and
 // an empty Meta if the stream is empty).
 func Last(ctx context.Context, s jetstream.Stream) (uint64, Meta, error) {
