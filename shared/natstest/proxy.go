@@ -60,6 +60,17 @@ func (p *Proxy) Heal() {
 	}
 }
 
+// Drop closes every connection through the proxy: what they carried
+// and not yet delivered is lost, and their clients reconnect.
+func (p *Proxy) Drop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
 // gate blocks while the proxy is cut.
 func (p *Proxy) gate() {
 	p.mu.Lock()

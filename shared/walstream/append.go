@@ -6,24 +6,41 @@ import (
 	"fmt"
 	"io"
 	"sync/atomic"
-	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Appender appends one epoch's changes to the WAL stream. Every append
 // expects the stream's last sequence to be the one this appender wrote
-// last; once an append is refused the appender stays fenced.
+// before it; once the stream holds another writer's message the appender
+// stays fenced. An append whose outcome is unknown is resolved by reading
+// the stream (see pipe).
 type Appender struct {
 	js      jetstream.JetStream
+	pub     jetstream.JetStream // js's connection, with async publishes that time out
+	stream  string
 	subject string
 	epoch   uint64
 	node    string
 	lastSeq atomic.Uint64 // written by the appending goroutine, read by status
+	lastID  string        // message ID at lastSeq, "" until this appender stored one
 	end     atomic.Int64  // chain bytes appended (Meta.End of the last file)
 	chain   uint64        // the chain appended to (Meta.Chain)
-	fenced  error
+	// resolved counts appends whose outcome was unknown and was learnt
+	// by reading the stream.
+	resolved atomic.Uint64
+	fenced   error
+}
+
+// newAppender returns an appender of epoch after stream sequence last.
+func newAppender(js jetstream.JetStream, cluster, node string, epoch, last uint64) (*Appender, error) {
+	pub, err := jetstream.New(js.Conn(), jetstream.WithPublishAsyncTimeout(ackWait), jetstream.WithPublishAsyncMaxPending(2*Window))
+	if err != nil {
+		return nil, fmt.Errorf("open WAL stream publisher: %w", err)
+	}
+	a := &Appender{js: js, pub: pub, stream: Stream(cluster), subject: Subject(cluster), epoch: epoch, node: node}
+	a.lastSeq.Store(last)
+	return a, nil
 }
 
 // Open opens epoch on the stream: it refuses if the stream already holds a
@@ -35,7 +52,6 @@ func Open(ctx context.Context, js jetstream.JetStream, cluster, node string, epo
 	if err != nil {
 		return nil, fmt.Errorf("open WAL stream: %w", err)
 	}
-	a := &Appender{js: js, subject: Subject(cluster), epoch: epoch, node: node}
 	for attempt := 0; attempt < 5; attempt++ {
 		last, newest, err := Last(ctx, s)
 		if err != nil {
@@ -44,8 +60,11 @@ func Open(ctx context.Context, js jetstream.JetStream, cluster, node string, epo
 		if newest.Epoch > epoch {
 			return nil, fmt.Errorf("%w: stream holds epoch %d, newer than %d", ErrFenced, newest.Epoch, epoch)
 		}
-		a.lastSeq.Store(last)
-		err = a.publish(ctx, Meta{Kind: KindMarker, Epoch: epoch, Node: node, Reason: reason}, nil)
+		a, err := newAppender(js, cluster, node, epoch, last)
+		if err != nil {
+			return nil, err
+		}
+		err = a.marker(ctx, Meta{Kind: KindMarker, Epoch: epoch, Node: node, Reason: reason})
 		if err == nil {
 			a.chain = a.lastSeq.Load() // a full copy starts a chain
 			return a, nil
@@ -53,7 +72,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cluster, node string, epo
 		if !errors.Is(err, ErrFenced) {
 			return nil, err
 		}
-		a.fenced = nil // someone appended between Info and our marker: look again
+		// Someone appended between reading the stream and our marker: look again.
 	}
 	return nil, fmt.Errorf("%w: could not open epoch %d: the stream keeps moving", ErrFenced, epoch)
 }
@@ -81,11 +100,13 @@ func Continue(ctx context.Context, js jetstream.JetStream, cluster, node string,
 	if last != tail {
 		return nil, fmt.Errorf("%w: its last sequence is %d, not %d", ErrBaseMoved, last, tail)
 	}
-	a := &Appender{js: js, subject: Subject(cluster), epoch: epoch, node: node}
-	a.lastSeq.Store(tail)
+	a, err := newAppender(js, cluster, node, epoch, tail)
+	if err != nil {
+		return nil, err
+	}
 	a.end.Store(base.End)
 	a.chain = base.Chain
-	if err := a.publish(ctx, Meta{Kind: KindMarker, Epoch: epoch, Node: node, Base: &base}, nil); err != nil {
+	if err := a.marker(ctx, Meta{Kind: KindMarker, Epoch: epoch, Node: node, Base: &base}); err != nil {
 		if errors.Is(err, ErrFenced) {
 			return nil, fmt.Errorf("%w: %w", ErrBaseMoved, err)
 		}
@@ -136,16 +157,31 @@ func (a *Appender) LastSeq() uint64 { return a.lastSeq.Load() }
 // End is the chain bytes appended so far: the End of the last file.
 func (a *Appender) End() int64 { return a.end.Load() }
 
+// Resolved is how many appends had an unknown outcome (an error, a lost
+// acknowledgement) that was resolved by reading the stream.
+func (a *Appender) Resolved() uint64 { return a.resolved.Load() }
+
 // Chain is the chain appended to: the sequence of its full copy's marker.
 func (a *Appender) Chain() uint64 { return a.chain }
 
-// AppendLTX streams one LTX file of size bytes from r in chunks; m gives
-// its TXID range, checksums and capture time.
+// marker appends an epoch marker.
+func (a *Appender) marker(ctx context.Context, m Meta) error {
+	p := &pipe{a: a}
+	if err := p.send(ctx, m.Header(), nil, KindMarker); err != nil {
+		return err
+	}
+	return p.flush(ctx)
+}
+
+// AppendLTX streams one LTX file of size bytes from r in chunks, with up to
+// Window of them unacknowledged; m gives its TXID range, checksums and
+// capture time. It returns once every chunk is stored.
 func (a *Appender) AppendLTX(ctx context.Context, m Meta, r io.Reader, size int64) error {
 	m.Kind, m.Epoch, m.Node = KindLTX, a.epoch, a.node
 	m.End, m.Chain = a.end.Load()+size, a.chain
-	buf := make([]byte, ChunkSize)
+	p := &pipe{a: a}
 	for i := 0; ; i++ {
+		buf := p.buffer()
 		n, err := io.ReadFull(r, buf)
 		last := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 		if err != nil && !last {
@@ -156,42 +192,16 @@ func (a *Appender) AppendLTX(ctx context.Context, m Meta, r io.Reader, size int6
 		}
 		// A file that ends exactly at a chunk boundary gets an empty last chunk.
 		m.Chunk, m.Last = i, last
-		if err := a.publish(ctx, m, buf[:n]); err != nil {
+		if err := p.send(ctx, m.Header(), buf[:n], fmt.Sprintf("%s.%d.%d", KindLTX, m.MinTXID, i)); err != nil {
 			return err
 		}
 		if last {
-			a.end.Store(m.End)
-			return nil
+			break
 		}
 	}
-}
-
-func (a *Appender) publish(ctx context.Context, m Meta, data []byte) error {
-	if a.fenced != nil {
-		return a.fenced
+	if err := p.flush(ctx); err != nil {
+		return err
 	}
-	msg := &nats.Msg{Subject: a.subject, Header: m.Header(), Data: data}
-	// The message ID makes a retry after a lost acknowledgement a duplicate
-	// that JetStream answers with the original sequence, not a second append.
-	last := a.lastSeq.Load()
-	id := fmt.Sprintf("%d.%d.%s.%d.%d", a.epoch, last, m.Kind, m.MinTXID, m.Chunk)
-	for {
-		ack, err := a.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequence(last), jetstream.WithMsgID(id))
-		if err == nil {
-			a.lastSeq.Store(ack.Sequence)
-			return nil
-		}
-		if isWrongLastSequence(err) {
-			a.fenced = fmt.Errorf("%w: append after seq %d for epoch %d refused: %v", ErrFenced, last, a.epoch, err)
-			return a.fenced
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("append to WAL stream: %w", err)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("append to WAL stream: %w", err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	a.end.Store(m.End)
+	return nil
 }
