@@ -30,18 +30,18 @@ func (e *env) streamBytes(t *testing.T) uint64 {
 }
 
 // grow adds about mib MiB of incompressible rows in transactions of 8 MiB.
-func grow(t *testing.T, path string, mib int) {
+func grow(t testing.TB, path string, mib int) {
 	t.Helper()
 	growBy(t, path, mib, 8)
 }
 
 // growTx adds about mib MiB of incompressible rows in one transaction.
-func growTx(t *testing.T, path string, mib int) {
+func growTx(t testing.TB, path string, mib int) {
 	t.Helper()
 	growBy(t, path, mib, mib)
 }
 
-func growBy(t *testing.T, path string, mib, perTx int) {
+func growBy(t testing.TB, path string, mib, perTx int) {
 	t.Helper()
 	db := openDB(t, writerDSN(path))
 	defer db.Close()
@@ -164,7 +164,7 @@ func TestLeaderChangeContinuesTheChain(t *testing.T) {
 
 // assertSame compares a leader database with a passive's shadow, row by
 // row through SQLite (digests, so that large databases stay cheap).
-func assertSame(t *testing.T, leader, shadow string) {
+func assertSame(t testing.TB, leader, shadow string) {
 	t.Helper()
 	wantCheck, want := digest(t, leader)
 	gotCheck, got := digest(t, snapshotCopy(t, shadow))
@@ -177,7 +177,7 @@ func assertSame(t *testing.T, leader, shadow string) {
 }
 
 // digest returns integrity_check and a SHA-256 of every table's rows.
-func digest(t *testing.T, path string) (string, string) {
+func digest(t testing.TB, path string) (string, string) {
 	t.Helper()
 	db := openDB(t, "file:"+path+"?mode=ro")
 	defer db.Close()

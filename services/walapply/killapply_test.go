@@ -75,7 +75,7 @@ func applyChild(url, path string) error {
 }
 
 // readPosition reads a shadow's recorded position (zero if none yet).
-func readPosition(t *testing.T, path string) replica.Position {
+func readPosition(t testing.TB, path string) replica.Position {
 	t.Helper()
 	var p replica.Position
 	b, err := os.ReadFile(path + ".ccm-position")

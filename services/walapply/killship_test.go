@@ -17,7 +17,8 @@ import (
 )
 
 // shipChild ships the database at path as epoch 1 until killed, and
-// prints how it started ("start: <how>: <reason>").
+// prints how it started ("start: <how>: <reason>"). For each "flush" line
+// on its stdin it flushes and prints "flushed <TXID>".
 func shipChild(url, path string) error {
 	js, err := childJetStream(url)
 	if err != nil {
@@ -31,6 +32,14 @@ func shipChild(url, path string) error {
 	}
 	how, reason := s.Start()
 	fmt.Printf("start: %s: %s\n", how, reason)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		txid, err := s.Flush(context.Background())
+		if err != nil {
+			return err
+		}
+		fmt.Printf("flushed %d\n", uint64(txid))
+	}
 	select {}
 }
 

@@ -32,7 +32,7 @@ type env struct {
 	dir    string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	srv := natstest.Server(t)
 	nc := natstest.Connect(t, srv.ClientURL())
@@ -53,7 +53,7 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-func openDB(t *testing.T, path string) *sql.DB {
+func openDB(t testing.TB, path string) *sql.DB {
 	t.Helper()
 	db, err := sql.Open("sqlite", path)
 	if err != nil {
@@ -67,7 +67,7 @@ func openDB(t *testing.T, path string) *sql.DB {
 // Litestream's short checkpoint locks instead of failing with SQLITE_BUSY.
 func writerDSN(path string) string { return "file:" + path + "?_pragma=busy_timeout(5000)" }
 
-func mustExec(t *testing.T, db *sql.DB, q string, args ...any) {
+func mustExec(t testing.TB, db *sql.DB, q string, args ...any) {
 	t.Helper()
 	if _, err := db.Exec(q, args...); err != nil {
 		t.Fatalf("%s: %v", q, err)
@@ -165,7 +165,7 @@ func (r *follower) waitTXID(t *testing.T, epoch uint64, txid uint64) {
 
 // snapshotCopy copies a shadow database so SQLite can open it without
 // touching the original.
-func snapshotCopy(t *testing.T, path string) string {
+func snapshotCopy(t testing.TB, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/benbjohnson/litestream"
 	"github.com/superfly/ltx"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
@@ -79,35 +80,58 @@ func (c *streamClient) WriteLTXFile(ctx context.Context, level int, minTXID, max
 	if c.last != 0 && minTXID != c.last+1 {
 		return nil, fmt.Errorf("LTX %d-%d does not follow TXID %d in the stream", minTXID, maxTXID, c.last)
 	}
-	rs, ok := r.(io.ReadSeeker)
-	if !ok {
-		return nil, fmt.Errorf("LTX %d-%d: reader %T cannot seek", minTXID, maxTXID, r)
+	ra, ok := r.(io.ReaderAt)
+	sk, seeks := r.(io.Seeker)
+	if !ok || !seeks {
+		return nil, fmt.Errorf("LTX %d-%d: reader %T cannot read at offsets", minTXID, maxTXID, r)
 	}
-	pre := c.pages.Checksum()
-	hdr, undo, err := c.pages.Apply(rs)
+	size, err := sk.Seek(0, io.SeekEnd)
 	if err != nil {
-		return nil, fmt.Errorf("checksum LTX %d-%d: %w", minTXID, maxTXID, err)
+		return nil, fmt.Errorf("LTX %d-%d: %w", minTXID, maxTXID, err)
 	}
-	size, err := rs.Seek(0, io.SeekEnd)
-	if err == nil {
-		_, err = rs.Seek(0, io.SeekStart)
+	var hdr ltx.Header
+	b := make([]byte, ltx.HeaderSize)
+	if _, err := ra.ReadAt(b, 0); err != nil {
+		return nil, fmt.Errorf("read LTX %d-%d header: %w", minTXID, maxTXID, err)
 	}
-	if err != nil {
-		undo()
-		return nil, err
+	if err := hdr.UnmarshalBinary(b); err != nil {
+		return nil, fmt.Errorf("LTX %d-%d header: %w", minTXID, maxTXID, err)
 	}
-	meta := walstream.Meta{MinTXID: minTXID, MaxTXID: maxTXID, Captured: time.UnixMilli(hdr.Timestamp),
-		Pre: pre, Post: c.pages.Checksum()}
+	meta := walstream.Meta{MinTXID: minTXID, MaxTXID: maxTXID, Captured: time.UnixMilli(hdr.Timestamp), Pre: c.pages.Checksum()}
 	if hdr.IsSnapshot() {
 		meta.Pre = 0
 	}
-	if err := c.app.AppendLTX(ctx, meta, rs, size); err != nil {
-		undo()
+	// The page checksums are computed while the file is being sent: only
+	// its last chunk carries the checksum after it.
+	var (
+		g    errgroup.Group
+		undo func()
+	)
+	g.Go(func() error {
+		var err error
+		_, undo, err = c.pages.Apply(io.NewSectionReader(ra, 0, size))
+		return err
+	})
+	post := func() (ltx.Checksum, error) {
+		if err := g.Wait(); err != nil {
+			return 0, fmt.Errorf("checksum LTX %d-%d: %w", minTXID, maxTXID, err)
+		}
+		return c.pages.Checksum(), nil
+	}
+	err = c.app.AppendLTX(ctx, meta, io.NewSectionReader(ra, 0, size), size, post)
+	if serr := g.Wait(); err == nil && serr != nil {
+		err = fmt.Errorf("checksum LTX %d-%d: %w", minTXID, maxTXID, serr)
+	}
+	if err != nil {
+		if undo != nil {
+			undo()
+		}
 		if errors.Is(err, walstream.ErrFenced) {
 			c.fenced.Store(&err)
 		}
 		return nil, err
 	}
+	meta.Post = c.pages.Checksum()
 	c.last = maxTXID
 	c.record(walstream.Base{Epoch: c.app.Epoch(), TXID: maxTXID, Checksum: meta.Post, Seq: c.app.LastSeq(), End: c.app.End(), Chain: c.app.Chain()})
 	if c.onWrite != nil {

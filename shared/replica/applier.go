@@ -176,10 +176,16 @@ func (a *Applier) applyJournal(seq uint64, m walstream.Meta) error {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	hdr, post, err := a.shadow.Predict(f)
+	hdr, post, undo, err := a.shadow.Predict(f)
 	if err != nil {
 		return fmt.Errorf("%w: TXID %d-%d at sequence %d: %w", ErrCorrupt, m.MinTXID, m.MaxTXID, seq, err)
 	}
+	applying := false
+	defer func() {
+		if !applying {
+			undo() // the shadow's sums return to its content
+		}
+	}()
 	if hdr.MinTXID != m.MinTXID || hdr.MaxTXID != m.MaxTXID {
 		return fmt.Errorf("%w: sequence %d announces TXID %d-%d but holds %d-%d", ErrCorrupt, seq, m.MinTXID, m.MaxTXID, hdr.MinTXID, hdr.MaxTXID)
 	}
@@ -209,6 +215,7 @@ func (a *Applier) applyJournal(seq uint64, m walstream.Meta) error {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
+	applying = true
 	if err := a.shadow.Apply(f, next); err != nil {
 		return err
 	}

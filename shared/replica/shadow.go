@@ -115,32 +115,23 @@ var ErrDiverged = errors.New("shadow database diverged")
 
 // Predict decodes a whole LTX file from r, verifying its structure and
 // file checksum, and returns its header and the checksum the shadow would
-// have after it, without writing anything.
-func (s *Shadow) Predict(r io.Reader) (ltx.Header, ltx.Checksum, error) {
-	hdr, undo, err := s.sums.Apply(r)
+// have after it. It writes nothing: the shadow's page sums move to the
+// predicted state until undo, or until Apply writes the file.
+func (s *Shadow) Predict(r io.Reader) (hdr ltx.Header, sum ltx.Checksum, undo func(), err error) {
+	hdr, undo, err = s.sums.Apply(r)
 	if err != nil {
-		return hdr, 0, err
+		return hdr, 0, nil, err
 	}
-	sum := s.sums.Checksum()
-	undo()
-	return hdr, sum, nil
+	return hdr, s.sums.Checksum(), undo, nil
 }
 
-// Apply writes the pages of a verified LTX file (read from r) into the
-// shadow, truncates it to the file's commit size, syncs, checks the result
-// against next.Checksum (the leader's database checksum after the file) and
-// records next as the position.
-func (s *Shadow) Apply(r io.ReadSeeker, next Position) error {
-	hdr, undo, err := s.sums.Apply(r)
-	if err != nil {
-		return err
-	}
+// Apply writes the pages of the LTX file that Predict verified (read
+// again from r) into the shadow, truncates it to the file's commit size,
+// syncs and records next as the position. next.Checksum must be the one
+// Predict returned.
+func (s *Shadow) Apply(r io.Reader, next Position) error {
 	if sum := s.sums.Checksum(); sum != next.Checksum {
-		undo()
-		return fmt.Errorf("%w: after TXID %d-%d the checksum would be %s, the leader's was %s", ErrChecksum, hdr.MinTXID, hdr.MaxTXID, sum, next.Checksum)
-	}
-	if _, err := r.Seek(0, io.SeekStart); err != nil {
-		return err
+		return fmt.Errorf("%w: the predicted checksum is %s, the position to record %s", ErrChecksum, sum, next.Checksum)
 	}
 	if _, err := s.write(r); err != nil {
 		// The file is in an unknown state: only a restart (which finishes

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/superfly/ltx"
 )
 
 // Appender appends one epoch's changes to the WAL stream. Every append
@@ -174,9 +175,12 @@ func (a *Appender) marker(ctx context.Context, m Meta) error {
 }
 
 // AppendLTX streams one LTX file of size bytes from r in chunks, with up to
-// Window of them unacknowledged; m gives its TXID range, checksums and
-// capture time. It returns once every chunk is stored.
-func (a *Appender) AppendLTX(ctx context.Context, m Meta, r io.Reader, size int64) error {
+// Window of them unacknowledged; m gives its TXID range, pre-checksum and
+// capture time. post, called before the last chunk is sent, gives the
+// checksum after the file (only the last chunk carries it), so that the
+// caller may compute it while the file is being sent. It returns once
+// every chunk is stored.
+func (a *Appender) AppendLTX(ctx context.Context, m Meta, r io.Reader, size int64, post func() (ltx.Checksum, error)) error {
 	m.Kind, m.Epoch, m.Node = KindLTX, a.epoch, a.node
 	m.End, m.Chain = a.end.Load()+size, a.chain
 	p := &pipe{a: a}
@@ -192,6 +196,11 @@ func (a *Appender) AppendLTX(ctx context.Context, m Meta, r io.Reader, size int6
 		}
 		// A file that ends exactly at a chunk boundary gets an empty last chunk.
 		m.Chunk, m.Last = i, last
+		if last {
+			if m.Post, err = post(); err != nil {
+				return err
+			}
+		}
 		if err := p.send(ctx, m.Header(), buf[:n], fmt.Sprintf("%s.%d.%d", KindLTX, m.MinTXID, i)); err != nil {
 			return err
 		}

@@ -86,7 +86,8 @@ func readFiles(t *testing.T, js jetstream.JetStream) (markers int, files []file,
 
 func appendFile(ctx context.Context, a *Appender, f file) error {
 	m := Meta{MinTXID: f.txid, MaxTXID: f.txid, Captured: time.Now()}
-	return a.AppendLTX(ctx, m, bytes.NewReader(f.data), int64(len(f.data)))
+	post := func() (ltx.Checksum, error) { return ltx.ChecksumFlag | ltx.Checksum(f.txid), nil }
+	return a.AppendLTX(ctx, m, bytes.NewReader(f.data), int64(len(f.data)), post)
 }
 
 // TestRetryAfterLostAckIsAdopted: the first attempt of an append was stored

@@ -17,7 +17,7 @@ const (
 	HdrMinTX  = "Ccm-Min-Txid"
 	HdrMaxTX  = "Ccm-Max-Txid"
 	HdrPre    = "Ccm-Pre-Checksum"  // database checksum before the LTX file (hex)
-	HdrPost   = "Ccm-Post-Checksum" // database checksum after it
+	HdrPost   = "Ccm-Post-Checksum" // database checksum after it (on a file's last chunk; 0 on the others)
 	HdrChunk  = "Ccm-Chunk"         // index of this chunk of the LTX file, from 0
 	HdrLast   = "Ccm-Last"          // "1" on the last chunk of an LTX file
 	HdrCommit = "Ccm-Commit-Ms"     // leader's wall clock when the change was captured (unix ms)
