@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -104,9 +105,14 @@ func TestLeaderChangeContinuesTheChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The demoted leader's own database becomes its shadow: no download.
-	pos, err := replica.Adopt(context.Background(), e.dbPath, filepath.Join(e.dir, "n1", "db.sqlite3"))
+	sh, err := replica.Adopt(context.Background(), e.dbPath, filepath.Join(e.dir, "n1", "db.sqlite3"))
 	if err != nil {
 		t.Fatalf("adopt the demoted leader's database: %v", err)
+	}
+	pos := sh.Position()
+	sh.Close()
+	if _, err := os.Stat(e.dbPath); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the demoted leader's database was copied, not moved (stat: %v)", err)
 	}
 	if pos.TXID != txid {
 		t.Fatalf("adopted at TXID %d, the leader shipped %d", pos.TXID, txid)

@@ -97,7 +97,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if err := d.open(ctx); err != nil {
+	if err := d.open(ctx, nil); err != nil {
 		d.fail(err)
 	}
 	defer d.close()
@@ -117,26 +117,29 @@ func (d *Daemon) Run(ctx context.Context) error {
 // adopt makes the database this node led with its shadow, when that
 // database is exactly what it shipped last: a demoted leader then
 // continues from there instead of downloading a snapshot (open's
-// bootstrap, which follows when adopt did not).
-func (d *Daemon) adopt(ctx context.Context) {
+// bootstrap, which follows when adopt did not). It returns the shadow,
+// open and verified, or nil.
+func (d *Daemon) adopt(ctx context.Context) *replica.Shadow {
 	if replica.Exists(d.cfg.ShadowPath()) {
-		return
+		return nil
 	}
 	start := time.Now()
-	pos, err := replica.Adopt(ctx, d.cfg.Backend.DBPath(), d.cfg.ShadowPath())
+	sh, err := replica.Adopt(ctx, d.cfg.Backend.DBPath(), d.cfg.ShadowPath())
 	if err != nil {
 		d.log.Info("the database this node led with cannot become its shadow: bootstrapping from a snapshot", "reason", err)
-		return
+		return nil
 	}
+	pos := sh.Position()
 	d.log.Info("the database this node led with is its shadow again", "epoch", pos.Epoch, "txid", pos.TXID, "seq", pos.Seq,
 		"took", time.Since(start).Round(time.Millisecond))
+	return sh
 }
 
-// open opens the shadow database; a node without one first bootstraps it
-// from the newest snapshot, if there is one (otherwise it replays the
-// stream from its start).
-func (d *Daemon) open(ctx context.Context) error {
-	if path := d.cfg.ShadowPath(); !replica.Exists(path) {
+// open opens the shadow database (sh, if adopt opened it); a node without
+// one first bootstraps it from the newest snapshot, if there is one
+// (otherwise it replays the stream from its start).
+func (d *Daemon) open(ctx context.Context, sh *replica.Shadow) error {
+	if path := d.cfg.ShadowPath(); sh == nil && !replica.Exists(path) {
 		snap, err := replica.Bootstrap(ctx, d.js, d.cfg.ClusterID, path, nil)
 		switch {
 		case err == nil:
@@ -146,9 +149,11 @@ func (d *Daemon) open(ctx context.Context) error {
 			return fmt.Errorf("bootstrap from a snapshot: %w", err)
 		}
 	}
-	sh, err := replica.OpenShadow(d.cfg.ShadowPath())
-	if err != nil {
-		return err
+	if sh == nil {
+		var err error
+		if sh, err = replica.OpenShadow(d.cfg.ShadowPath()); err != nil {
+			return err
+		}
 	}
 	ap, err := replica.NewApplier(sh)
 	if err != nil {
@@ -207,8 +212,7 @@ func (d *Daemon) control(ctx context.Context, roles *rolewatch.Tracker) error {
 		reopen := demoted && d.released
 		d.mu.Unlock()
 		if reopen {
-			d.adopt(ctx)
-			if err := d.open(ctx); err != nil {
+			if err := d.open(ctx, d.adopt(ctx)); err != nil {
 				d.fail(err)
 			}
 			d.mu.Lock()
@@ -328,7 +332,7 @@ func (d *Daemon) agedOut(ctx context.Context) bool {
 func (d *Daemon) rebootstrap(ctx context.Context) {
 	d.close()
 	snap, err := replica.Bootstrap(ctx, d.js, d.cfg.ClusterID, d.cfg.ShadowPath(), nil)
-	if oerr := d.open(ctx); err == nil {
+	if oerr := d.open(ctx, nil); err == nil {
 		err = oerr
 	}
 	d.mu.Lock()

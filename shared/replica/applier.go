@@ -44,7 +44,7 @@ func NewApplier(shadow *Shadow) (*Applier, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !recovered { // Recover verified the whole file already
+	if !recovered && !shadow.Verified() { // Recover verified the whole file already
 		if err := shadow.Verify(); err != nil {
 			return nil, err
 		}

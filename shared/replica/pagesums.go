@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -127,6 +128,7 @@ func (p *PageSums) Apply(r io.Reader) (ltx.Header, func(), error) {
 // BuildPageSums computes the table of a database image read from r, page
 // by page (skipping SQLite's lock page, as LTX does).
 func BuildPageSums(r io.Reader, pageSize uint32) (PageSums, error) {
+	r = bufio.NewReaderSize(r, 1<<20) // not a system call per page
 	p := PageSums{pageSize: pageSize}
 	buf := make([]byte, pageSize)
 	lock := ltx.LockPgno(pageSize)

@@ -50,6 +50,9 @@ type Shadow struct {
 	f       *os.File
 	pos     Position
 	sums    PageSums // of the file as it is; valid once Verify passed
+	// verified: sums were computed from the file's content in this
+	// process (Verify, or Adopt as it took the file).
+	verified bool
 }
 
 // positionFile is the name of the position file beside the shadow database.
@@ -100,9 +103,13 @@ func (s *Shadow) Verify() error {
 	if sums.Checksum() != s.pos.Checksum {
 		return fmt.Errorf("%w: shadow database checksum %s, position records %s", ErrDiverged, sums.Checksum(), s.pos.Checksum)
 	}
-	s.sums = sums
+	s.sums, s.verified = sums, true
 	return nil
 }
+
+// Verified reports whether the shadow's content was checked against its
+// position since it was opened.
+func (s *Shadow) Verified() bool { return s.verified }
 
 // Position returns the applied position.
 func (s *Shadow) Position() Position { return s.pos }
