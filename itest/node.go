@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/mount"
 	dnetwork "github.com/docker/docker/api/types/network"
 	"github.com/testcontainers/testcontainers-go"
 	tcexec "github.com/testcontainers/testcontainers-go/exec"
@@ -75,6 +76,14 @@ func StartNode(t *testing.T, nw Net, name, ip string) *Node {
 			hc.CapAdd = []string{"SYS_ADMIN", "NET_ADMIN", "NET_RAW"}
 			hc.SecurityOpt = []string{"seccomp=unconfined", "apparmor=unconfined"}
 			hc.Binds = []string{"/sys/fs/cgroup:/sys/fs/cgroup:ro"}
+			// Databases and NATS's store on a volume, as on a data disk:
+			// not on the container's root (fuse-overlayfs here, which
+			// costs a round trip per system call). One volume holds the
+			// data and replica directories, as it must (adopt and install
+			// rename files between them).
+			for _, dir := range []string{"/var/lib/convex", "/var/lib/nats"} {
+				hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeVolume, Target: dir})
+			}
 		},
 		EndpointSettingsModifier: func(m map[string]*dnetwork.EndpointSettings) {
 			if es, ok := m[nw.Name]; ok {
