@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
-
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -26,7 +24,7 @@ type PrepareRequest struct {
 }
 
 // errSkipped means the daemon of a step does not run on this node.
-var errSkipped = errors.New("daemon not running")
+var errSkipped = natsconn.ErrNotRunning
 
 // startPromotion runs the promotion of epoch beside the loop, which keeps
 // renewing the lease meanwhile; the loop applies each step it reports.
@@ -125,23 +123,7 @@ func (e *Elector) waitShipping(ctx context.Context, epoch uint64) error {
 
 // call requests verb of a daemon on this node; errSkipped if it does not run.
 func (e *Elector) call(ctx context.Context, daemon, verb string, body any, timeout time.Duration) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var data []byte
-	if body != nil {
-		data, _ = json.Marshal(body)
-	}
-	msg, err := e.nc.RequestWithContext(ctx, schema.Endpoint(e.cluster, e.node, daemon, verb), data)
-	if errors.Is(err, nats.ErrNoResponders) {
-		return nil, fmt.Errorf("%s: %w", daemon, errSkipped)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", daemon, verb, err)
-	}
-	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return nil, fmt.Errorf("%s %s: %s %s", daemon, verb, code, msg.Header.Get(micro.ErrorHeader))
-	}
-	return msg.Data, nil
+	return natsconn.Call(ctx, e.nc, e.cluster, e.node, daemon, verb, body, timeout)
 }
 
 // onPromotion applies a promotion step reported to the loop; a failed

@@ -15,9 +15,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
@@ -108,12 +110,22 @@ func (d *Daemon) Run(ctx context.Context) error {
 	close(d.ready)
 	defer d.stop("stopping")
 
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return d.loop(ctx, roles, g) })
+	return g.Wait()
+}
+
+// loop reconciles shipping with the role until ctx ends; resignations
+// run on g.
+func (d *Daemon) loop(ctx context.Context, roles *rolewatch.Tracker, g *errgroup.Group) error {
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
 	for {
 		changed := roles.Changed()
 		epoch, deadline, leading := roles.Prepared(time.Now())
-		d.reconcile(ctx, epoch, leading, retry)
+		if fenced := d.reconcile(ctx, epoch, leading, retry); fenced != nil {
+			g.Go(func() error { d.resign(ctx, epoch, fenced); return nil })
+		}
 		wait := 10 * time.Second // also proves the loop alive to Healthy
 		if leading {
 			wait = min(wait, time.Until(deadline)) // dead-man switch
@@ -131,29 +143,44 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 }
 
+// resign asks this node's elector to step down: its leader's changes can
+// no longer be shipped in epoch (cause), so every write it acknowledges
+// from now on would be lost at the next leader change.
+func (d *Daemon) resign(ctx context.Context, epoch uint64, cause error) {
+	d.log.Error("cannot ship this epoch's changes: asking the elector to step down", "epoch", epoch, "err", cause)
+	if _, err := natsconn.Call(ctx, d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceElector, "demote",
+		schema.DemoteRequest{}, 3*time.Minute); err != nil {
+		d.log.Error("stepping down failed: the lease ends by itself", "epoch", epoch, "err", err)
+	}
+}
+
 // reconcile makes shipping match the role: ship epoch while leading,
-// nothing otherwise.
-func (d *Daemon) reconcile(ctx context.Context, epoch uint64, leading bool, retry *time.Timer) {
+// nothing otherwise. It returns the fencing error when the stream refused
+// this node's appends for the epoch it still leads.
+func (d *Daemon) reconcile(ctx context.Context, epoch uint64, leading bool, retry *time.Timer) (fenced error) {
 	cur := d.shipper()
 	if cur != nil && (!leading || cur.Epoch() != epoch || cur.Fenced() != nil) {
 		reason := "no longer leader"
 		if err := cur.Fenced(); err != nil {
 			reason = err.Error()
 			d.mu.Lock()
-			d.fencedAt = cur.Epoch()
+			d.fencedAt, d.lastErr = cur.Epoch(), err
 			d.mu.Unlock()
+			if leading && cur.Epoch() == epoch {
+				fenced = err
+			}
 		}
 		d.stop(reason)
 		cur = nil
 	}
 	if !leading || cur != nil {
-		return
+		return fenced
 	}
 	d.mu.Lock()
-	fenced := d.fencedAt == epoch
+	skip := d.fencedAt == epoch
 	d.mu.Unlock()
-	if fenced {
-		return
+	if skip {
+		return fenced
 	}
 	s, err := Open(ctx, d.js, ShipperOptions{
 		DBPath: d.cfg.Backend.DBPath(), Cluster: d.cfg.ClusterID, Node: d.cfg.NodeID, Epoch: epoch,
@@ -166,13 +193,14 @@ func (d *Daemon) reconcile(ctx context.Context, epoch uint64, leading bool, retr
 		if errors.Is(err, walstream.ErrFenced) {
 			d.fencedAt = epoch
 			d.log.Warn("not shipping: epoch fenced", "epoch", epoch, "err", err)
-			return
+			return err
 		}
 		d.log.Warn("cannot ship yet; retrying", "epoch", epoch, "err", err)
 		retry.Reset(time.Second)
-		return
+		return nil
 	}
 	d.ship = s
+	return nil
 }
 
 // stop closes the current shipper, if any.
@@ -235,6 +263,11 @@ func (d *Daemon) Status() any {
 func (d *Daemon) StatusLine() string {
 	if s := d.shipper(); s != nil {
 		return fmt.Sprintf("shipping epoch %d, TXID %d", s.Epoch(), s.Shipped())
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.lastErr != nil {
+		return "not shipping: " + d.lastErr.Error()
 	}
 	return "idle (not leader)"
 }

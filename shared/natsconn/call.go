@@ -1,0 +1,44 @@
+package natsconn
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// ErrNotRunning means no daemon answers on the endpoint: it does not run
+// on that node (or not yet).
+var ErrNotRunning = errors.New("daemon not running")
+
+// Call requests verb of a node's daemon with body (JSON, if not nil) and
+// returns the reply's payload. A micro error reply becomes an error with
+// its code and description; no responders becomes ErrNotRunning.
+func Call(ctx context.Context, nc *nats.Conn, cluster, node, daemon, verb string, body any, timeout time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var data []byte
+	if body != nil {
+		var err error
+		if data, err = json.Marshal(body); err != nil {
+			return nil, fmt.Errorf("%s %s: %w", daemon, verb, err)
+		}
+	}
+	msg, err := nc.RequestWithContext(ctx, schema.Endpoint(cluster, node, daemon, verb), data)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return nil, fmt.Errorf("%s: %w", daemon, ErrNotRunning)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", daemon, verb, err)
+	}
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return nil, fmt.Errorf("%s %s: %s %s", daemon, verb, code, msg.Header.Get(micro.ErrorHeader))
+	}
+	return msg.Data, nil
+}
