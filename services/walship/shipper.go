@@ -14,6 +14,7 @@ import (
 	"github.com/benbjohnson/litestream"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/superfly/ltx"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
@@ -36,6 +37,9 @@ type Shipper struct {
 	shipped atomic.Uint64 // max TXID appended
 	bytes   atomic.Int64
 	files   atomic.Int64
+
+	stopCapture context.CancelFunc
+	capturing   errgroup.Group
 }
 
 // ShipperOptions configure a Shipper.
@@ -59,7 +63,7 @@ func Open(ctx context.Context, js jetstream.JetStream, o ShipperOptions) (*Shipp
 		return nil, fmt.Errorf("database %s: %w", o.DBPath, err)
 	}
 	db := litestream.NewDB(o.DBPath)
-	db.MonitorInterval = o.Interval
+	db.MonitorInterval = 0 // capture (below) syncs only after commits
 	// One final sync on close, no retry loop: a graceful demotion flushes
 	// first, and a fenced shipper must not linger.
 	db.ShutdownSyncTimeout = 0
@@ -116,6 +120,9 @@ func Open(ctx context.Context, js jetstream.JetStream, o ShipperOptions) (*Shipp
 		s.close()
 		return nil, fmt.Errorf("start replica: %w", err)
 	}
+	cctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopCapture = stop
+	s.capturing.Go(func() error { s.capture(cctx, o.Interval, o.Log); return nil })
 	if p.how == startFull {
 		o.Log.Warn("shipping WAL: full copy of the database", "epoch", o.Epoch, "stream_seq", app.LastSeq(), "reason", p.reason)
 	} else {
@@ -186,6 +193,8 @@ func (s *Shipper) Flush(ctx context.Context) (ltx.TXID, error) {
 
 // Close stops capturing. The database is left in WAL mode.
 func (s *Shipper) Close(ctx context.Context) error {
+	s.stopCapture()
+	s.capturing.Wait()
 	s.replica.Stop(true)
 	err := s.db.Close(ctx)
 	s.client.close()

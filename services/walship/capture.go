@@ -1,0 +1,88 @@
+package walship
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+)
+
+// walIndexHeader is the size of the first copy of SQLite's WAL-index
+// header at the start of the -shm file. SQLite rewrites it at every
+// commit and checkpoint — not while a transaction writes its frames.
+const walIndexHeader = 48
+
+// commitWatch tells whether a database may have committed since it last
+// looked, from its WAL-index header.
+type commitWatch struct {
+	shm  string
+	last []byte // nil: sync on the next look
+}
+
+// changed reads the header and reports whether it differs from the last
+// one seen (or cannot be read: no -shm yet, a database not in WAL mode).
+func (w *commitWatch) changed() bool {
+	f, err := os.Open(w.shm)
+	if err != nil {
+		w.last = nil
+		return true
+	}
+	defer f.Close()
+	h := make([]byte, walIndexHeader)
+	if _, err := io.ReadFull(f, h); err != nil {
+		w.last = nil
+		return true
+	}
+	if w.last != nil && bytes.Equal(h, w.last) {
+		return false
+	}
+	w.last = h
+	return true
+}
+
+// capture runs Litestream's sync every interval when the database
+// committed since the last one. Litestream's own monitor syncs on every
+// tick, and a sync reads the WAL from the last captured frame to its end:
+// while a large transaction writes its frames (before it commits), that
+// is a read of the whole uncommitted tail every tick — quadratic in the
+// transaction's size, enough to starve the node's other daemons.
+func (s *Shipper) capture(ctx context.Context, interval time.Duration, log *slog.Logger) {
+	w := commitWatch{shm: s.db.Path() + "-shm"}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	var backoff time.Duration
+	var logged time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		// The header is read before the sync: a commit after it changes
+		// it again, and the next tick catches that.
+		if !w.changed() {
+			continue
+		}
+		err := s.db.Sync(ctx)
+		if err == nil {
+			backoff = 0
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		w.last = nil // retry even if nothing else commits
+		backoff = min(max(2*backoff, interval), 5*time.Second)
+		if time.Since(logged) > 10*time.Second {
+			log.Error("capture WAL", "err", err, "retry_in", backoff)
+			logged = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+	}
+}
