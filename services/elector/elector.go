@@ -447,9 +447,19 @@ func (e *Elector) setIneligible(err error) {
 
 // take completes a handover addressed to this node with a compare-and-set
 // on the handover record's revision.
+// A node that is not eligible (not replicating, or too far behind)
+// refuses it and releases the key, so that the others campaign.
 func (e *Elector) take(ctx context.Context, rev uint64, from schema.LeaderRecord) {
 	octx, cancel := context.WithTimeout(ctx, e.heartbeat)
 	defer cancel()
+	if _, err := e.eligible(octx); err != nil {
+		e.log.Warn("refusing the handover: not eligible; releasing the leader key", "from", from.Node, "reason", err)
+		if derr := e.kv.Delete(octx, schema.KeyLeader, jetstream.LastRevision(rev)); derr != nil {
+			e.log.Warn("release the handed-over leader key (it expires by itself)", "err", derr)
+		}
+		e.apply(Event{Kind: Vacated})
+		return
+	}
 	now := time.Now()
 	rec := schema.LeaderRecord{Node: e.node, Since: now, RenewedAt: now, LeaderTTLMs: e.ttl.Milliseconds()}
 	newRev, err := e.kv.Update(octx, schema.KeyLeader, encode(rec), rev)

@@ -7,10 +7,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats.go/micro"
 
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
@@ -24,36 +23,50 @@ const (
 
 // eligible decides whether this node may campaign: its shadow database must
 // be within the lag bounds of the WAL stream's end (lagEligible), as its
-// ccm-walapply measures it now. A cluster without replication (no WAL stream, or an
-// empty one) has nothing to lag behind. It returns the campaign delay.
+// ccm-walapply measures it now. A cluster without replication (no WAL
+// stream, or one that never held a message) has nothing to lag behind. It
+// returns the campaign delay.
 func (e *Elector) eligible(ctx context.Context) (time.Duration, error) {
+	return e.eligibleNode(ctx, e.node)
+}
+
+// eligibleNode is eligible for any node of the cluster: a leader checks
+// the node it hands over to.
+func (e *Elector) eligibleNode(ctx context.Context, node string) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, max(e.heartbeat/4, 100*time.Millisecond))
 	defer cancel()
-	msg, err := e.nc.RequestWithContext(ctx, schema.Endpoint(e.cluster, e.node, schema.ServiceWalapply, "position"), nil)
-	if errors.Is(err, nats.ErrNoResponders) {
-		s, serr := e.js.Stream(ctx, walstream.Stream(e.cluster))
-		if errors.Is(serr, jetstream.ErrStreamNotFound) {
-			return 0, nil
-		}
+	b, err := natsconn.Call(ctx, e.nc, e.cluster, node, schema.ServiceWalapply, "position", nil, time.Minute)
+	if errors.Is(err, natsconn.ErrNotRunning) {
+		held, serr := e.streamHeldData(ctx)
 		if serr != nil {
-			return 0, fmt.Errorf("WAL stream: %w", serr)
+			return 0, serr
 		}
-		if s.CachedInfo().State.Msgs == 0 {
-			return 0, nil
+		if held {
+			return 0, fmt.Errorf("ccm-walapply is not running on %s and the WAL stream has held data: its database may be behind it", node)
 		}
-		return 0, fmt.Errorf("ccm-walapply is not running and the WAL stream holds %d messages", s.CachedInfo().State.Msgs)
+		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("ask ccm-walapply for its position: %w", err)
-	}
-	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return 0, fmt.Errorf("ccm-walapply: %s", msg.Header.Get(micro.ErrorHeader))
+		return 0, fmt.Errorf("ask ccm-walapply on %s for its position: %w", node, err)
 	}
 	var st schema.ApplyStatus
-	if err := json.Unmarshal(msg.Data, &st); err != nil {
-		return 0, fmt.Errorf("ccm-walapply position %q: %w", msg.Data, err)
+	if err := json.Unmarshal(b, &st); err != nil {
+		return 0, fmt.Errorf("ccm-walapply position %q: %w", b, err)
 	}
 	return lagEligible(st, e.maxLag, e.maxLagBytes, e.heartbeat)
+}
+
+// streamHeldData reports whether the WAL stream exists and has ever held
+// a message (its messages may all have aged out since).
+func (e *Elector) streamHeldData(ctx context.Context) (bool, error) {
+	s, err := e.js.Stream(ctx, walstream.Stream(e.cluster))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("WAL stream: %w", err)
+	}
+	return s.CachedInfo().State.LastSeq > 0, nil
 }
 
 // lagEligible decides on a passive's apply status: replication running,

@@ -187,6 +187,9 @@ func (e *Elector) Promote(ctx context.Context) error {
 		}
 		if rec.HandoverTo == e.node {
 			e.take(ctx, ent.Revision(), rec)
+			if e.State().Role != schema.RoleLeader {
+				return fmt.Errorf("%w: this node refused the handover addressed to it", ErrNotEligible)
+			}
 			return nil
 		}
 		if _, err := e.eligible(ctx); err != nil {
@@ -231,6 +234,11 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 		if to != "" {
 			if _, err := e.kv.Get(ctx, schema.NodeKey(to)); err != nil {
 				return fmt.Errorf("%w %q: no live status for it in %s: %v", ErrUnknownNode, to, schema.Bucket(e.cluster), err)
+			}
+			// Handing over to a node behind the stream would roll the
+			// cluster back to its database.
+			if _, err := e.eligibleNode(ctx, to); err != nil {
+				return fmt.Errorf("%w: %s: %w", ErrNotEligible, to, err)
 			}
 		}
 		epoch = s.Epoch

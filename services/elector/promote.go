@@ -63,6 +63,13 @@ func (e *Elector) promote(ctx context.Context, epoch uint64, report func(promoti
 	if err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("drain the WAL stream: %w", err)
 	}
+	if errors.Is(err, errSkipped) {
+		// No shadow to drain: the data path's database would open the
+		// epoch, and only an unreplicated cluster may start from it.
+		if held, herr := e.streamHeldData(ctx); herr != nil || held {
+			return fmt.Errorf("ccm-walapply does not run on this node, and the WAL stream has held data (or cannot be read: %v): this node's database may be behind it", herr)
+		}
+	}
 	var shadow struct {
 		Epoch    uint64 `json:"epoch"`
 		TXID     uint64 `json:"txid"`
