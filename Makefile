@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/convex-cluster-manager/ccm/shared/daemon.version=
 BINARIES := $(notdir $(wildcard cmd/*))
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: help build test unit-test lint bench bench-failover bench-scale images demo demo-down clean
+.PHONY: help build test unit-test lint bench bench-failover bench-scale bench-bigtx images demo demo-down clean
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
@@ -34,6 +34,9 @@ bench-failover: images ## five switchovers and five leader kills at TTL 10 s and
 
 bench-scale: images ## leader changes, walship kills and a 1 GiB transaction with a 10 MiB and a 1 GiB database (BENCH_SCALE=db=1024MiB: one size); full log in bench-scale.log
 	set -o pipefail; TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -count=1 -timeout 120m -tags 'integration bench' -run 'TestBenchScale/$(BENCH_SCALE)' -v ./itest/ | tee bench-scale.log | grep -E '^(BENCH|--- FAIL|FAIL)'
+
+bench-bigtx: ## one large transaction (CCM_BIG_MIB, default 1024) shipped and applied by walship and walapply processes over loopback NATS, three runs: MiB/s and peak RSS
+	CCM_BIG_MIB=$${CCM_BIG_MIB:-1024} $(GO) test -count=3 -run '^$$' -bench LargeTransaction -benchtime 1x -timeout 60m ./services/walapply/ | grep -E '^Benchmark|MiB/s'
 
 images: build ## base image (debootstrap, cached) and node image ccm-node:dev, no registry
 	deploy/images/base.sh

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -572,6 +573,7 @@ func (e *Elector) publish(s State) {
 	}
 	if s.Role == schema.RoleLeader {
 		ev.Deadline, ev.Prepared, ev.Ready = s.Deadline, s.Prepared, s.Ready
+		ev.DeadlineBoot = int64(rolewatch.BootTime() + time.Until(s.Deadline))
 	}
 	if err := e.nc.Publish(schema.RoleSubject(e.cluster), encode(ev)); err != nil {
 		e.log.Warn("publish role event", "err", err)

@@ -24,6 +24,7 @@ type Tracker struct {
 	log     *slog.Logger
 	sub     *nats.Subscription
 	settles time.Time // when a lease granted before Subscribe has surely expired
+	boot    func() time.Duration // BootTime; a test's clock in tests
 
 	mu      sync.Mutex
 	gate    schema.EpochGate
@@ -36,7 +37,7 @@ type Tracker struct {
 // cluster's leader TTL: no lease granted before Subscribe outlives it, so
 // after ttl without an event the node surely does not lead (see Settled).
 func Subscribe(nc *nats.Conn, cluster, node string, ttl time.Duration, log *slog.Logger) (*Tracker, error) {
-	t := &Tracker{node: node, log: log, settles: time.Now().Add(ttl), changed: make(chan struct{})}
+	t := &Tracker{node: node, log: log, settles: time.Now().Add(ttl), boot: BootTime, changed: make(chan struct{})}
 	sub, err := nc.Subscribe(schema.RoleSubject(cluster), t.onMsg)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to role events: %w", err)
@@ -83,11 +84,18 @@ func (t *Tracker) Settled(now time.Time) bool {
 }
 
 // Leading reports whether, at now, the node leads according to its newest
-// event, and of which epoch until when.
+// event, and of which epoch until when. An event with a boot-clock
+// deadline is judged on that clock alone (now only places the returned
+// deadline): a step of the wall clock neither extends a lease nor cuts
+// one short.
 func (t *Tracker) Leading(now time.Time) (epoch uint64, deadline time.Time, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	ev := t.last
+	if ev.DeadlineBoot != 0 {
+		remaining := time.Duration(ev.DeadlineBoot) - t.boot()
+		return ev.Epoch, now.Add(remaining), ev.Role == schema.RoleLeader && remaining > 0
+	}
 	if ev.Role != schema.RoleLeader || !now.Before(ev.Deadline) {
 		return ev.Epoch, ev.Deadline, false
 	}

@@ -66,3 +66,41 @@ func TestWaitLeading(t *testing.T) {
 		t.Fatalf("no event for epoch 6: got %v, want ErrNotLeading", err)
 	}
 }
+
+// TestDeadlineIgnoresWallClockSteps steps the wall clock the tracker is
+// given (never the machine's) both ways around a lease whose event
+// carries its deadline on the boot clock: the lease is believed exactly
+// as long as the boot clock says.
+func TestDeadlineIgnoresWallClockSteps(t *testing.T) {
+	boot := 100 * time.Second // the test's boot clock
+	tr := &Tracker{node: "n1", log: slog.New(slog.NewTextHandler(io.Discard, nil)), changed: make(chan struct{}),
+		boot: func() time.Duration { return boot }}
+	wall := time.Now().Round(0) // a wall clock without Go's monotonic reading
+	tr.Observe(schema.RoleEvent{Role: schema.RoleLeader, Epoch: 3, Deadline: wall.Add(5 * time.Second),
+		DeadlineBoot: int64(boot + 5*time.Second)})
+
+	// Forward step of 10 s: the wall deadline has passed, the lease has not.
+	if _, d, ok := tr.Leading(wall.Add(10 * time.Second)); !ok || d.Sub(wall.Add(10*time.Second)) != 5*time.Second {
+		t.Fatalf("after a forward step of the wall clock: leading %v until %v, want leading for 5s more", ok, d)
+	}
+	// 6 s later on the boot clock, with the wall clock stepped back an hour:
+	// the lease has ended although the wall deadline lies ahead.
+	boot += 6 * time.Second
+	if _, _, ok := tr.Leading(wall.Add(-time.Hour)); ok {
+		t.Fatal("after a backward step of the wall clock the ended lease is still believed")
+	}
+	// An event without a boot deadline (an older elector) uses the wall one.
+	tr.Observe(schema.RoleEvent{Role: schema.RoleLeader, Epoch: 4, Deadline: wall.Add(5 * time.Second)})
+	if _, _, ok := tr.Leading(wall); !ok {
+		t.Fatal("an event with only a wall deadline is not believed")
+	}
+}
+
+// TestBootTimeAdvances: the boot clock is readable and moves forward.
+func TestBootTimeAdvances(t *testing.T) {
+	a := BootTime()
+	time.Sleep(10 * time.Millisecond)
+	if b := BootTime(); a <= 0 || b-a < 10*time.Millisecond {
+		t.Fatalf("boot clock %v then %v", a, b)
+	}
+}

@@ -62,6 +62,11 @@ type RoleEvent struct {
 	// Deadline is when a leader must have stopped serving unless it publishes
 	// a newer event first: the dead-man switch for the node's other daemons.
 	Deadline time.Time `json:"deadline,omitzero"`
+	// DeadlineBoot is the same deadline on the node's CLOCK_BOOTTIME (ns
+	// since boot). Role events are acted on only by the node that sent
+	// them, whose daemons read the same clock: unlike Deadline it holds
+	// whatever the wall clock does (rolewatch prefers it).
+	DeadlineBoot int64 `json:"deadlineBootNs,omitempty"`
 	// Prepared, on a leader, says the database is in place: WAL shipping
 	// may start. Ready says the promotion finished and the backend serves:
 	// the VIP may point at it.
