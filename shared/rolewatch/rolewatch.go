@@ -23,7 +23,7 @@ type Tracker struct {
 	node    string
 	log     *slog.Logger
 	sub     *nats.Subscription
-	settles time.Time // when a lease granted before Subscribe has surely expired
+	settles time.Time            // when a lease granted before Subscribe has surely expired
 	boot    func() time.Duration // BootTime; a test's clock in tests
 
 	mu      sync.Mutex
