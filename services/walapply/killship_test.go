@@ -14,6 +14,7 @@ import (
 
 	"github.com/convex-cluster-manager/ccm/services/walship"
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 )
 
 // shipChild ships the database at path as epoch 1 until killed, and
@@ -92,6 +93,16 @@ func TestShipKilledResumes(t *testing.T) {
 		}
 	}()
 	time.Sleep(time.Second)
+	// The kills are restarts of a recorded chain: wait until the full copy
+	// is in the stream and recorded (slow on a loaded machine).
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := replica.ReadSums(replica.SumsPath(e.dbPath)); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first full copy was not recorded within a minute")
+		}
+	}
 	before := e.streamBytes(t)
 	seed := uint64(time.Now().UnixNano())
 	rng := rand.New(rand.NewPCG(seed, seed))

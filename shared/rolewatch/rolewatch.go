@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
@@ -36,6 +37,11 @@ type Tracker struct {
 // Subscribe follows the role events of node in cluster. ttl is the
 // cluster's leader TTL: no lease granted before Subscribe outlives it, so
 // after ttl without an event the node surely does not lead (see Settled).
+// It also reads the leader key once: if it does not name node as the
+// serving leader, the node does not lead and the tracker is settled at
+// once — a daemon restarted on a node that lost its lease meanwhile (a
+// frozen node resuming, a watchdog kill) tears down at once instead of a
+// TTL later.
 func Subscribe(nc *nats.Conn, cluster, node string, ttl time.Duration, log *slog.Logger) (*Tracker, error) {
 	t := &Tracker{node: node, log: log, settles: time.Now().Add(ttl), boot: BootTime, changed: make(chan struct{})}
 	sub, err := nc.Subscribe(schema.RoleSubject(cluster), t.onMsg)
@@ -43,7 +49,47 @@ func Subscribe(nc *nats.Conn, cluster, node string, ttl time.Duration, log *slog
 		return nil, fmt.Errorf("subscribe to role events: %w", err)
 	}
 	t.sub = sub
+	ctx, cancel := context.WithTimeout(context.Background(), min(ttl/2, 2*time.Second))
+	defer cancel()
+	if leader, err := keyLeader(ctx, nc, cluster); err != nil {
+		log.Info("leader key unreadable: waiting for a role event", "err", err)
+	} else if leader != node {
+		t.mu.Lock()
+		t.settles = time.Now()
+		t.mu.Unlock()
+	}
 	return t, nil
+}
+
+// keyLeader returns the node the leader key names as serving leader, ""
+// if none.
+func keyLeader(ctx context.Context, nc *nats.Conn, cluster string) (string, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return "", err
+	}
+	kv, err := js.KeyValue(ctx, schema.Bucket(cluster))
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	ent, err := kv.Get(ctx, schema.KeyLeader)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	var rec schema.LeaderRecord
+	if err := json.Unmarshal(ent.Value(), &rec); err != nil {
+		return "", fmt.Errorf("leader record: %w", err)
+	}
+	if !rec.Serving() {
+		return "", nil
+	}
+	return rec.Node, nil
 }
 
 func (t *Tracker) onMsg(m *nats.Msg) {

@@ -2,12 +2,16 @@ package rolewatch
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -102,5 +106,51 @@ func TestBootTimeAdvances(t *testing.T) {
 	time.Sleep(10 * time.Millisecond)
 	if b := BootTime(); a <= 0 || b-a < 10*time.Millisecond {
 		t.Fatalf("boot clock %v then %v", a, b)
+	}
+}
+
+// TestSubscribeSettlesFromTheLeaderKey: a daemon (re)starting on a node
+// that the leader key does not name as serving leader knows at once that
+// its node does not lead; one on the named node waits for the elector.
+func TestSubscribeSettlesFromTheLeaderKey(t *testing.T) {
+	srv := natstest.Server(t)
+	nc := natstest.Connect(t, srv.ClientURL())
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ttl := 10 * time.Second
+	settled := func(node string) bool {
+		tr, err := Subscribe(nc, "c", node, ttl, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		return tr.Settled(time.Now())
+	}
+	if !settled("n1") {
+		t.Fatal("no cluster state at all: not settled")
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: schema.Bucket("c")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := json.Marshal(schema.LeaderRecord{Node: "n2", Since: time.Now(), RenewedAt: time.Now(), LeaderTTLMs: ttl.Milliseconds()})
+	if _, err := kv.Put(context.Background(), schema.KeyLeader, rec); err != nil {
+		t.Fatal(err)
+	}
+	if !settled("n1") {
+		t.Fatal("the key names n2: n1 is not settled at once")
+	}
+	if settled("n2") {
+		t.Fatal("the key names n2: n2 settled without hearing from its elector")
+	}
+	rec, _ = json.Marshal(schema.LeaderRecord{Node: "n2", Since: time.Now(), RenewedAt: time.Now(), LeaderTTLMs: ttl.Milliseconds(), HandoverTo: "n3"})
+	if _, err := kv.Put(context.Background(), schema.KeyLeader, rec); err != nil {
+		t.Fatal(err)
+	}
+	if !settled("n2") {
+		t.Fatal("n2 handed over: it is not settled at once")
 	}
 }
