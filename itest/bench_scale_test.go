@@ -199,6 +199,10 @@ func (c *Cluster) bigTransaction(t *testing.T, mib int) {
 			t.Log(line)
 			fmt.Println(line)
 		}
+		// What went wrong, if anything: the daemons' warnings and errors.
+		if _, warn := n.Exec(t, "sh", "-c", "journalctl -u ccm-walship -u ccm-walapply -u ccm-elector -p warning --no-pager -o short-precise --since=-15min | tail -40"); strings.TrimSpace(warn) != "" {
+			t.Logf("warnings on %s during the transaction:\n%s", n.Name, warn)
+		}
 		code, out := n.Exec(t, "sh", "-c", "journalctl -u ccm-walship -u ccm-walapply --no-pager | grep -ci 'watchdog timeout' || true")
 		if code == 0 && strings.TrimSpace(out) != "0" {
 			fmt.Printf("BENCH %s: %s watchdog timeouts of walship/walapply\n", n.Name, strings.TrimSpace(out))

@@ -99,6 +99,7 @@ func BenchmarkLargeTransaction(b *testing.B) {
 		}
 		applied(flush())
 
+		streamBefore := e.streamBytes(b)
 		growTx(b, e.dbPath, size)
 		start := time.Now()
 		b.StartTimer()
@@ -107,7 +108,8 @@ func BenchmarkLargeTransaction(b *testing.B) {
 		applied(txid)
 		b.StopTimer()
 		took := time.Since(start)
-		b.Logf("shipped after %v, applied after %v", shipped.Round(time.Millisecond), took.Round(time.Millisecond))
+		b.Logf("shipped after %v, applied after %v; the stream grew by %.1f MiB", shipped.Round(time.Millisecond), took.Round(time.Millisecond),
+			float64(e.streamBytes(b)-streamBefore)/(1<<20))
 		b.ReportMetric(float64(size)/took.Seconds(), "MiB/s")
 		b.ReportMetric(float64(ship.peakRSS(b))/1024, "walship-peak-MiB")
 		b.ReportMetric(float64(apply.peakRSS(b))/1024, "walapply-peak-MiB")

@@ -17,7 +17,7 @@ import (
 )
 
 // streamBytes is the WAL stream's size on disk.
-func (e *env) streamBytes(t *testing.T) uint64 {
+func (e *env) streamBytes(t testing.TB) uint64 {
 	t.Helper()
 	s, err := e.js.Stream(context.Background(), walstream.Stream(cluster))
 	if err != nil {
