@@ -7,10 +7,12 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/convex-cluster-manager/ccm/shared/fsutil"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
 
@@ -79,7 +81,7 @@ func (a *Applier) recover() (bool, error) {
 	if err := a.shadow.Recover(f, next); err != nil {
 		return false, fmt.Errorf("finish interrupted apply of TXID %d: %w", next.TXID, err)
 	}
-	return true, os.Remove(a.donePath())
+	return true, a.removeRecord()
 }
 
 // Position is the applied position.
@@ -208,8 +210,15 @@ func (a *Applier) applyJournal(seq uint64, m walstream.Meta) error {
 	if post != m.Post {
 		return fmt.Errorf("%w: applying TXID %d-%d would give checksum %s, the leader's is %s", ErrChecksum, hdr.MinTXID, hdr.MaxTXID, post, m.Post)
 	}
+	// Write-ahead: the journal and the record that points at it are on
+	// disk before the first page is written, so that a power cut in the
+	// middle is finished on start instead of leaving a shadow that matches
+	// no position.
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync journal: %w", err)
+	}
 	b, _ := json.Marshal(next)
-	if err := os.WriteFile(a.donePath(), b, 0o640); err != nil {
+	if err := fsutil.WriteFileSync(a.donePath(), b, 0o640); err != nil {
 		return fmt.Errorf("record apply: %w", err)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
@@ -220,7 +229,16 @@ func (a *Applier) applyJournal(seq uint64, m walstream.Meta) error {
 		return err
 	}
 	a.captured = m.Captured
-	return os.Remove(a.donePath())
+	return a.removeRecord()
+}
+
+// removeRecord removes the interrupted-apply record durably: one that
+// came back after a power cut would point at the next file's journal.
+func (a *Applier) removeRecord() error {
+	if err := os.Remove(a.donePath()); err != nil {
+		return err
+	}
+	return fsutil.SyncDir(filepath.Dir(a.donePath()))
 }
 
 // Captured is the leader's capture time of the newest applied file.
