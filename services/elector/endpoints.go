@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -250,24 +251,61 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 		return err
 	}
 	if _, err := e.call(ctx, schema.ServiceBackend, "stop", PrepareRequest{Epoch: epoch}, time.Minute); err != nil && !errors.Is(err, errSkipped) {
-		e.log.Error("demote: stopping the backend failed; handing over anyway", "err", err)
+		return e.undrain(ctx, epoch, "stopping the backend", err)
 	}
+	var lost error // the leader's changes cannot be shipped at all
 	if _, err := e.call(ctx, schema.ServiceWalship, "flush", nil, 30*time.Second); err != nil && !errors.Is(err, errSkipped) {
-		e.log.Error("demote: final WAL flush failed; handing over anyway", "err", err)
+		if !strings.Contains(err.Error(), " 409 ") {
+			return e.undrain(ctx, epoch, "the final WAL flush", err)
+		}
+		// Not shipping (its appends were fenced): serving on would only
+		// add writes that no other node will have.
+		lost = err
 	}
 	if _, err := e.call(ctx, schema.ServiceStorage, "flush", nil, 5*time.Minute); err != nil && !errors.Is(err, errSkipped) {
-		e.log.Error("demote: final storage flush failed; handing over anyway", "err", err)
+		return e.undrain(ctx, epoch, "the final storage flush", err)
 	}
 	reason := "demoted"
 	if to != "" {
 		reason = "handing over to " + to
 	}
-	return e.do(ctx, func(ctx context.Context) error {
+	err = e.do(ctx, func(ctx context.Context) error {
 		if s := e.State(); s.Role != schema.RoleLeader || s.Epoch != epoch {
 			return fmt.Errorf("%w: leadership of epoch %d was lost while draining", ErrNotLeader, epoch)
 		}
 		return e.resign(ctx, to, reason)
 	})
+	if err == nil && lost != nil {
+		e.log.Error("demote: stepped down, but this node's WAL could not be shipped: changes since its last shipped file exist only here", "err", lost)
+		return fmt.Errorf("stepped down, but this node could not ship its WAL (%w): changes since its last shipped file exist only in its data path, set aside at its next promotion", lost)
+	}
+	return err
+}
+
+// undrain makes a leader whose graceful demotion failed at step serve
+// again (start the backend, say ready), so that it never holds the key
+// without serving; if the backend does not start, it steps down.
+func (e *Elector) undrain(ctx context.Context, epoch uint64, step string, cause error) error {
+	e.log.Error("demote: "+step+" failed: serving again", "err", cause)
+	_, err := e.call(ctx, schema.ServiceBackend, "start", PrepareRequest{Epoch: epoch}, 5*time.Minute)
+	if err != nil && !errors.Is(err, errSkipped) {
+		e.log.Error("demote: the backend does not start again: stepping down", "err", err)
+		e.do(ctx, func(ctx context.Context) error {
+			if s := e.State(); s.Role == schema.RoleLeader && s.Epoch == epoch {
+				return e.resign(ctx, "", "demotion failed and the backend does not start again")
+			}
+			return nil
+		})
+		return fmt.Errorf("demotion failed: %s: %w; the backend did not start again (%v): stepped down without a handover", step, cause, err)
+	}
+	e.do(ctx, func(ctx context.Context) error {
+		if s := e.State(); s.Role == schema.RoleLeader && s.Epoch == epoch {
+			e.apply(Event{Kind: Ready, Epoch: epoch})
+			e.publish(e.State())
+		}
+		return nil
+	})
+	return fmt.Errorf("demotion aborted, still serving: %s failed: %w", step, cause)
 }
 
 // resign steps down locally, then hands the key over to to (or releases
