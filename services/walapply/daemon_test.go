@@ -32,6 +32,24 @@ func nodeConfig(t *testing.T, dir, id, url string) config.Config {
 	return c
 }
 
+// createDocs creates the test schema in a new database at path.
+func createDocs(t *testing.T, path string) {
+	t.Helper()
+	db := openDB(t, path)
+	mustExec(t, db, `CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT, blob BLOB)`)
+	db.Close()
+}
+
+// waitShipping waits until the walship daemon ships and ok holds.
+func waitShipping(t *testing.T, ws *daemontest.Running[*walship.Daemon], ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !ws.D.Status().(walship.Status).Shipping || !ok(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not shipping: %+v", ws.D.Status())
+		}
+	}
+}
+
 func request[T any](t *testing.T, nc *nats.Conn, subject string) T {
 	t.Helper()
 	msg, err := nc.Request(subject, nil, 60*time.Second)

@@ -21,9 +21,7 @@ func TestFailedDemotionServesAgain(t *testing.T) {
 	srv := natstest.Server(t)
 	dir := t.TempDir()
 	c1, c2 := nodeConfig(t, dir, "n1", srv.ClientURL()), nodeConfig(t, dir, "n2", srv.ClientURL())
-	db := openDB(t, c1.Backend.DBPath())
-	mustExec(t, db, `CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT, blob BLOB)`)
-	db.Close()
+	createDocs(t, c1.Backend.DBPath())
 	n1 := et.Start(t, c1)
 	et.WaitLeader(t, []*et.Node{n1}, et.TTL)
 	et.Start(t, c2)
@@ -32,11 +30,7 @@ func TestFailedDemotionServesAgain(t *testing.T) {
 	cw.NATS.Servers = []string{proxy.URL()}
 	ws := daemontest.Start[*walship.Daemon](t, walship.Spec(), cw)
 	daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
-	for deadline := time.Now().Add(10 * time.Second); !ws.D.Status().(walship.Status).Shipping || !n1.El.State().Ready; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("n1 not serving and shipping: %+v, %+v", ws.D.Status(), n1.El.State())
-		}
-	}
+	waitShipping(t, ws, func() bool { return n1.El.State().Ready })
 	epoch := n1.El.State().Epoch
 	w := openDB(t, writerDSN(c1.Backend.DBPath()))
 	defer w.Close()

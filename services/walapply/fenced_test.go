@@ -24,19 +24,13 @@ func TestFencedLeaderStepsDown(t *testing.T) {
 	srv := natstest.Server(t)
 	dir := t.TempDir()
 	c1 := nodeConfig(t, dir, "n1", srv.ClientURL())
-	db := openDB(t, c1.Backend.DBPath())
-	mustExec(t, db, `CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT, blob BLOB)`)
-	db.Close()
+	createDocs(t, c1.Backend.DBPath())
 	n1 := et.Start(t, c1)
 	et.WaitLeader(t, []*et.Node{n1}, et.TTL)
 	ws := daemontest.Start[*walship.Daemon](t, walship.Spec(), c1)
 
 	nc := natstest.Connect(t, srv.ClientURL())
-	for deadline := time.Now().Add(10 * time.Second); !ws.D.Status().(walship.Status).Shipping; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("n1 not shipping: %+v", ws.D.Status())
-		}
-	}
+	waitShipping(t, ws, func() bool { return true })
 	epoch := n1.El.State().Epoch
 	w := openDB(t, writerDSN(c1.Backend.DBPath()))
 	defer w.Close()

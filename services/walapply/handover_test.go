@@ -27,11 +27,8 @@ func TestNoHandoverToANodeBehindTheStream(t *testing.T) {
 	srv := natstest.Server(t)
 	dir := t.TempDir()
 	c1, c2, c3 := nodeConfig(t, dir, "n1", srv.ClientURL()), nodeConfig(t, dir, "n2", srv.ClientURL()), nodeConfig(t, dir, "n3", srv.ClientURL())
-	for _, c := range []string{c1.Backend.DBPath(), c3.Backend.DBPath()} {
-		db := openDB(t, c)
-		mustExec(t, db, `CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT, blob BLOB)`)
-		db.Close()
-	}
+	createDocs(t, c1.Backend.DBPath())
+	createDocs(t, c3.Backend.DBPath())
 	old := openDB(t, c3.Backend.DBPath())
 	workload(t, old, 5, 1)
 	old.Close()
@@ -42,11 +39,7 @@ func TestNoHandoverToANodeBehindTheStream(t *testing.T) {
 	ws := daemontest.Start[*walship.Daemon](t, walship.Spec(), c1)
 	daemontest.Start[*walship.Daemon](t, walship.Spec(), c3)
 	daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
-	for deadline := time.Now().Add(10 * time.Second); !ws.D.Status().(walship.Status).Shipping; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("n1 not shipping: %+v", ws.D.Status())
-		}
-	}
+	waitShipping(t, ws, func() bool { return true })
 	w := openDB(t, writerDSN(c1.Backend.DBPath()))
 	workload(t, w, 205, 2)
 	w.Close()

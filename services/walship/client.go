@@ -101,24 +101,43 @@ func (c *streamClient) WriteLTXFile(ctx context.Context, level int, minTXID, max
 	if hdr.IsSnapshot() {
 		meta.Pre = 0
 	}
-	// The page checksums are computed while the file is being sent: only
-	// its last chunk carries the checksum after it.
 	var (
 		g    errgroup.Group
 		undo func()
 	)
-	g.Go(func() error {
-		var err error
+	send, sendSize := io.ReaderAt(ra), size
+	if c.last != 0 && wholeDatabase(hdr, ra, size) {
+		// Litestream captured every page (it could not follow the WAL):
+		// ship only those that differ from what was shipped.
+		delta, dsize, derr := c.delta(ra, size)
+		if derr != nil {
+			return nil, fmt.Errorf("LTX %d-%d: %w", minTXID, maxTXID, derr)
+		}
+		defer os.Remove(delta.Name())
+		defer delta.Close()
+		c.log.Info("Litestream captured the whole database: shipping only its changed pages",
+			"txid", minTXID, "bytes", dsize, "captured_bytes", size)
+		send, sendSize = delta, dsize
 		_, undo, err = c.pages.Apply(io.NewSectionReader(ra, 0, size))
-		return err
-	})
+		if err != nil {
+			return nil, fmt.Errorf("checksum LTX %d-%d: %w", minTXID, maxTXID, err)
+		}
+	} else {
+		// The page checksums are computed while the file is being sent:
+		// only its last chunk carries the checksum after it.
+		g.Go(func() error {
+			var err error
+			_, undo, err = c.pages.Apply(io.NewSectionReader(ra, 0, size))
+			return err
+		})
+	}
 	post := func() (ltx.Checksum, error) {
 		if err := g.Wait(); err != nil {
 			return 0, fmt.Errorf("checksum LTX %d-%d: %w", minTXID, maxTXID, err)
 		}
 		return c.pages.Checksum(), nil
 	}
-	err = c.app.AppendLTX(ctx, meta, io.NewSectionReader(ra, 0, size), size, post)
+	err = c.app.AppendLTX(ctx, meta, io.NewSectionReader(send, 0, sendSize), sendSize, post)
 	if serr := g.Wait(); err == nil && serr != nil {
 		err = fmt.Errorf("checksum LTX %d-%d: %w", minTXID, maxTXID, serr)
 	}
@@ -135,10 +154,27 @@ func (c *streamClient) WriteLTXFile(ctx context.Context, level int, minTXID, max
 	c.last = maxTXID
 	c.record(walstream.Base{Epoch: c.app.Epoch(), TXID: maxTXID, Checksum: meta.Post, Seq: c.app.LastSeq(), End: c.app.End(), Chain: c.app.Chain()})
 	if c.onWrite != nil {
-		c.onWrite(maxTXID, size)
+		c.onWrite(maxTXID, sendSize)
 	}
 	return &ltx.FileInfo{Level: 0, MinTXID: minTXID, MaxTXID: maxTXID, PreApplyChecksum: meta.Pre,
 		PostApplyChecksum: meta.Post, Size: size, CreatedAt: time.UnixMilli(hdr.Timestamp)}, nil
+}
+
+// delta writes the changed pages of the file in ra beside the page-sums
+// file and returns it open for reading, with its size.
+func (c *streamClient) delta(ra io.ReaderAt, size int64) (*os.File, int64, error) {
+	path := c.sumsPath + ".delta"
+	n, err := c.writeDelta(path, ra, size)
+	if err != nil {
+		os.Remove(path)
+		return nil, 0, fmt.Errorf("reduce a whole-database capture to its changes: %w", err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		os.Remove(path)
+		return nil, 0, err
+	}
+	return f, n, nil
 }
 
 // record keeps the page-sums file at the shipped position b. A failure
