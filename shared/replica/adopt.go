@@ -75,6 +75,13 @@ func Adopt(ctx context.Context, dbPath, shadowPath string) (*Shadow, error) {
 	if err := os.Rename(tmp, shadowPath); err != nil {
 		return nil, err
 	}
+	if moved { // its page sums describe the database that moved away
+		for _, p := range []string{sumsLog(SumsPath(dbPath)), SumsPath(dbPath)} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, err
+			}
+		}
+	}
 	for _, dir := range []string{filepath.Dir(shadowPath), filepath.Dir(dbPath)} {
 		if err := fsutil.SyncDir(dir); err != nil {
 			return nil, err

@@ -104,6 +104,9 @@ func TestAdoptMovesOnlyAnUnusedDatabase(t *testing.T) {
 	if _, err := os.Stat(dbPath); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("an unused database was copied, not moved (stat: %v)", err)
 	}
+	if _, err := os.Stat(replica.SumsPath(dbPath)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the moved database's page sums stayed behind (stat: %v)", err)
+	}
 	if p := sh.Position(); p.Checksum != b.Checksum || !sh.Verified() {
 		t.Fatalf("adopted at %+v, want checksum %s", p, b.Checksum)
 	}
