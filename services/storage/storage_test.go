@@ -106,7 +106,21 @@ func write(t *testing.T, root, rel string, data []byte) {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(p, data, 0o644); err != nil {
+	// Written beside the watched tree and renamed in, so that the capture
+	// never sees a half-written file (which would store one more object,
+	// kept for the GC grace, and throw off the tests' object counts).
+	tmp, err := os.CreateTemp(filepath.Dir(root), "write-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		t.Fatal(err)
+	}
+	tmp.Close()
+	if err := os.Rename(tmp.Name(), p); err != nil {
 		t.Fatal(err)
 	}
 }
