@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -255,7 +255,7 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 	}
 	var lost error // the leader's changes cannot be shipped at all
 	if _, err := e.call(ctx, schema.ServiceWalship, "flush", nil, 30*time.Second); err != nil && !errors.Is(err, errSkipped) {
-		if !strings.Contains(err.Error(), " 409 ") {
+		if !natsconn.HasCode(err, "409") {
 			return e.undrain(ctx, epoch, "the final WAL flush", err)
 		}
 		// Not shipping (its appends were fenced): serving on would only

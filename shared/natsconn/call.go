@@ -17,6 +17,21 @@ import (
 // on that node (or not yet).
 var ErrNotRunning = errors.New("daemon not running")
 
+// CallError is an endpoint's error reply: its code ("409", "500", …) and
+// description.
+type CallError struct {
+	Code        string
+	Description string
+}
+
+func (e *CallError) Error() string { return e.Code + " " + e.Description }
+
+// HasCode reports whether err is an endpoint's error reply with code.
+func HasCode(err error, code string) bool {
+	var ce *CallError
+	return errors.As(err, &ce) && ce.Code == code
+}
+
 // Call requests verb of a node's daemon with body (JSON, if not nil) and
 // returns the reply's payload. A micro error reply becomes an error with
 // its code and description; no responders becomes ErrNotRunning.
@@ -38,7 +53,7 @@ func Call(ctx context.Context, nc *nats.Conn, cluster, node, daemon, verb string
 		return nil, fmt.Errorf("%s %s: %w", daemon, verb, err)
 	}
 	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return nil, fmt.Errorf("%s %s: %s %s", daemon, verb, code, msg.Header.Get(micro.ErrorHeader))
+		return nil, fmt.Errorf("%s %s: %w", daemon, verb, &CallError{Code: code, Description: msg.Header.Get(micro.ErrorHeader)})
 	}
 	return msg.Data, nil
 }
