@@ -138,8 +138,11 @@ func TestApplyKilledMidFileRecovers(t *testing.T) {
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
 		// Every other kill waits for the pages of a verified file to be
-		// written (its apply record exists), the others land anywhere.
-		wait := time.After(time.Duration(50+rng.IntN(1500)) * time.Millisecond)
+		// written (its apply record exists); the others land at a random
+		// moment after the large file's journal appeared (assembling it,
+		// verifying it or after it: applying is fast enough that a delay
+		// from the start could miss it all).
+		wait := after(appearing(shadow+".ccm-incoming", 60*time.Second), time.Duration(rng.IntN(800))*time.Millisecond)
 		if kill%2 == 1 {
 			wait = appearing(shadow+".ccm-incoming.apply", 60*time.Second)
 		}
@@ -206,6 +209,17 @@ func TestApplyKilledMidFileRecovers(t *testing.T) {
 			}
 		}
 	}
+}
+
+// after fires d after c fires.
+func after(c <-chan time.Time, d time.Duration) <-chan time.Time {
+	out := make(chan time.Time, 1)
+	go func() {
+		<-c
+		time.Sleep(d)
+		out <- time.Now()
+	}()
+	return out
 }
 
 // appearing fires once path exists, or after limit.
