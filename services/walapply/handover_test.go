@@ -77,14 +77,16 @@ func TestNoHandoverToANodeBehindTheStream(t *testing.T) {
 	if _, err := kv.Update(context.Background(), schema.KeyLeader, rec, ent.Revision()); err != nil {
 		t.Fatal(err)
 	}
-	// For at least 3 TTLs n3 never leads, and within 10 an eligible node does.
+	// For at least 3 TTLs n3 never leads, and within 30 an eligible node
+	// does (its eligibility checks time out under load: the package runs
+	// beside others).
 	led := false
 	for start := time.Now(); time.Since(start) < 3*et.TTL || !led; time.Sleep(10 * time.Millisecond) {
 		if n3.El.State().Role == schema.RoleLeader {
 			t.Fatal("n3, not replicating, took the leadership handed to it")
 		}
 		led = led || len(et.Leaders([]*et.Node{n1, n2})) > 0
-		if time.Since(start) > 10*et.TTL {
+		if time.Since(start) > 30*et.TTL {
 			t.Fatal("no eligible node took the leadership after n3 refused it")
 		}
 	}
