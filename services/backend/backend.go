@@ -64,6 +64,7 @@ type Daemon struct {
 	failures  int // consecutive failed health checks on the ready leader
 	handedOff uint64
 	led       bool // the node led at the last reconcile
+	held      bool // stopped on request (a demotion): not restarted until Start
 	lastErr   error
 	loopAt    time.Time
 }
@@ -145,11 +146,17 @@ func (d *Daemon) reconcile(ctx context.Context) {
 			d.fail(err)
 		}
 		d.setHealth(false)
-	case serving:
+	case serving && !d.isHeld():
 		d.check(ctx, epoch)
 	default:
 		d.setHealth(false)
 	}
+}
+
+func (d *Daemon) isHeld() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.held
 }
 
 // check health-checks the backend on the ready leader and, after
@@ -304,6 +311,9 @@ func (d *Daemon) Start(ctx context.Context, epoch uint64) error {
 		return err
 	}
 	d.opMu.Lock()
+	d.mu.Lock()
+	d.held = false
+	d.mu.Unlock()
 	if err := d.unit.start(ctx); err != nil {
 		d.opMu.Unlock()
 		return err
@@ -337,10 +347,14 @@ func (d *Daemon) Start(ctx context.Context, epoch uint64) error {
 	}
 }
 
-// Stop stops the unit gracefully (the backend drains on SIGINT).
+// Stop stops the unit gracefully (the backend drains on SIGINT); the health
+// checks do not start it again until Start.
 func (d *Daemon) Stop(ctx context.Context) error {
 	d.opMu.Lock()
 	defer d.opMu.Unlock()
+	d.mu.Lock()
+	d.held = true // the health checks must not start it again
+	d.mu.Unlock()
 	d.setHealth(false)
 	return d.unit.stop(ctx)
 }
