@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -38,7 +39,14 @@ func startChild(b *testing.B, env ...string) *child {
 	}
 	r.Close()
 	c := &child{cmd: cmd, stdin: w, stdout: bufio.NewReader(out)}
-	b.Cleanup(func() { w.Close(); cmd.Process.Kill(); cmd.Wait() })
+	b.Cleanup(func() {
+		w.Close()
+		// SIGTERM first: a profiled child writes its profiles on it.
+		cmd.Process.Signal(syscall.SIGTERM)
+		t := time.AfterFunc(5*time.Second, func() { cmd.Process.Kill() })
+		cmd.Wait()
+		t.Stop()
+	})
 	return c
 }
 

@@ -26,6 +26,7 @@ import (
 // ccm-walapply runs), so that a test can kill -9 it at any point.
 func TestMain(m *testing.M) {
 	if url := os.Getenv("CCM_SHIP_CHILD_NATS"); url != "" {
+		profileChild("walship")
 		if err := shipChild(url, os.Getenv("CCM_SHIP_CHILD_DB")); err != nil {
 			fmt.Fprintln(os.Stderr, "ship child:", err)
 			os.Exit(3)
@@ -33,6 +34,7 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	if url := os.Getenv("CCM_APPLY_CHILD_NATS"); url != "" {
+		profileChild("walapply")
 		if err := applyChild(url, os.Getenv("CCM_APPLY_CHILD_DB")); err != nil {
 			fmt.Fprintln(os.Stderr, "apply child:", err)
 			os.Exit(3)

@@ -106,7 +106,7 @@ func (c *streamClient) WriteLTXFile(ctx context.Context, level int, minTXID, max
 		undo func()
 	)
 	send, sendSize := io.ReaderAt(ra), size
-	if c.last != 0 && wholeDatabase(hdr, ra, size) {
+	if c.last != 0 && c.recaptured(hdr, ra, size) {
 		// Litestream captured every page (it could not follow the WAL):
 		// ship only those that differ from what was shipped.
 		delta, dsize, derr := c.delta(ra, size)
