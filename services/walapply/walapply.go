@@ -523,13 +523,15 @@ func (d *Daemon) Release() (replica.Position, error) {
 		return replica.Position{}, errors.New("drain before releasing the shadow database")
 	}
 	pos := d.applier.Position()
+	// Closed first: a file still being assembled (a drain target in the
+	// middle of it) gives its predicted page sums back.
+	d.applier.Close()
 	// The page sums let the promoted node's walship continue the chain
 	// from this database without reading it; without them it ships a
 	// full copy, so a failure here only costs time.
 	if err := d.shadow.WriteSums(); err != nil {
 		d.log.Warn("page sums of the released shadow not written: the new epoch will ship a full copy", "err", err)
 	}
-	d.applier.Close()
 	d.shadow.Close()
 	d.applier, d.shadow, d.released = nil, nil, true
 	d.log.Info("shadow database released for promotion", "epoch", pos.Epoch, "txid", pos.TXID)

@@ -34,6 +34,7 @@ type Applier struct {
 	journal  *os.File
 	jmeta    walstream.Meta // first chunk's header of the file being assembled
 	jnext    int            // next chunk index expected; 0 = none in progress
+	pred     *prediction    // of the file being assembled
 	consumed uint64         // last stream sequence handled
 	captured time.Time      // capture time of the newest applied file
 }
@@ -141,7 +142,12 @@ func (a *Applier) Handle(seq uint64, h nats.Header, data []byte) error {
 	return a.applyJournal(seq, m)
 }
 
+// resetJournal drops the file being assembled, and its prediction.
 func (a *Applier) resetJournal() {
+	if a.pred != nil {
+		a.pred.abort()
+		a.pred = nil
+	}
 	if a.journal != nil {
 		a.journal.Close()
 		a.journal = nil
@@ -157,6 +163,7 @@ func (a *Applier) addChunk(seq uint64, m walstream.Meta, data []byte) error {
 			return fmt.Errorf("open journal: %w", err)
 		}
 		a.journal, a.jmeta = f, m
+		a.pred = predict(a.shadow)
 	} else if a.jnext == 0 {
 		return fmt.Errorf("%w: sequence %d is chunk %d of TXID %d-%d, but no file is being assembled", ErrGap, seq, m.Chunk, m.MinTXID, m.MaxTXID)
 	} else if m.Chunk != a.jnext || m.MinTXID != a.jmeta.MinTXID || m.MaxTXID != a.jmeta.MaxTXID {
@@ -164,8 +171,10 @@ func (a *Applier) addChunk(seq uint64, m walstream.Meta, data []byte) error {
 			ErrGap, seq, m.Chunk, m.MinTXID, m.MaxTXID, a.jnext, a.jmeta.MinTXID, a.jmeta.MaxTXID)
 	}
 	if _, err := a.journal.Write(data); err != nil {
+		a.resetJournal()
 		return fmt.Errorf("write journal: %w", err)
 	}
+	a.pred.write(data)
 	a.jnext = m.Chunk + 1
 	return nil
 }
@@ -175,10 +184,8 @@ func (a *Applier) applyJournal(seq uint64, m walstream.Meta) error {
 	defer a.resetJournal()
 	f := a.journal
 	pos := a.shadow.Position()
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-	hdr, post, undo, err := a.shadow.Predict(f)
+	hdr, post, undo, err := a.pred.finish()
+	a.pred = nil
 	if err != nil {
 		return fmt.Errorf("%w: TXID %d-%d at sequence %d: %w", ErrCorrupt, m.MinTXID, m.MaxTXID, seq, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -310,4 +311,57 @@ func TestApplierRecoversInterruptedApply(t *testing.T) {
 	if _, err := replica.NewApplier(sh3); !errors.Is(err, replica.ErrDiverged) {
 		t.Fatalf("damaged shadow: err = %v, want ErrDiverged", err)
 	}
+}
+
+// TestApplierAbandonedFileLeavesPageSums: the page sums are predicted
+// while a file's chunks arrive; a file abandoned before its last chunk
+// (a new epoch's marker, or the applier closed for a handover) must leave
+// them at the shadow's content.
+func TestApplierAbandonedFileLeavesPageSums(t *testing.T) {
+	chunked := func(t *testing.T, db *fakeDB) ([][]byte, walstream.Meta) {
+		writes := map[uint32]byte{}
+		for p := uint32(1); p <= 400; p++ {
+			writes[p] = byte(p + 7)
+		}
+		data, m := db.commit(t, 2, false, writes)
+		var chunks [][]byte
+		for len(data) > 0 {
+			n := min(len(data), walstream.ChunkSize)
+			chunks = append(chunks, data[:n])
+			data = data[n:]
+		}
+		return chunks, m
+	}
+	t.Run("new epoch", func(t *testing.T) {
+		ap, _, db := base(t)
+		before := *db
+		before.pages = maps.Clone(db.pages)
+		chunks, m := chunked(t, db)
+		m.Chunk, m.Last = 0, false
+		must(t, ap.Handle(4, m.Header(), chunks[0]))
+		// The writer died mid-file; the next one continues from the
+		// shadow's position and commits again.
+		pos := ap.Position()
+		next := walstream.Meta{Kind: walstream.KindMarker, Epoch: 3, Node: "other", Base: &walstream.Base{Epoch: 2, TXID: pos.TXID, Checksum: pos.Checksum, Seq: pos.Seq}}
+		must(t, ap.Handle(5, next.Header(), nil))
+		data, m := before.commit(t, 3, false, map[uint32]byte{3: 'x'})
+		must(t, ap.Handle(6, m.Header(), data))
+		if p := ap.Position(); p.TXID != 3 || p.Checksum != before.sum() {
+			t.Fatalf("position %+v, want TXID 3 checksum %s", p, before.sum())
+		}
+	})
+	t.Run("closed for a handover", func(t *testing.T) {
+		ap, sh, db := base(t)
+		pos := ap.Position()
+		chunks, m := chunked(t, db)
+		m.Chunk, m.Last = 0, false
+		must(t, ap.Handle(4, m.Header(), chunks[0]))
+		ap.Close()
+		must(t, sh.WriteSums())
+		s, err := replica.ReadSums(replica.SumsPath(sh.Path()))
+		must(t, err)
+		if s.Pages.Checksum() != pos.Checksum || s.Base.Checksum != pos.Checksum {
+			t.Fatalf("handed-over page sums %s (base %s), the shadow's checksum is %s", s.Pages.Checksum(), s.Base.Checksum, pos.Checksum)
+		}
+	})
 }

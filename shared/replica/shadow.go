@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -168,7 +169,7 @@ func (s *Shadow) Recover(r io.Reader, next Position) error {
 // write writes the pages of an LTX file into the shadow file, truncates it
 // to the file's commit size and syncs.
 func (s *Shadow) write(r io.Reader) (ltx.Header, error) {
-	dec := ltx.NewDecoder(r)
+	dec := ltx.NewDecoder(bufio.NewReaderSize(r, 1<<20)) // not three reads a page
 	if err := dec.DecodeHeader(); err != nil {
 		return ltx.Header{}, fmt.Errorf("decode LTX header: %w", err)
 	}
