@@ -19,6 +19,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/convex-cluster-manager/ccm/services/walapply"
+	"github.com/convex-cluster-manager/ccm/services/walship"
+	"github.com/convex-cluster-manager/ccm/shared/daemon"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 )
 
@@ -26,6 +29,7 @@ import (
 // ccm-walapply runs), so that a test can kill -9 it at any point.
 func TestMain(m *testing.M) {
 	if url := os.Getenv("CCM_SHIP_CHILD_NATS"); url != "" {
+		daemon.LimitMemory(walship.Spec())
 		profileChild("walship")
 		if err := shipChild(url, os.Getenv("CCM_SHIP_CHILD_DB")); err != nil {
 			fmt.Fprintln(os.Stderr, "ship child:", err)
@@ -34,6 +38,7 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	if url := os.Getenv("CCM_APPLY_CHILD_NATS"); url != "" {
+		daemon.LimitMemory(walapply.Spec())
 		profileChild("walapply")
 		if err := applyChild(url, os.Getenv("CCM_APPLY_CHILD_DB")); err != nil {
 			fmt.Fprintln(os.Stderr, "apply child:", err)

@@ -5,8 +5,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"syscall"
+	"time"
 )
 
 // profileChild starts a CPU profile of a child process when
@@ -26,6 +28,7 @@ func profileChild(name string) {
 		fmt.Fprintln(os.Stderr, "profile:", err)
 		return
 	}
+	go peakHeap(filepath.Join(dir, name+".peak.pprof"))
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM)
 	go func() {
@@ -38,4 +41,22 @@ func profileChild(name string) {
 		}
 		os.Exit(0)
 	}()
+}
+
+// peakHeap writes a heap profile to path each time the heap in use
+// reaches a new high (checked every 50 ms).
+func peakHeap(path string) {
+	var high uint64
+	for range time.Tick(50 * time.Millisecond) {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		if ms.HeapInuse <= high+(1<<20) {
+			continue
+		}
+		high = ms.HeapInuse
+		if f, err := os.Create(path); err == nil {
+			pprof.WriteHeapProfile(f)
+			f.Close()
+		}
+	}
 }

@@ -53,6 +53,9 @@ type Spec struct {
 	Name        string // binary and micro service name, e.g. "ccm-elector"
 	Description string
 	MetricsAddr string // default -metrics-addr; "" disables metrics
+	// MemoryLimit is the soft memory limit of the Go runtime in bytes (0:
+	// none), for daemons whose garbage grows with the data they move.
+	MemoryLimit int64
 	New         func(Env) (Daemon, error)
 }
 

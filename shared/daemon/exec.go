@@ -13,6 +13,7 @@ import (
 // Exec is the whole main of a daemon binary: it runs Main with the
 // process's arguments until SIGINT or SIGTERM, and exits 1 on error.
 func Exec(spec Spec) {
+	LimitMemory(spec)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := Main(ctx, spec, os.Args[1:], os.Stderr)
 	stop()

@@ -127,6 +127,16 @@ func TestApplierRefuses(t *testing.T) {
 			data[len(data)/2] ^= 0xff
 			return 4, m.Header(), data
 		}, replica.ErrCorrupt},
+		{"corrupted page index", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
+			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
+			data[len(data)-ltx.TrailerSize-10] ^= 0x01 // covered only by the file checksum
+			return 4, m.Header(), data
+		}, replica.ErrCorrupt},
+		{"corrupted file checksum", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
+			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
+			data[len(data)-1] ^= 0x01
+			return 4, m.Header(), data
+		}, replica.ErrCorrupt},
 		{"truncated LTX", func(t *testing.T, db *fakeDB) (uint64, nats.Header, []byte) {
 			data, m := db.commit(t, 2, false, map[uint32]byte{1: 'z'})
 			return 4, m.Header(), data[:len(data)-20]

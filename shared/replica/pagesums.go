@@ -53,11 +53,11 @@ func (p *PageSums) takeDirty() []uint32 {
 // file could not be shipped). A file that is not a snapshot needs a table
 // to apply to. On error the table is unchanged.
 func (p *PageSums) Apply(r io.Reader) (ltx.Header, func(), error) {
-	dec := ltx.NewDecoder(r)
-	if err := dec.DecodeHeader(); err != nil {
-		return ltx.Header{}, nil, fmt.Errorf("decode LTX header: %w", err)
+	lr, err := newLTXReader(r, true)
+	if err != nil {
+		return ltx.Header{}, nil, err
 	}
-	hdr := dec.Header()
+	hdr := lr.Header()
 	saved := *p
 	type change struct {
 		pgno uint32
@@ -101,20 +101,20 @@ func (p *PageSums) Apply(r io.Reader) (ltx.Header, func(), error) {
 		return hdr, nil, err
 	}
 	for {
-		var ph ltx.PageHeader
-		if err := dec.DecodePage(&ph, data); errors.Is(err, io.EOF) {
+		pgno, err := lr.Next(data)
+		if errors.Is(err, io.EOF) {
 			break
 		} else if err != nil {
-			return fail(fmt.Errorf("decode LTX page: %w", err))
+			return fail(err)
 		}
-		if ph.Pgno == 0 || ph.Pgno > hdr.Commit {
-			return fail(fmt.Errorf("LTX page %d beyond commit size %d", ph.Pgno, hdr.Commit))
+		if pgno > hdr.Commit {
+			return fail(fmt.Errorf("LTX page %d beyond commit size %d", pgno, hdr.Commit))
 		}
-		changes = append(changes, change{ph.Pgno, p.sums[ph.Pgno-1]})
-		p.set(ph.Pgno, ltx.ChecksumPageWithHasher(h, ph.Pgno, data))
+		changes = append(changes, change{pgno, p.sums[pgno-1]})
+		p.set(pgno, ltx.ChecksumPageWithHasher(h, pgno, data))
 	}
-	if err := dec.Close(); err != nil {
-		return fail(fmt.Errorf("LTX trailer: %w", err))
+	if _, err := lr.Close(); err != nil {
+		return fail(err)
 	}
 	for pgno := hdr.Commit + 1; pgno <= uint32(len(p.sums)); pgno++ {
 		changes = append(changes, change{pgno, p.sums[pgno-1]})

@@ -1,7 +1,6 @@
 package replica
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -169,11 +168,13 @@ func (s *Shadow) Recover(r io.Reader, next Position) error {
 // write writes the pages of an LTX file into the shadow file, truncates it
 // to the file's commit size and syncs.
 func (s *Shadow) write(r io.Reader) (ltx.Header, error) {
-	dec := ltx.NewDecoder(bufio.NewReaderSize(r, 1<<20)) // not three reads a page
-	if err := dec.DecodeHeader(); err != nil {
-		return ltx.Header{}, fmt.Errorf("decode LTX header: %w", err)
+	// Predict verified the file (and the journal holding it is synced):
+	// its checksum is not computed again.
+	lr, err := newLTXReader(r, false)
+	if err != nil {
+		return ltx.Header{}, err
 	}
-	hdr := dec.Header()
+	hdr := lr.Header()
 	if hdr.IsSnapshot() {
 		// A snapshot holds every page: start from an empty file.
 		if err := s.f.Truncate(0); err != nil {
@@ -197,27 +198,27 @@ func (s *Shadow) write(r io.Reader) (ltx.Header, error) {
 	}
 	data := make([]byte, hdr.PageSize)
 	for {
-		var ph ltx.PageHeader
-		if err := dec.DecodePage(&ph, data); errors.Is(err, io.EOF) {
+		pgno, err := lr.Next(data)
+		if errors.Is(err, io.EOF) {
 			break
 		} else if err != nil {
-			return hdr, fmt.Errorf("decode page: %w", err)
+			return hdr, err
 		}
-		if len(run) == cap(run) || (len(run) > 0 && ph.Pgno != first+uint32(int64(len(run))/ps)) {
+		if len(run) == cap(run) || (len(run) > 0 && pgno != first+uint32(int64(len(run))/ps)) {
 			if err := flush(); err != nil {
 				return hdr, err
 			}
 		}
 		if len(run) == 0 {
-			first = ph.Pgno
+			first = pgno
 		}
 		run = append(run, data...)
 	}
 	if err := flush(); err != nil {
 		return hdr, err
 	}
-	if err := dec.Close(); err != nil {
-		return hdr, fmt.Errorf("LTX trailer: %w", err)
+	if _, err := lr.Close(); err != nil {
+		return hdr, err
 	}
 	if err := s.f.Truncate(int64(hdr.Commit) * ps); err != nil {
 		return hdr, fmt.Errorf("truncate shadow to %d pages: %w", hdr.Commit, err)
