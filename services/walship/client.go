@@ -127,7 +127,7 @@ func (c *streamClient) WriteLTXFile(ctx context.Context, level int, minTXID, max
 		// only its last chunk carries the checksum after it.
 		g.Go(func() error {
 			var err error
-			_, undo, err = c.pages.Apply(io.NewSectionReader(ra, 0, size))
+			_, undo, err = c.pages.ApplyLocal(io.NewSectionReader(ra, 0, size))
 			return err
 		})
 	}

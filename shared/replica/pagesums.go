@@ -52,8 +52,14 @@ func (p *PageSums) takeDirty() []uint32 {
 // function that restores the table as it was (to predict, or when the
 // file could not be shipped). A file that is not a snapshot needs a table
 // to apply to. On error the table is unchanged.
-func (p *PageSums) Apply(r io.Reader) (ltx.Header, func(), error) {
-	lr, err := newLTXReader(r, true)
+func (p *PageSums) Apply(r io.Reader) (ltx.Header, func(), error) { return p.apply(r, true) }
+
+// ApplyLocal is Apply for a file Litestream has just written on this
+// node: its file checksum is not computed (the passives check it).
+func (p *PageSums) ApplyLocal(r io.Reader) (ltx.Header, func(), error) { return p.apply(r, false) }
+
+func (p *PageSums) apply(r io.Reader, verify bool) (ltx.Header, func(), error) {
+	lr, err := newLTXReader(r, verify)
 	if err != nil {
 		return ltx.Header{}, nil, err
 	}
