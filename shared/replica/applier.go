@@ -32,6 +32,7 @@ type Applier struct {
 	shadow   *Shadow
 	jpath    string
 	journal  *os.File
+	jwb      *fsutil.Writeback
 	jmeta    walstream.Meta // first chunk's header of the file being assembled
 	jnext    int            // next chunk index expected; 0 = none in progress
 	pred     *prediction    // of the file being assembled
@@ -162,7 +163,7 @@ func (a *Applier) addChunk(seq uint64, m walstream.Meta, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("open journal: %w", err)
 		}
-		a.journal, a.jmeta = f, m
+		a.journal, a.jmeta, a.jwb = f, m, fsutil.NewWriteback(f)
 		a.pred = predict(a.shadow)
 	} else if a.jnext == 0 {
 		return fmt.Errorf("%w: sequence %d is chunk %d of TXID %d-%d, but no file is being assembled", ErrGap, seq, m.Chunk, m.MinTXID, m.MaxTXID)
@@ -174,6 +175,7 @@ func (a *Applier) addChunk(seq uint64, m walstream.Meta, data []byte) error {
 		a.resetJournal()
 		return fmt.Errorf("write journal: %w", err)
 	}
+	a.jwb.Wrote(len(data))
 	a.pred.write(data)
 	a.jnext = m.Chunk + 1
 	return nil

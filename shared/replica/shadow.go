@@ -186,6 +186,7 @@ func (s *Shadow) write(r io.Reader) (ltx.Header, error) {
 	// one call (a page at a time costs three times as much).
 	run := make([]byte, 0, max(ps, 1<<20))
 	var first uint32 // of the run
+	wb := fsutil.NewWriteback(s.f)
 	flush := func() error {
 		if len(run) == 0 {
 			return nil
@@ -193,6 +194,7 @@ func (s *Shadow) write(r io.Reader) (ltx.Header, error) {
 		if _, err := s.f.WriteAt(run, int64(first-1)*ps); err != nil {
 			return fmt.Errorf("write pages %d-%d: %w", first, first+uint32(int64(len(run))/ps)-1, err)
 		}
+		wb.Wrote(len(run))
 		run = run[:0]
 		return nil
 	}
