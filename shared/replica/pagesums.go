@@ -116,7 +116,9 @@ func (p *PageSums) apply(r io.Reader, verify bool) (ltx.Header, func(), error) {
 		if pgno > hdr.Commit {
 			return fail(fmt.Errorf("LTX page %d beyond commit size %d", pgno, hdr.Commit))
 		}
-		changes = append(changes, change{pgno, p.sums[pgno-1]})
+		if int(pgno) <= len(saved.sums) { // undo cuts the pages beyond
+			changes = append(changes, change{pgno, p.sums[pgno-1]})
+		}
 		p.set(pgno, ltx.ChecksumPageWithHasher(h, pgno, data))
 	}
 	if _, err := lr.Close(); err != nil {
