@@ -4,6 +4,7 @@ package itest
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -20,6 +21,15 @@ import (
 // applied on the passives, peak RSS of walship and walapply). It prints
 // figures and asserts only that the runs happened. Run by `make bench-scale`.
 func TestBenchScale(t *testing.T) {
+	// Only the large transaction, on a small database: BENCH_SCALE=bigtx.
+	t.Run("bigtx", func(t *testing.T) {
+		if !strings.Contains(os.Getenv("BENCH_SCALE"), "bigtx") {
+			t.Skip("BENCH_SCALE=bigtx runs it alone; the 1 GiB run includes it")
+		}
+		c := StartCluster(t, ClusterOptions{TTLMs: 3000, HeartbeatMs: 1000, MarginMs: 500})
+		c.grow(t, c.Leader(t), 10, 10)
+		c.bigTransaction(t, 1024)
+	})
 	for _, mib := range []int{10, 1024} {
 		t.Run(fmt.Sprintf("db=%dMiB", mib), func(t *testing.T) {
 			c := StartCluster(t, ClusterOptions{TTLMs: 3000, HeartbeatMs: 1000, MarginMs: 500})
