@@ -12,7 +12,7 @@ import (
 )
 
 // Window is how many WAL messages an appender keeps unacknowledged.
-const Window = 16
+const Window = 8
 
 // ackWait is how long an append waits for its acknowledgement before it
 // reads the stream to learn what became of it (a variable for tests).
