@@ -210,7 +210,9 @@ func (c *Cluster) bigTransaction(t *testing.T, mib int) {
 			fmt.Println(line)
 		}
 		// What went wrong, if anything: the daemons' warnings and errors.
-		if _, warn := n.Exec(t, "sh", "-c", "journalctl -u ccm-walship -u ccm-walapply -u ccm-elector -p warning --no-pager -o short-precise --since=-15min | tail -40"); strings.TrimSpace(warn) != "" {
+		// The daemons log to stderr: journald files every line at priority
+		// info, so the level is matched in the line.
+		if _, warn := n.Exec(t, "sh", "-c", "journalctl -u ccm-walship -u ccm-walapply -u ccm-elector -u ccm-backend --no-pager -o short-precise --since=-15min | grep -E 'level.{0,3}(WARN|ERROR)' | tail -40"); strings.TrimSpace(warn) != "" {
 			t.Logf("warnings on %s during the transaction:\n%s", n.Name, warn)
 		}
 		code, out := n.Exec(t, "sh", "-c", "journalctl -u ccm-walship -u ccm-walapply --no-pager | grep -ci 'watchdog timeout' || true")

@@ -41,6 +41,10 @@ func main() {
 	}
 }
 
+// hangFile, while it exists, makes GET /version hang until the client
+// gives up.
+const hangFile = "/etc/convex/standin.hang"
+
 func run(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("standin", flag.ContinueOnError)
 	data := fs.String("data", "/var/lib/convex/data", "data directory")
@@ -90,7 +94,14 @@ func run(args []string, stderr io.Writer) error {
 	}
 
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /version", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "standin-1.0") })
+	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
+		// A test makes health checks hang (a stuck backend) with this file.
+		if _, err := os.Stat(hangFile); err == nil {
+			<-r.Context().Done()
+			return
+		}
+		fmt.Fprint(w, "standin-1.0")
+	})
 	mux.HandleFunc("GET /instance_name", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "standin") })
 	mux.HandleFunc("POST /write", func(w http.ResponseWriter, r *http.Request) {
 		res, err := exec(r.Context(), db, `INSERT INTO writes (v, at) VALUES (?, ?)`, r.URL.Query().Get("v"), time.Now().UnixNano())

@@ -127,7 +127,7 @@ func (d *Daemon) reconcile(ctx context.Context) {
 	if !d.roles.Settled(time.Now()) {
 		return // just restarted: the elector's next event says whether this node leads
 	}
-	epoch, _, leading := d.roles.Leading(time.Now())
+	epoch, deadline, leading := d.roles.Leading(time.Now())
 	_, serving := d.roles.Serving(time.Now())
 	d.mu.Lock()
 	demoted := d.led && !leading
@@ -147,7 +147,11 @@ func (d *Daemon) reconcile(ctx context.Context) {
 		}
 		d.setHealth(false)
 	case serving && !d.isHeld():
-		d.check(ctx, epoch)
+		// A health check never outlives the lease: a hung backend must
+		// not delay the dead-man switch past the deadline.
+		pctx, cancel := context.WithDeadline(ctx, deadline)
+		defer cancel()
+		d.check(pctx, epoch)
 	default:
 		d.setHealth(false)
 	}
@@ -163,6 +167,9 @@ func (d *Daemon) isHeld() bool {
 // backend.maxFailures failures in a row, asks the elector to hand over.
 func (d *Daemon) check(ctx context.Context, epoch uint64) {
 	err := d.probe(ctx)
+	if err != nil && ctx.Err() != nil {
+		return // the lease ended (or the daemon stops): not the backend's failure
+	}
 	d.setHealth(err == nil)
 	d.mu.Lock()
 	if err == nil {
