@@ -95,7 +95,7 @@ func New(env daemon.Env) (*Daemon, error) {
 // passive, and publishes its status every second.
 func (d *Daemon) Run(ctx context.Context) error {
 	if err := daemon.Retry(ctx, d.log, "the WAL stream", func(ctx context.Context) error {
-		s, err := walstream.Ensure(ctx, d.js, d.cfg.ClusterID, d.cfg.WAL.Retention(), d.cfg.NATS.Replicas)
+		s, err := walstream.Lookup(ctx, d.js, d.cfg.ClusterID)
 		d.mu.Lock()
 		d.stream = s
 		d.mu.Unlock()

@@ -23,8 +23,11 @@ func Subject(cluster string) string { return fmt.Sprintf("ccm.%s.wal", cluster) 
 // into chunks of this size (the NATS default max_payload is 1 MiB).
 const ChunkSize = 512 << 10
 
-// Ensure creates or updates the cluster's WAL stream with retention keep
-// and the given replica count.
+// Ensure creates the cluster's WAL stream with retention keep and the
+// given replica count, or updates it when its settings differ. Only
+// ccm-walship calls it: concurrent creates of one replicated stream (all
+// the daemons of a starting node at once) can leave a request without an
+// answer until it times out; readers use Lookup.
 func Ensure(ctx context.Context, js jetstream.JetStream, cluster string, keep time.Duration, replicas int) (jetstream.Stream, error) {
 	cfg := jetstream.StreamConfig{
 		Name:        Stream(cluster),
@@ -38,9 +41,34 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cluster string, keep ti
 		MaxMsgSize:  ChunkSize + 4096,
 		Duplicates:  time.Minute,
 	}
-	s, err := js.CreateOrUpdateStream(ctx, cfg)
+	s, err := js.Stream(ctx, cfg.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		s, err = js.CreateStream(ctx, cfg)
+	case err == nil && !sameConfig(s.CachedInfo().Config, cfg):
+		s, err = js.UpdateStream(ctx, cfg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create WAL stream %s: %w", cfg.Name, err)
+	}
+	return s, nil
+}
+
+// sameConfig reports whether the stream has the settings Ensure sets.
+func sameConfig(have, want jetstream.StreamConfig) bool {
+	return have.MaxAge == want.MaxAge && have.Replicas == want.Replicas && have.MaxMsgSize == want.MaxMsgSize &&
+		have.Duplicates == want.Duplicates && have.Discard == want.Discard && have.Description == want.Description &&
+		len(have.Subjects) == 1 && have.Subjects[0] == want.Subjects[0]
+}
+
+// Lookup returns the cluster's WAL stream, which ccm-walship creates.
+func Lookup(ctx context.Context, js jetstream.JetStream, cluster string) (jetstream.Stream, error) {
+	s, err := js.Stream(ctx, Stream(cluster))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("WAL stream %s does not exist yet (ccm-walship creates it)", Stream(cluster))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("WAL stream %s: %w", Stream(cluster), err)
 	}
 	return s, nil
 }
