@@ -145,7 +145,12 @@ func (d *Daemon) adopt(ctx context.Context) *replica.Shadow {
 // one first bootstraps it from the newest snapshot, if there is one
 // (otherwise it replays the stream from its start).
 func (d *Daemon) open(ctx context.Context, sh *replica.Shadow) error {
-	if path := d.cfg.ShadowPath(); sh == nil && !replica.Exists(path) {
+	if path := d.cfg.ShadowPath(); sh == nil && !replica.Exists(path) && d.streamEmpty(ctx) {
+		// A new cluster: the shadow follows the stream from its start. (A
+		// snapshot bucket being created beside it can keep a listing
+		// waiting, and the first promotion with it.)
+		d.log.Info("the WAL stream has never held a message: the shadow starts empty, no snapshot needed")
+	} else if sh == nil && !replica.Exists(path) {
 		snap, err := replica.Bootstrap(ctx, d.js, d.cfg.ClusterID, path, nil)
 		switch {
 		case err == nil:
@@ -175,6 +180,20 @@ func (d *Daemon) open(ctx context.Context, sh *replica.Shadow) error {
 	p := ap.Position()
 	d.log.Info("shadow database open", "path", sh.Path(), "epoch", p.Epoch, "txid", p.TXID, "seq", p.Seq)
 	return nil
+}
+
+// streamEmpty reports whether the WAL stream has never held a message.
+func (d *Daemon) streamEmpty(ctx context.Context) bool {
+	d.mu.Lock()
+	s := d.stream
+	d.mu.Unlock()
+	if s == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := s.Info(ctx)
+	return err == nil && info.State.LastSeq == 0
 }
 
 func (d *Daemon) close() {
