@@ -41,6 +41,14 @@ func TestCluster(t *testing.T) {
 	c := StartCluster(t, ClusterOptions{TTLMs: 3000, HeartbeatMs: 1000, MarginMs: 500})
 
 	t.Run("bootstrap converges", func(t *testing.T) {
+		// The first leader's first promotion succeeds, with no daemon
+		// waiting on a create that went unanswered (walship and walapply
+		// created the WAL stream at once) or on a snapshot listing.
+		first := c.Nodes[0]
+		out := first.Must(t, "sh", "-c", "journalctl -u 'ccm-*' --no-pager -o cat | grep -E 'promotion failed|waiting for the WAL stream.*deadline' || true")
+		if strings.TrimSpace(out) != "" {
+			t.Fatalf("the first leader's bring-up stalled:\n%s", out)
+		}
 		for i := range 50 {
 			c.Client.Must(t, "curl", "-sf", "-XPOST", "http://"+c.VIP+":3210/write?v=boot"+strconv.Itoa(i))
 		}
