@@ -263,9 +263,16 @@ done`
 	}
 }
 
-// CheckerReport stops the samplers and returns the most VIP holders and
-// running backends seen at once, and the median sampling interval.
-func (c *Cluster) CheckerReport(t *testing.T) (vips, backends int, interval time.Duration) {
+// Checked is what the samplers saw.
+type Checked struct {
+	VIPs, Backends int // most holders of the VIP, and running backends, at once
+	// VIPOverlap and BackendOverlap are the longest spans with more than one.
+	VIPOverlap, BackendOverlap time.Duration
+	Interval                   time.Duration // median sampling interval
+}
+
+// CheckerReport stops the samplers and reports what they saw.
+func (c *Cluster) CheckerReport(t *testing.T) Checked {
 	t.Helper()
 	type sample struct {
 		at      int64
@@ -302,15 +309,42 @@ func (c *Cluster) CheckerReport(t *testing.T) (vips, backends int, interval time
 		}
 		return n
 	}
+	// A node counts only while it is sampled: a paused container's last
+	// sample says nothing about the seconds it was frozen.
+	const stale = int64(time.Second) // sample times are in ns
+	last := make([]int64, len(c.Nodes))
+	fresh := func(now []bool, at int64) []bool {
+		f := make([]bool, len(now))
+		for i := range now {
+			f[i] = now[i] && at-last[i] <= stale
+		}
+		return f
+	}
+	var r Checked
+	var vipFrom, beFrom int64 // start of the current overlap, 0 if none
+	overlap := func(n int, from *int64, at int64, longest *time.Duration) {
+		switch {
+		case n > 1 && *from == 0:
+			*from = at
+		case n > 1:
+			*longest = max(*longest, time.Duration(at-*from))
+		case *from != 0:
+			*longest = max(*longest, time.Duration(at-*from))
+			*from = 0
+		}
+	}
 	for _, s := range all {
-		vipNow[s.node], beNow[s.node] = s.vip, s.be
-		vips, backends = max(vips, count(vipNow)), max(backends, count(beNow))
+		vipNow[s.node], beNow[s.node], last[s.node] = s.vip, s.be, s.at
+		v, b := count(fresh(vipNow, s.at)), count(fresh(beNow, s.at))
+		r.VIPs, r.Backends = max(r.VIPs, v), max(r.Backends, b)
+		overlap(v, &vipFrom, s.at, &r.VIPOverlap)
+		overlap(b, &beFrom, s.at, &r.BackendOverlap)
 	}
 	sort.Slice(gaps, func(i, j int) bool { return gaps[i] < gaps[j] })
 	if len(gaps) > 0 {
-		interval = time.Duration(gaps[len(gaps)/2])
+		r.Interval = time.Duration(gaps[len(gaps)/2])
 	}
-	return vips, backends, interval
+	return r
 }
 
 // PutStorageFile uploads size random bytes to the serving backend, through

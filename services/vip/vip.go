@@ -29,7 +29,23 @@ func Spec() daemon.Spec {
 		Description: "ccm floating IP",
 		MetricsAddr: ":9474",
 		New:         func(env daemon.Env) (daemon.Daemon, error) { return New(env) },
+		Cleanup:     cleanup,
 	}
+}
+
+// cleanup removes the VIP after ccm-vip exited, whatever the cause: a
+// watchdog kill (a node frozen past its lease, then resumed) must not
+// leave it up until the restarted daemon acts.
+func cleanup(_ context.Context, env daemon.Env) error {
+	if env.Config.VIP.Address == "" {
+		return nil
+	}
+	d, err := New(env)
+	if err != nil {
+		return err
+	}
+	d.release()
+	return nil
 }
 
 // reconcileEvery bounds how long a VIP added or removed behind ccm-vip's

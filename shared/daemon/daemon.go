@@ -57,6 +57,10 @@ type Spec struct {
 	// none), for daemons whose garbage grows with the data they move.
 	MemoryLimit int64
 	New         func(Env) (Daemon, error)
+	// Cleanup, if set, undoes what the daemon holds on the node (the
+	// binary's -cleanup flag: the unit's ExecStopPost, which runs after
+	// any exit, a watchdog kill included). Env has no NATS connection.
+	Cleanup func(ctx context.Context, env Env) error
 }
 
 // Main runs the daemon described by spec with command-line args until ctx is
@@ -69,6 +73,10 @@ func Main(ctx context.Context, spec Spec, args []string, stderr io.Writer) error
 		logFormat   = fs.String("log-format", "text", "log format: text or json")
 		metricsAddr = fs.String("metrics-addr", spec.MetricsAddr, "listen address for /metrics and /healthz (empty: off)")
 	)
+	var cleanup *bool
+	if spec.Cleanup != nil {
+		cleanup = fs.Bool("cleanup", false, "undo what the daemon holds on this node and exit (ExecStopPost)")
+	}
 	flags := config.Bind(fs)
 	cfg, err := flags.Parse(args)
 	if err != nil {
@@ -79,6 +87,9 @@ func Main(ctx context.Context, spec Spec, args []string, stderr io.Writer) error
 		return err
 	}
 	log = log.With("service", spec.Name, "cluster", cfg.ClusterID, "node", cfg.NodeID)
+	if cleanup != nil && *cleanup {
+		return spec.Cleanup(ctx, Env{Name: spec.Name, Version: Version(), Config: cfg, Log: log})
+	}
 	return Run(ctx, spec, cfg, log, *metricsAddr)
 }
 
