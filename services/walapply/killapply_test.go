@@ -145,11 +145,10 @@ func TestApplyKilledMidFileRecovers(t *testing.T) {
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
 		// Every other kill waits for the pages of a verified file to be
-		// written (its apply record exists); the others land at a random
-		// moment after the large file's journal appeared (assembling it,
-		// verifying it or after it: applying is fast enough that a delay
-		// from the start could miss it all).
-		wait := after(appearing(shadow+".ccm-incoming", 60*time.Second), time.Duration(rng.IntN(800))*time.Millisecond)
+		// written (its apply record exists); the others land while the
+		// large file's journal grows, at a random fraction of it (applying
+		// is fast enough that a delay from the start misses it all).
+		wait := reaching(shadow+".ccm-incoming", int64(rng.IntN(size))<<20, 60*time.Second)
 		if kill%2 == 1 {
 			wait = appearing(shadow+".ccm-incoming.apply", 60*time.Second)
 		}
@@ -218,15 +217,21 @@ func TestApplyKilledMidFileRecovers(t *testing.T) {
 	}
 }
 
-// after fires d after c fires.
-func after(c <-chan time.Time, d time.Duration) <-chan time.Time {
-	out := make(chan time.Time, 1)
+// reaching fires once the file at path holds at least n bytes, or after
+// limit.
+func reaching(path string, n int64, limit time.Duration) <-chan time.Time {
+	c := make(chan time.Time, 1)
 	go func() {
-		<-c
-		time.Sleep(d)
-		out <- time.Now()
+		deadline := time.Now().Add(limit)
+		for time.Now().Before(deadline) {
+			if st, err := os.Stat(path); err == nil && st.Size() >= n {
+				break
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		c <- time.Now()
 	}()
-	return out
+	return c
 }
 
 // appearing fires once path exists, or after limit.
