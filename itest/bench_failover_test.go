@@ -4,9 +4,7 @@ package itest
 
 import (
 	"fmt"
-	"os/exec"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 )
@@ -65,12 +63,8 @@ func (c *Cluster) crash(t *testing.T) run {
 	old := c.Leader(t)
 	w := c.StartWriter(t)
 	time.Sleep(2 * time.Second)
-	name, _ := old.C.Name(t.Context())
-	name = strings.TrimPrefix(name, "/")
 	start := time.Now()
-	if out, err := exec.Command("docker", "kill", name).CombinedOutput(); err != nil {
-		t.Fatalf("kill: %v %s", err, out)
-	}
+	old.Docker(t, "kill")
 	var next *Node
 	Eventually(t, 90*time.Second, "VIP on another node", func() bool {
 		for _, n := range c.others(old) {
@@ -86,9 +80,7 @@ func (c *Cluster) crash(t *testing.T) run {
 	time.Sleep(2 * time.Second)
 	lost, gap := c.Lost(t, w.Stop(t))
 	// Bring the old leader back; it rejoins as a passive.
-	if out, err := exec.Command("docker", "start", name).CombinedOutput(); err != nil {
-		t.Fatalf("restart %s: %v %s", name, err, out)
-	}
+	old.Docker(t, "start")
 	Eventually(t, 60*time.Second, "systemd on "+old.Name, func() bool {
 		code, _ := old.Exec(t, "systemctl", "is-system-running")
 		return code == 0

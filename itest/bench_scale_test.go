@@ -5,7 +5,6 @@ package itest
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -128,11 +127,7 @@ func (c *Cluster) scaleCrash(t *testing.T) scaleRun {
 	before := c.WALStreamBytes(t)
 	w := c.StartWriter(t)
 	time.Sleep(2 * time.Second)
-	name, _ := old.C.Name(t.Context())
-	name = strings.TrimPrefix(name, "/")
-	if out, err := exec.Command("docker", "kill", name).CombinedOutput(); err != nil {
-		t.Fatalf("kill: %v %s", err, out)
-	}
+	old.Docker(t, "kill")
 	next := c.WaitTakeover(t, old, 90*time.Second)
 	c.WaitServing(t, next, 2*time.Minute)
 	served := time.Now()
@@ -142,9 +137,7 @@ func (c *Cluster) scaleCrash(t *testing.T) scaleRun {
 	acks := w.Stop(t)
 	lost, gap := c.Lost(t, acks)
 	added := c.WALStreamBytes(t, live...) - before
-	if out, err := exec.Command("docker", "start", name).CombinedOutput(); err != nil {
-		t.Fatalf("restart %s: %v %s", name, err, out)
-	}
+	old.Docker(t, "start")
 	Eventually(t, 90*time.Second, "systemd on "+old.Name, func() bool {
 		code, _ := old.Exec(t, "systemctl", "is-system-running")
 		return code == 0

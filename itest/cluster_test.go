@@ -4,7 +4,6 @@ package itest
 
 import (
 	"fmt"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -153,10 +152,7 @@ func TestCluster(t *testing.T) {
 		w := c.StartWriter(t)
 		time.Sleep(2 * time.Second)
 		killed := time.Now()
-		name, _ := old.C.Name(t.Context())
-		if out, err := exec.Command("docker", "kill", strings.TrimPrefix(name, "/")).CombinedOutput(); err != nil {
-			t.Fatalf("kill: %v %s", err, out)
-		}
+		old.Docker(t, "kill")
 		next := c.WaitTakeover(t, old, 30*time.Second)
 		took := time.Since(killed)
 		c.WaitServing(t, next, 30*time.Second)
@@ -171,9 +167,7 @@ func TestCluster(t *testing.T) {
 			t.Fatalf("after the crash %s serves storage/uploads/crash.bin with SHA-256 %s, uploaded %s", next.Name, got, upload)
 		}
 		// The crashed node comes back and rejoins as a passive.
-		if out, err := exec.Command("docker", "start", strings.TrimPrefix(name, "/")).CombinedOutput(); err != nil {
-			t.Fatalf("restart: %v %s", err, out)
-		}
+		old.Docker(t, "start")
 		Eventually(t, 60*time.Second, "systemd on "+old.Name, func() bool {
 			code, _ := old.Exec(t, "systemctl", "is-system-running")
 			return code == 0
@@ -191,17 +185,9 @@ func TestCluster(t *testing.T) {
 		c.StartChecker(t)
 		w := c.StartWriter(t)
 		time.Sleep(time.Second)
-		name, _ := old.C.Name(t.Context())
-		name = strings.TrimPrefix(name, "/")
-		if out, err := exec.Command("docker", "pause", name).CombinedOutput(); err != nil {
-			t.Fatalf("pause: %v %s", err, out)
-		}
+		old.Docker(t, "pause")
 		paused := time.Now()
-		unpause := sync.OnceFunc(func() {
-			if out, err := exec.Command("docker", "unpause", name).CombinedOutput(); err != nil {
-				t.Errorf("unpause: %v %s", err, out)
-			}
-		})
+		unpause := sync.OnceFunc(func() { old.Docker(t, "unpause") })
 		defer unpause()
 		next := c.WaitTakeover(t, old, 90*time.Second)
 		t.Logf("frozen leader: %s holds the VIP %s after the pause", next.Name, time.Since(paused).Round(time.Millisecond))
@@ -230,20 +216,14 @@ func TestCluster(t *testing.T) {
 		c.StartChecker(t)
 		w := c.StartWriter(t)
 		time.Sleep(time.Second)
-		name, _ := old.C.Name(t.Context())
-		name = strings.TrimPrefix(name, "/")
-		if out, err := exec.Command("docker", "network", "disconnect", c.Net.Name, name).CombinedOutput(); err != nil {
-			t.Fatalf("disconnect: %v %s", err, out)
-		}
+		old.Docker(t, "network", "disconnect", c.Net.Name)
 		cut := time.Now()
 		next := c.WaitTakeover(t, old, 90*time.Second)
 		t.Logf("partition: %s holds the VIP %s after the cut", next.Name, time.Since(cut).Round(time.Millisecond))
 		c.WaitServing(t, next, 60*time.Second)
 		time.Sleep(2 * time.Second)
 		acks := w.Stop(t)
-		if out, err := exec.Command("docker", "network", "connect", "--ip", old.IP, c.Net.Name, name).CombinedOutput(); err != nil {
-			t.Fatalf("reconnect: %v %s", err, out)
-		}
+		old.Docker(t, "network", "connect", "--ip", old.IP, c.Net.Name)
 		lost, gap := c.Lost(t, acks)
 		t.Logf("partition of %s: %s took over; %d acks, %d lost (bounded by the lag at the cut), longest gap %s", old.Name, next.Name, len(acks), len(lost), gap.Round(time.Millisecond))
 		if old.HasVIP(t, c.VIP) || old.Active(t, "convex-backend") {
@@ -321,11 +301,7 @@ WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 1024) INS
 	t.Run("leader crash ships no copy", func(t *testing.T) {
 		old := c.Leader(t)
 		before := c.WALStreamBytes(t)
-		name, _ := old.C.Name(t.Context())
-		name = strings.TrimPrefix(name, "/")
-		if out, err := exec.Command("docker", "kill", name).CombinedOutput(); err != nil {
-			t.Fatalf("kill: %v %s", err, out)
-		}
+		old.Docker(t, "kill")
 		next := c.WaitTakeover(t, old, 60*time.Second)
 		c.WaitServing(t, next, 60*time.Second)
 		c.Client.Must(t, "curl", "-sf", "-XPOST", "http://"+c.VIP+":3210/write?v=after-crash")
@@ -342,9 +318,7 @@ WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 1024) INS
 			}
 		}
 		// The crashed node comes back and catches up.
-		if out, err := exec.Command("docker", "start", name).CombinedOutput(); err != nil {
-			t.Fatalf("restart: %v %s", err, out)
-		}
+		old.Docker(t, "start")
 		c.WaitNATSRoutes(t, 90*time.Second)
 		c.WaitPassivesCaughtUp(t, 5*time.Minute)
 		sameEverywhere(next, c.others(next)...)

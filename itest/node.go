@@ -114,6 +114,20 @@ func StartNode(t *testing.T, nw Net, name, ip string) *Node {
 	return n
 }
 
+// Docker runs `docker args... <n's container>` on the host (kill, start,
+// pause, unpause, network connect/disconnect) and fails the test if it fails.
+func (n *Node) Docker(t *testing.T, args ...string) {
+	t.Helper()
+	name, err := n.C.Name(t.Context())
+	if err != nil {
+		t.Fatalf("container of %s: %v", n.Name, err)
+	}
+	args = append(args, strings.TrimPrefix(name, "/"))
+	if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
+		t.Fatalf("docker %s: %v %s", strings.Join(args, " "), err, out)
+	}
+}
+
 // Exec runs cmd in the node and returns its exit code and output.
 func (n *Node) Exec(t *testing.T, cmd ...string) (int, string) {
 	t.Helper()

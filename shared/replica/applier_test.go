@@ -109,6 +109,17 @@ func base(t *testing.T) (*replica.Applier, *replica.Shadow, *fakeDB) {
 	return ap, sh, db
 }
 
+// split cuts an LTX file into WAL stream chunks, as walship sends it.
+func split(data []byte) [][]byte {
+	var chunks [][]byte
+	for len(data) > 0 {
+		n := min(len(data), walstream.ChunkSize)
+		chunks = append(chunks, data[:n])
+		data = data[n:]
+	}
+	return chunks
+}
+
 func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
@@ -235,12 +246,7 @@ func TestApplierChunkedFileAndRestart(t *testing.T) {
 		writes[p] = byte(p)
 	}
 	data, m := db.commit(t, 2, false, writes)
-	var chunks [][]byte
-	for len(data) > 0 {
-		n := min(len(data), walstream.ChunkSize)
-		chunks = append(chunks, data[:n])
-		data = data[n:]
-	}
+	chunks := split(data)
 	if len(chunks) < 2 {
 		t.Fatalf("want a multi-chunk file, got %d chunk", len(chunks))
 	}
@@ -334,13 +340,7 @@ func TestApplierAbandonedFileLeavesPageSums(t *testing.T) {
 			writes[p] = byte(p + 7)
 		}
 		data, m := db.commit(t, 2, false, writes)
-		var chunks [][]byte
-		for len(data) > 0 {
-			n := min(len(data), walstream.ChunkSize)
-			chunks = append(chunks, data[:n])
-			data = data[n:]
-		}
-		return chunks, m
+		return split(data), m
 	}
 	t.Run("new epoch", func(t *testing.T) {
 		ap, _, db := base(t)
