@@ -3,8 +3,10 @@
 package itest
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -38,6 +40,11 @@ type run struct {
 	unavailable time.Duration // longest gap between acknowledged writes
 	lost        int           // acknowledged writes missing afterwards
 	toVIP       time.Duration // from the trigger to the VIP on the new node
+	// The breakdown of a crash, from the new leader's elector log: from
+	// the kill to its winning the lease (TTL expiry, JetStream electing
+	// the dead node's stream leaders again, the campaign), and its
+	// promotion (drain, storage, database, backend start).
+	won, promoted time.Duration
 }
 
 func (c *Cluster) switchover(t *testing.T) run {
@@ -77,6 +84,7 @@ func (c *Cluster) crash(t *testing.T) run {
 	})
 	toVIP := time.Since(start)
 	c.WaitServing(t, next, 60*time.Second)
+	won, promoted := promotionTimes(t, next, start)
 	time.Sleep(2 * time.Second)
 	lost, gap := c.Lost(t, w.Stop(t))
 	// Bring the old leader back; it rejoins as a passive.
@@ -85,7 +93,32 @@ func (c *Cluster) crash(t *testing.T) run {
 		code, _ := old.Exec(t, "systemctl", "is-system-running")
 		return code == 0
 	})
-	return run{unavailable: gap, lost: len(lost), toVIP: toVIP}
+	return run{unavailable: gap, lost: len(lost), toVIP: toVIP, won: won.Sub(start), promoted: promoted}
+}
+
+// promotionTimes reads from n's elector log, after since, when n won the
+// lease and how long its promotion took.
+func promotionTimes(t *testing.T, n *Node, since time.Time) (won time.Time, took time.Duration) {
+	t.Helper()
+	out := n.Must(t, "sh", "-c", fmt.Sprintf(`journalctl -u ccm-elector --no-pager -o cat --since=@%d | grep -E '"msg":"(role changed|promotion complete)"' || true`, since.Unix()))
+	for _, line := range strings.Split(out, "\n") {
+		var e struct {
+			Time time.Time     `json:"time"`
+			Msg  string        `json:"msg"`
+			To   string        `json:"to"`
+			Took time.Duration `json:"took"`
+		}
+		if json.Unmarshal([]byte(line), &e) != nil || e.Time.Before(since) {
+			continue
+		}
+		switch {
+		case e.Msg == "role changed" && e.To == "leader":
+			won = e.Time
+		case e.Msg == "promotion complete":
+			took = e.Took
+		}
+	}
+	return won, took
 }
 
 func report(t *testing.T, o ClusterOptions, what string, runs []run) {
@@ -105,6 +138,11 @@ func report(t *testing.T, o ClusterOptions, what string, runs []run) {
 	}
 	line := fmt.Sprintf("BENCH ttl=%dms %-11s runs=%d unavailability median=%s max=%s  time-to-VIP median=%s max=%s  acknowledged writes lost=%d",
 		o.TTLMs, what, len(runs), um.Round(time.Millisecond), ux.Round(time.Millisecond), vm.Round(time.Millisecond), vx.Round(time.Millisecond), lost)
+	if wm, _ := med(func(r run) time.Duration { return r.won }); wm > 0 {
+		pm, _ := med(func(r run) time.Duration { return r.promoted })
+		line += fmt.Sprintf("  breakdown (medians): kill to lease won %s, promotion %s, the rest (VIP, ARP) %s",
+			wm.Round(time.Millisecond), pm.Round(time.Millisecond), (vm - wm - pm).Round(time.Millisecond))
+	}
 	t.Log(line)
 	fmt.Println(line)
 }
