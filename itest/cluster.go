@@ -47,7 +47,7 @@ func StartCluster(t *testing.T, o ClusterOptions) *Cluster {
 	}
 	for i := 1; i <= 3; i++ {
 		n := StartNode(t, nw, fmt.Sprintf("n%d", i), fmt.Sprintf("%s.%d", nw.Prefix, 10+i))
-		conf := fmt.Sprintf("server_name: %s\nport: 4222\nhttp: 8222\njetstream { store_dir: /var/lib/nats }\ncluster { name: ccm, port: 6222, routes: [%s] }\n",
+		conf := fmt.Sprintf("server_name: %s\nport: 4222\nhttp: 8222\njetstream { store_dir: /var/lib/nats, sync_interval: always }\ncluster { name: ccm, port: 6222, routes: [%s] }\n",
 			n.Name, strings.Join(routes, ", "))
 		n.Must(t, "sh", "-c", "cat > /etc/nats/nats.conf <<'EOF'\n"+conf+"EOF\nsystemctl restart nats-server")
 		c.Nodes = append(c.Nodes, n)

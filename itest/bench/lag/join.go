@@ -20,7 +20,7 @@ import (
 // measureJoin stores a snapshot of a database of o.bootstrap MiB and times
 // `ccm join` of it (download, verification, install).
 func measureJoin(ctx context.Context, o options) error {
-	c, err := newCluster(o.keep)
+	c, err := newCluster(o.keep, o.natsSync)
 	if err != nil {
 		return err
 	}

@@ -34,6 +34,7 @@ type options struct {
 	litestream string
 	bootstrap  int64
 	keep       bool
+	natsSync   string // nats-server jetstream.sync_interval ("" = its default, 2m)
 
 	storageFiles, storageRuns int
 	storageBigMiB             int64
@@ -48,6 +49,7 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&o.litestream, "litestream", "litestream", "litestream binary for the baseline (\"\" to skip)")
 	fs.Int64Var(&o.bootstrap, "bootstrap-mib", 1024, "size of the database for the ccm join measurement (0 to skip)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directories")
+	fs.StringVar(&o.natsSync, "nats-sync-interval", "", "nats-server JetStream sync_interval, e.g. always (\"\": the server's default, 2m)")
 	fs.IntVar(&o.storageFiles, "storage-files", 10000, "small files for the storage mirroring measurement (0 to skip it)")
 	fs.Int64Var(&o.storageBigMiB, "storage-big-mib", 1024, "size of the large file for the storage mirroring measurement")
 	fs.IntVar(&o.storageRuns, "storage-runs", 3, "runs of the storage mirroring measurement")
@@ -66,6 +68,9 @@ func run(ctx context.Context, args []string) error {
 	}
 	fmt.Printf("# replication lag, commit on the leader -> row visible on the passive; %s per rate, ~200-byte rows\n", o.duration)
 	fmt.Printf("# machine: %s\n", machine())
+	if o.natsSync != "" {
+		fmt.Printf("# nats-server jetstream sync_interval: %s\n", o.natsSync)
+	}
 	var results []result
 	for _, rate := range o.rates {
 		r, err := measureCCM(ctx, o, rate)

@@ -33,7 +33,9 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-func newCluster(keep bool) (*cluster, error) {
+// newCluster starts a nats-server in a new work directory; sync is its
+// JetStream sync_interval ("" for the default).
+func newCluster(keep bool, sync string) (*cluster, error) {
 	dir, err := os.MkdirTemp("", "ccm-bench-")
 	if err != nil {
 		return nil, err
@@ -43,7 +45,15 @@ func newCluster(keep bool) (*cluster, error) {
 		return nil, err
 	}
 	c := &cluster{dir: dir, url: fmt.Sprintf("nats://127.0.0.1:%d", port), procs: map[string]*exec.Cmd{}, keep: keep}
-	if err := c.start("nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-sd", filepath.Join(dir, "js")); err != nil {
+	args := []string{"-js", "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-sd", filepath.Join(dir, "js")}
+	if sync != "" {
+		conf := filepath.Join(dir, "nats.conf")
+		if err := os.WriteFile(conf, []byte(fmt.Sprintf("jetstream { sync_interval: %q }\n", sync)), 0o644); err != nil {
+			return nil, err
+		}
+		args = append(args, "-c", conf)
+	}
+	if err := c.start("nats-server", "nats-server", args...); err != nil {
 		return nil, err
 	}
 	for i := 0; i < 100; i++ {
@@ -130,7 +140,7 @@ func waitForWithin(url, subject string, within time.Duration, ok func(json.RawMe
 }
 
 func measureCCM(ctx context.Context, o options, rate int) (result, error) {
-	c, err := newCluster(o.keep)
+	c, err := newCluster(o.keep, o.natsSync)
 	if err != nil {
 		return result{}, err
 	}
@@ -197,7 +207,7 @@ func measure(ctx context.Context, c *cluster, system, leader, replica string, ra
 }
 
 func measureLitestream(ctx context.Context, o options, rate int) (result, error) {
-	c, err := newCluster(o.keep)
+	c, err := newCluster(o.keep, o.natsSync)
 	if err != nil {
 		return result{}, err
 	}

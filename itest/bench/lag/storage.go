@@ -29,7 +29,7 @@ type storageRun struct {
 // with each daemon's peak RSS after each phase.
 func measureStorage(o options) (storageRun, error) {
 	var r storageRun
-	c, err := newCluster(o.keep)
+	c, err := newCluster(o.keep, o.natsSync)
 	if err != nil {
 		return r, err
 	}
