@@ -41,11 +41,12 @@ func TestCluster(t *testing.T) {
 	c := StartCluster(t, ClusterOptions{TTLMs: 3000, HeartbeatMs: 1000, MarginMs: 500})
 
 	t.Run("bootstrap converges", func(t *testing.T) {
-		// The first leader's first promotion succeeds, with no daemon
-		// waiting on a create that went unanswered (walship and walapply
-		// created the WAL stream at once) or on a snapshot listing.
+		// The first leader's first promotion succeeds (a snapshot listing
+		// that blocked walapply failed every promotion), and no create of
+		// the WAL stream went unanswered (walship and walapply created it
+		// at once).
 		first := c.Nodes[0]
-		out := first.Must(t, "sh", "-c", "journalctl -u 'ccm-*' --no-pager -o cat | grep -E 'promotion failed|waiting for the WAL stream.*deadline' || true")
+		out := first.Must(t, "sh", "-c", "journalctl -u 'ccm-*' --no-pager -o cat | grep -E 'promotion failed|create WAL stream.*deadline' || true")
 		if strings.TrimSpace(out) != "" {
 			t.Fatalf("the first leader's bring-up stalled:\n%s", out)
 		}

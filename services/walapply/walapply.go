@@ -95,7 +95,11 @@ func New(env daemon.Env) (*Daemon, error) {
 // passive, and publishes its status every second.
 func (d *Daemon) Run(ctx context.Context) error {
 	if err := daemon.Retry(ctx, d.log, "the WAL stream", func(ctx context.Context) error {
-		s, err := walstream.Lookup(ctx, d.js, d.cfg.ClusterID)
+		// Short attempts: a stream being created can leave an info
+		// request unanswered until it times out.
+		lctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		s, err := walstream.Lookup(lctx, d.js, d.cfg.ClusterID)
 		d.mu.Lock()
 		d.stream = s
 		d.mu.Unlock()
