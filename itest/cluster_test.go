@@ -177,6 +177,34 @@ func TestCluster(t *testing.T) {
 		c.WaitPassivesCaughtUp(t, 120*time.Second)
 	})
 
+	t.Run("partitioned leader steps down first and rejoins", func(t *testing.T) {
+		old := c.Leader(t)
+		c.StartChecker(t)
+		w := c.StartWriter(t)
+		time.Sleep(time.Second)
+		old.Docker(t, "network", "disconnect", c.Net.Name)
+		cut := time.Now()
+		next := c.WaitTakeover(t, old, 90*time.Second)
+		t.Logf("partition: %s holds the VIP %s after the cut", next.Name, time.Since(cut).Round(time.Millisecond))
+		c.WaitServing(t, next, 60*time.Second)
+		time.Sleep(2 * time.Second)
+		acks := w.Stop(t)
+		old.Docker(t, "network", "connect", "--ip", old.IP, c.Net.Name)
+		lost, gap := c.Lost(t, acks)
+		t.Logf("partition of %s: %s took over; %d acks, %d lost (bounded by the lag at the cut), longest gap %s", old.Name, next.Name, len(acks), len(lost), gap.Round(time.Millisecond))
+		if old.HasVIP(t, c.VIP) || old.Active(t, "convex-backend") {
+			t.Fatal("the partitioned leader still serves")
+		}
+		c.assertOneHolder(t, "partition")
+		// The old leader rejoins as a passive and converges, and its NATS
+		// server is a full cluster member again.
+		c.WaitPassivesCaughtUp(t, 90*time.Second)
+		c.WaitNATSRoutes(t, 60*time.Second)
+	})
+
+	// Last: a NATS server frozen for seconds can stay slow to answer
+	// after the resume, which once stalled the next subtest's promotion
+	// for 85 s (see the session notes).
 	t.Run("frozen leader resumes beside the new leader", func(t *testing.T) {
 		// docker pause freezes every process of the leader's container
 		// (systemd too) longer than the TTL; on resume its timers,
@@ -210,31 +238,6 @@ func TestCluster(t *testing.T) {
 			_, log := old.Exec(t, "sh", "-c", fmt.Sprintf("journalctl --no-pager -o short-precise --since=@%d -u ccm-vip -u ccm-backend -u convex-backend -u ccm-elector | grep -E 'msg|systemd' | cut -c1-260 | head -60", paused.Unix()))
 			t.Fatalf("the resumed leader kept serving beside the new one (at most 500ms allowed); its log:\n%s", log)
 		}
-	})
-
-	t.Run("partitioned leader steps down first and rejoins", func(t *testing.T) {
-		old := c.Leader(t)
-		c.StartChecker(t)
-		w := c.StartWriter(t)
-		time.Sleep(time.Second)
-		old.Docker(t, "network", "disconnect", c.Net.Name)
-		cut := time.Now()
-		next := c.WaitTakeover(t, old, 90*time.Second)
-		t.Logf("partition: %s holds the VIP %s after the cut", next.Name, time.Since(cut).Round(time.Millisecond))
-		c.WaitServing(t, next, 60*time.Second)
-		time.Sleep(2 * time.Second)
-		acks := w.Stop(t)
-		old.Docker(t, "network", "connect", "--ip", old.IP, c.Net.Name)
-		lost, gap := c.Lost(t, acks)
-		t.Logf("partition of %s: %s took over; %d acks, %d lost (bounded by the lag at the cut), longest gap %s", old.Name, next.Name, len(acks), len(lost), gap.Round(time.Millisecond))
-		if old.HasVIP(t, c.VIP) || old.Active(t, "convex-backend") {
-			t.Fatal("the partitioned leader still serves")
-		}
-		c.assertOneHolder(t, "partition")
-		// The old leader rejoins as a passive and converges, and its NATS
-		// server is a full cluster member again.
-		c.WaitPassivesCaughtUp(t, 90*time.Second)
-		c.WaitNATSRoutes(t, 60*time.Second)
 	})
 }
 
