@@ -59,6 +59,12 @@ func (e *Elector) startPromotion(epoch uint64) {
 //     (Ready: ccm-vip takes the VIP).
 func (e *Elector) promote(ctx context.Context, epoch uint64, report func(promotionStep)) error {
 	start := time.Now()
+	// Each step is logged as it starts: the node holds the key without
+	// serving until the last one ends, and a hung step must be named.
+	step := func(what string) {
+		e.log.Info("promotion step", "epoch", epoch, "step", what, "after", time.Since(start).Round(time.Millisecond))
+	}
+	step("walapply drain")
 	drained, err := e.call(ctx, schema.ServiceWalapply, "drain", nil, 3*e.ttl)
 	if err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("drain the WAL stream: %w", err)
@@ -78,9 +84,11 @@ func (e *Elector) promote(ctx context.Context, epoch uint64, report func(promoti
 	if err == nil {
 		json.Unmarshal(drained, &shadow)
 	}
+	step("storage drain")
 	if _, err := e.call(ctx, schema.ServiceStorage, "drain", PrepareRequest{Epoch: epoch}, e.storageSync+time.Minute); err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("bring the storage directory in sync: %w", err)
 	}
+	step("backend prepare")
 	_, err = e.call(ctx, schema.ServiceBackend, "prepare", PrepareRequest{Epoch: epoch}, time.Minute)
 	switch {
 	case errors.Is(err, errSkipped) && shadow.PageSize != 0:
@@ -90,9 +98,11 @@ func (e *Elector) promote(ctx context.Context, epoch uint64, report func(promoti
 		return fmt.Errorf("install the database: %w", err)
 	}
 	report(promotionStep{epoch: epoch, kind: Prepared})
+	step("walship opens the epoch")
 	if err := e.waitShipping(ctx, epoch); err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("open the epoch on the WAL stream: %w", err)
 	}
+	step("backend start")
 	if _, err := e.call(ctx, schema.ServiceBackend, "start", PrepareRequest{Epoch: epoch}, 5*time.Minute); err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("start the backend: %w", err)
 	}
