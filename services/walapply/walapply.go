@@ -149,19 +149,14 @@ func (d *Daemon) adopt(ctx context.Context) *replica.Shadow {
 // one first bootstraps it from the newest snapshot, if there is one
 // (otherwise it replays the stream from its start).
 func (d *Daemon) open(ctx context.Context, sh *replica.Shadow) error {
-	if path := d.cfg.ShadowPath(); sh == nil && !replica.Exists(path) && d.streamEmpty(ctx) {
-		// A new cluster: the shadow follows the stream from its start. (A
-		// snapshot bucket being created beside it can keep a listing
-		// waiting, and the first promotion with it.)
-		d.log.Info("the WAL stream has never held a message: the shadow starts empty, no snapshot needed")
-	} else if sh == nil && !replica.Exists(path) {
-		snap, err := replica.Bootstrap(ctx, d.js, d.cfg.ClusterID, path, nil)
-		switch {
-		case err == nil:
-			d.log.Info("bootstrapped the shadow database from a snapshot", "snapshot", snap.Name, "epoch", snap.Epoch, "txid", snap.TXID, "seq", snap.Seq)
-		case errors.Is(err, replica.ErrNoSnapshot):
-		default:
-			return fmt.Errorf("bootstrap from a snapshot: %w", err)
+	if path := d.cfg.ShadowPath(); sh == nil && !replica.Exists(path) {
+		if d.streamEmpty(ctx) {
+			// A new cluster: the shadow follows the stream from its start
+			// (a snapshot bucket being created beside it can keep a listing
+			// waiting, and the first promotion with it).
+			d.log.Info("the WAL stream has never held a message: the shadow starts empty, no snapshot needed")
+		} else if err := d.bootstrap(ctx, path); err != nil {
+			return err
 		}
 	}
 	if sh == nil {
@@ -183,6 +178,19 @@ func (d *Daemon) open(ctx context.Context, sh *replica.Shadow) error {
 	d.applyMu.Unlock()
 	p := ap.Position()
 	d.log.Info("shadow database open", "path", sh.Path(), "epoch", p.Epoch, "txid", p.TXID, "seq", p.Seq)
+	return nil
+}
+
+// bootstrap installs the newest snapshot as the shadow at path, if there
+// is one.
+func (d *Daemon) bootstrap(ctx context.Context, path string) error {
+	snap, err := replica.Bootstrap(ctx, d.js, d.cfg.ClusterID, path, nil)
+	switch {
+	case err == nil:
+		d.log.Info("bootstrapped the shadow database from a snapshot", "snapshot", snap.Name, "epoch", snap.Epoch, "txid", snap.TXID, "seq", snap.Seq)
+	case !errors.Is(err, replica.ErrNoSnapshot):
+		return fmt.Errorf("bootstrap from a snapshot: %w", err)
+	}
 	return nil
 }
 

@@ -9,6 +9,8 @@ import (
 	"os"
 
 	"github.com/superfly/ltx"
+
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 )
 
 // deltaMinPages is the smallest database whose whole-database captures
@@ -100,11 +102,11 @@ func (c *streamClient) recaptured(hdr ltx.Header, ra io.ReaderAt, size int64) bo
 // the same header: applied after the shipped state it gives the same
 // database. It returns the new file's size.
 func (c *streamClient) writeDelta(path string, ra io.ReaderAt, size int64) (int64, error) {
-	dec := ltx.NewDecoder(bufio.NewReaderSize(io.NewSectionReader(ra, 0, size), 1<<20))
-	if err := dec.DecodeHeader(); err != nil {
-		return 0, fmt.Errorf("decode LTX header: %w", err)
+	lr, err := replica.NewLTXReader(io.NewSectionReader(ra, 0, size), true)
+	if err != nil {
+		return 0, err
 	}
-	hdr := dec.Header()
+	hdr := lr.Header()
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
 	if err != nil {
 		return 0, err
@@ -121,21 +123,21 @@ func (c *streamClient) writeDelta(path string, ra io.ReaderAt, size int64) (int6
 	data := make([]byte, hdr.PageSize)
 	h := ltx.NewHasher()
 	for {
-		var ph ltx.PageHeader
-		if err := dec.DecodePage(&ph, data); errors.Is(err, io.EOF) {
+		pgno, err := lr.Next(data)
+		if errors.Is(err, io.EOF) {
 			break
 		} else if err != nil {
-			return 0, fmt.Errorf("decode LTX page: %w", err)
+			return 0, err
 		}
-		if ltx.ChecksumPageWithHasher(h, ph.Pgno, data) == c.pages.Page(ph.Pgno) {
+		if ltx.ChecksumPageWithHasher(h, pgno, data) == c.pages.Page(pgno) {
 			continue
 		}
-		if err := enc.EncodePage(ph, data); err != nil {
-			return 0, fmt.Errorf("encode LTX page %d: %w", ph.Pgno, err)
+		if err := enc.EncodePage(ltx.PageHeader{Pgno: pgno}, data); err != nil {
+			return 0, fmt.Errorf("encode LTX page %d: %w", pgno, err)
 		}
 	}
-	if err := dec.Close(); err != nil {
-		return 0, fmt.Errorf("LTX trailer: %w", err)
+	if _, err := lr.Close(); err != nil {
+		return 0, err
 	}
 	if err := enc.Close(); err != nil {
 		return 0, fmt.Errorf("close delta LTX: %w", err)

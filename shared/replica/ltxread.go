@@ -13,12 +13,12 @@ import (
 	"github.com/superfly/ltx"
 )
 
-// ltxReader reads the pages of an LTX file in one pass, with no
+// LTXReader reads the pages of an LTX file in one pass, with no
 // allocation per page. Unlike ltx.Decoder it does not build the file's
 // page index (a map of every page: 28 MiB for a 1 GiB file), which ccm
 // never uses, and it checks the file checksum only when asked to: a file
 // verified once need not be hashed again.
-type ltxReader struct {
+type LTXReader struct {
 	r    *bufio.Reader
 	hash hash.Hash64 // nil: the file checksum is not checked
 	hdr  ltx.Header
@@ -29,10 +29,10 @@ type ltxReader struct {
 // crc64ISO is the table of LTX file checksums.
 var crc64ISO = crc64.MakeTable(crc64.ISO)
 
-// newLTXReader reads the header of the LTX file in r; verify checks the
+// NewLTXReader reads the header of the LTX file in r; verify checks the
 // file checksum at Close.
-func newLTXReader(r io.Reader, verify bool) (*ltxReader, error) {
-	lr := &ltxReader{r: bufio.NewReaderSize(r, 1<<20)}
+func NewLTXReader(r io.Reader, verify bool) (*LTXReader, error) {
+	lr := &LTXReader{r: bufio.NewReaderSize(r, 1<<20)}
 	if verify {
 		lr.hash = crc64.New(crc64ISO)
 	}
@@ -51,10 +51,10 @@ func newLTXReader(r io.Reader, verify bool) (*ltxReader, error) {
 }
 
 // Header is the file's header.
-func (lr *ltxReader) Header() ltx.Header { return lr.hdr }
+func (lr *LTXReader) Header() ltx.Header { return lr.hdr }
 
 // read fills b from the file, hashing it.
-func (lr *ltxReader) read(b []byte) error {
+func (lr *LTXReader) read(b []byte) error {
 	if _, err := io.ReadFull(lr.r, b); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
@@ -69,7 +69,7 @@ func (lr *ltxReader) read(b []byte) error {
 
 // Next reads the next page into data (PageSize bytes) and returns its
 // number, or io.EOF after the last page.
-func (lr *ltxReader) Next(data []byte) (uint32, error) {
+func (lr *LTXReader) Next(data []byte) (uint32, error) {
 	if lr.done {
 		return 0, io.EOF
 	}
@@ -116,7 +116,7 @@ func (lr *ltxReader) Next(data []byte) (uint32, error) {
 
 // Close reads the rest of the file (page index and trailer) and, if asked
 // to, checks the file checksum. It returns the trailer.
-func (lr *ltxReader) Close() (ltx.Trailer, error) {
+func (lr *LTXReader) Close() (ltx.Trailer, error) {
 	var t ltx.Trailer
 	if !lr.done {
 		return t, errors.New("LTX file closed before its last page")

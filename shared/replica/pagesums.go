@@ -59,7 +59,7 @@ func (p *PageSums) Apply(r io.Reader) (ltx.Header, func(), error) { return p.app
 func (p *PageSums) ApplyLocal(r io.Reader) (ltx.Header, func(), error) { return p.apply(r, false) }
 
 func (p *PageSums) apply(r io.Reader, verify bool) (ltx.Header, func(), error) {
-	lr, err := newLTXReader(r, verify)
+	lr, err := NewLTXReader(r, verify)
 	if err != nil {
 		return ltx.Header{}, nil, err
 	}

@@ -170,7 +170,7 @@ func (s *Shadow) Recover(r io.Reader, next Position) error {
 func (s *Shadow) write(r io.Reader) (ltx.Header, error) {
 	// Predict verified the file (and the journal holding it is synced):
 	// its checksum is not computed again.
-	lr, err := newLTXReader(r, false)
+	lr, err := NewLTXReader(r, false)
 	if err != nil {
 		return ltx.Header{}, err
 	}
