@@ -326,7 +326,7 @@ func (d *Daemon) Start(ctx context.Context, epoch uint64) error {
 		return err
 	}
 	d.opMu.Unlock()
-	grace := time.Duration(d.cfg.Backend.StartGraceMs) * time.Millisecond
+	grace := d.cfg.Backend.StartGrace()
 	deadline := time.Now().Add(grace)
 	for {
 		if _, _, ok := d.roles.Leading(time.Now()); !ok {
@@ -433,7 +433,7 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 			req.RespondJSON(d.Status())
 		}
 	}
-	grace := time.Duration(d.cfg.Backend.StartGraceMs)*time.Millisecond + 10*time.Second
+	grace := d.cfg.Backend.StartGrace() + 10*time.Second
 	for name, h := range map[string]micro.HandlerFunc{
 		"prepare": op(d.Prepare, time.Minute),
 		"start":   op(d.Start, grace),

@@ -37,6 +37,7 @@ type Elector struct {
 	replicas, maxLag       int
 	maxLagBytes            int
 	storageSync            time.Duration // how long a promotion waits for the storage mirror
+	startTimeout           time.Duration // how long the backend may take to start serving
 	resumeReady            bool          // the leader record found at start says this node served
 
 	nc      *nats.Conn
@@ -64,9 +65,12 @@ type Elector struct {
 	rev     uint64    // revision of our last write to the leader key
 	since   time.Time // when this node took the key
 	holdOff time.Time // no campaigning before this (after resigning)
-	dirty   bool      // role changed since the node status was last written
-	left    bool      // ccm leave: no campaigning, no status until restarted
-	gate    schema.EpochGate
+	// servingBy is when a leader that holds the key without serving (its
+	// promotion, or a demotion's drain) gives it up whatever step hangs.
+	servingBy time.Time
+	dirty     bool // role changed since the node status was last written
+	left      bool // ccm leave: no campaigning, no status until restarted
+	gate      schema.EpochGate
 }
 
 var _ daemon.Daemon = (*Elector)(nil)
@@ -89,16 +93,18 @@ func New(env daemon.Env) (*Elector, error) {
 		maxLag:      c.Election.MaxLagTXIDs,
 		maxLagBytes: c.Election.MaxLagBytes,
 		storageSync: c.Storage.SyncTimeout(),
-		nc:          env.NC,
-		js:          js,
-		log:         env.Log,
-		started:     time.Now(),
-		ready:       make(chan struct{}),
-		cmds:        make(chan command),
-		promotions:  make(chan promotionStep),
-		state:       State{Role: schema.RoleStarting},
-		changed:     make(chan struct{}),
-		lastLoop:    time.Now(),
+		// ccm-backend's start endpoint gives up after the grace plus 10 s.
+		startTimeout: c.Backend.StartGrace() + 15*time.Second,
+		nc:           env.NC,
+		js:           js,
+		log:          env.Log,
+		started:      time.Now(),
+		ready:        make(chan struct{}),
+		cmds:         make(chan command),
+		promotions:   make(chan promotionStep),
+		state:        State{Role: schema.RoleStarting},
+		changed:      make(chan struct{}),
+		lastLoop:     time.Now(),
 	}
 	e.metrics = newMetrics(env.Metrics, e)
 	return e, nil
@@ -215,6 +221,7 @@ func (e *Elector) Run(ctx context.Context) error {
 			}
 		}
 		e.apply(Event{Kind: Expired, At: time.Now()})
+		e.enforceServing(ctx)
 		if e.dirty {
 			e.writeStatus(ctx)
 		}
@@ -545,6 +552,17 @@ func (e *Elector) apply(ev Event) {
 	if next.Role != old.Role || next.Leader != old.Leader || next.Epoch != old.Epoch {
 		e.dirty = true
 	}
+	lame := func(s State) bool { return s.Role == schema.RoleLeader && !s.Ready }
+	switch {
+	case !lame(next):
+		e.servingBy = time.Time{}
+	case !lame(old) || old.Epoch != next.Epoch:
+		bound := e.promotionBound()
+		if ev.Kind == Draining {
+			bound = e.drainBound()
+		}
+		e.servingBy = time.Now().Add(bound)
+	}
 	if next.Role == old.Role {
 		return
 	}
@@ -604,4 +622,18 @@ func (e *Elector) writeStatus(ctx context.Context) {
 		return
 	}
 	e.dirty = false
+}
+
+// enforceServing resigns a leader that has held the key without serving
+// past the bound of what it was doing (its promotion, or a demotion's drain
+// and undoing it), whatever step hangs: the others may then campaign.
+func (e *Elector) enforceServing(ctx context.Context) {
+	s := e.State()
+	if s.Role != schema.RoleLeader || s.Ready || e.servingBy.IsZero() || time.Now().Before(e.servingBy) {
+		return
+	}
+	e.log.Error("held the leader key without serving past its bound: giving up leadership", "epoch", s.Epoch, "bound", e.servingBy)
+	if err := e.resign(ctx, "", "held the key without serving past its bound"); err != nil {
+		e.log.Warn("resign", "err", err)
+	}
 }

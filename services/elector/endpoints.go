@@ -213,12 +213,15 @@ func (e *Elector) Promote(ctx context.Context) error {
 	return e.waitRole(ctx, schema.RoleLeader)
 }
 
-// Demote makes this leader step down gracefully: it stops serving first
-// (role event not ready: the VIP goes; then the backend is stopped, which
-// drains it; then everything committed is flushed to the WAL stream and
-// every storage file to the file store), and
-// only then hands the key to the node named to, or deletes it so that the
-// others campaign. The lease is renewed throughout.
+// Demote makes this leader step down gracefully. While it still serves,
+// it publishes the storage files written so far (the bulk of the flush; a
+// ccm-storage that does not answer aborts the demotion before anything
+// stopped). Then it drains, within one TTL: the role event says not ready
+// (the VIP goes), the backend is stopped, everything committed is flushed
+// to the WAL stream and the last storage files to the file store. Only
+// then does it hand the key to the node named to, or delete it so that
+// the others campaign. The lease is renewed throughout; a drain step that
+// fails or overruns makes the node serve again (undrain).
 func (e *Elector) Demote(ctx context.Context, to string) error {
 	var epoch uint64
 	err := e.do(ctx, func(ctx context.Context) error {
@@ -243,6 +246,18 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 			}
 		}
 		epoch = s.Epoch
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := e.call(ctx, schema.ServiceStorage, "flush", nil, storageFlushTimeout); err != nil && !errors.Is(err, errSkipped) {
+		return fmt.Errorf("demotion aborted before it stopped serving: the storage flush failed: %w", err)
+	}
+	err = e.do(ctx, func(ctx context.Context) error {
+		if s := e.State(); s.Role != schema.RoleLeader || s.Epoch != epoch {
+			return fmt.Errorf("%w: no longer the leader of epoch %d (%s)", ErrNotLeader, epoch, s.Reason)
+		}
 		e.apply(Event{Kind: Draining})
 		e.publish(e.State())
 		return nil
@@ -250,26 +265,32 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := e.call(ctx, schema.ServiceBackend, "stop", PrepareRequest{Epoch: epoch}, time.Minute); err != nil && !errors.Is(err, errSkipped) {
-		return e.undrain(ctx, epoch, "stopping the backend", err)
+	// From here the node holds the key without serving: every drain step
+	// shares one TTL, whatever the caller's deadline.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.ttl)
+	defer cancel()
+	if _, err := e.call(dctx, schema.ServiceBackend, "stop", PrepareRequest{Epoch: epoch}, e.ttl); err != nil && !errors.Is(err, errSkipped) {
+		return e.undrain(epoch, "stopping the backend", err)
 	}
 	var lost error // the leader's changes cannot be shipped at all
-	if _, err := e.call(ctx, schema.ServiceWalship, "flush", nil, 30*time.Second); err != nil && !errors.Is(err, errSkipped) {
+	if _, err := e.call(dctx, schema.ServiceWalship, "flush", nil, e.ttl); err != nil && !errors.Is(err, errSkipped) {
 		if !natsconn.HasCode(err, "409") {
-			return e.undrain(ctx, epoch, "the final WAL flush", err)
+			return e.undrain(epoch, "the final WAL flush", err)
 		}
 		// Not shipping (its appends were fenced): serving on would only
 		// add writes that no other node will have.
 		lost = err
 	}
-	if _, err := e.call(ctx, schema.ServiceStorage, "flush", nil, 5*time.Minute); err != nil && !errors.Is(err, errSkipped) {
-		return e.undrain(ctx, epoch, "the final storage flush", err)
+	if _, err := e.call(dctx, schema.ServiceStorage, "flush", nil, e.ttl); err != nil && !errors.Is(err, errSkipped) {
+		return e.undrain(epoch, "the final storage flush", err)
 	}
 	reason := "demoted"
 	if to != "" {
 		reason = "handing over to " + to
 	}
-	err = e.do(ctx, func(ctx context.Context) error {
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), e.ttl)
+	defer rcancel()
+	err = e.do(rctx, func(ctx context.Context) error {
 		if s := e.State(); s.Role != schema.RoleLeader || s.Epoch != epoch {
 			return fmt.Errorf("%w: leadership of epoch %d was lost while draining", ErrNotLeader, epoch)
 		}
@@ -284,10 +305,13 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 
 // undrain makes a leader whose graceful demotion failed at step serve
 // again (start the backend, say ready), so that it never holds the key
-// without serving; if the backend does not start, it steps down.
-func (e *Elector) undrain(ctx context.Context, epoch uint64, step string, cause error) error {
+// without serving; if the backend does not start, it steps down. It runs
+// on its own deadline: the demotion's may have passed.
+func (e *Elector) undrain(epoch uint64, step string, cause error) error {
 	e.log.Error("demote: "+step+" failed: serving again", "err", cause)
-	_, err := e.call(ctx, schema.ServiceBackend, "start", PrepareRequest{Epoch: epoch}, 5*time.Minute)
+	ctx, cancel := context.WithTimeout(e.runCtx, e.startTimeout+e.ttl)
+	defer cancel()
+	_, err := e.call(ctx, schema.ServiceBackend, "start", PrepareRequest{Epoch: epoch}, e.startTimeout)
 	if err != nil && !errors.Is(err, errSkipped) {
 		e.log.Error("demote: the backend does not start again: stepping down", "err", err)
 		e.do(ctx, func(ctx context.Context) error {

@@ -23,6 +23,25 @@ type PrepareRequest struct {
 	Epoch uint64 `json:"epoch"`
 }
 
+// Bounds of the promotion's steps that do not depend on the configuration.
+const (
+	prepareTimeout = time.Minute
+	shipTimeout    = 30 * time.Second
+	// storageFlushTimeout bounds a demotion's storage flush while the
+	// leader still serves: large uploads may be in flight.
+	storageFlushTimeout = 5 * time.Minute
+)
+
+// promotionBound is the sum of the promotion steps' bounds: no promotion
+// holds the key without serving for longer.
+func (e *Elector) promotionBound() time.Duration {
+	return 3*e.ttl + e.storageSync + time.Minute + prepareTimeout + shipTimeout + e.startTimeout
+}
+
+// drainBound is how long a demotion may hold the key without serving: one
+// TTL to drain, and the backend's start if it must serve again.
+func (e *Elector) drainBound() time.Duration { return e.ttl + e.startTimeout + e.ttl }
+
 // errSkipped means the daemon of a step does not run on this node.
 var errSkipped = natsconn.ErrNotRunning
 
@@ -89,7 +108,7 @@ func (e *Elector) promote(ctx context.Context, epoch uint64, report func(promoti
 		return fmt.Errorf("bring the storage directory in sync: %w", err)
 	}
 	step("backend prepare")
-	_, err = e.call(ctx, schema.ServiceBackend, "prepare", PrepareRequest{Epoch: epoch}, time.Minute)
+	_, err = e.call(ctx, schema.ServiceBackend, "prepare", PrepareRequest{Epoch: epoch}, prepareTimeout)
 	switch {
 	case errors.Is(err, errSkipped) && shadow.PageSize != 0:
 		// Shipping the data path's database instead would go back in time.
@@ -103,7 +122,7 @@ func (e *Elector) promote(ctx context.Context, epoch uint64, report func(promoti
 		return fmt.Errorf("open the epoch on the WAL stream: %w", err)
 	}
 	step("backend start")
-	if _, err := e.call(ctx, schema.ServiceBackend, "start", PrepareRequest{Epoch: epoch}, 5*time.Minute); err != nil && !errors.Is(err, errSkipped) {
+	if _, err := e.call(ctx, schema.ServiceBackend, "start", PrepareRequest{Epoch: epoch}, e.startTimeout); err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("start the backend: %w", err)
 	}
 	report(promotionStep{epoch: epoch, kind: Ready})
@@ -113,7 +132,7 @@ func (e *Elector) promote(ctx context.Context, epoch uint64, report func(promoti
 
 // waitShipping polls ccm-walship until it ships epoch.
 func (e *Elector) waitShipping(ctx context.Context, epoch uint64) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, shipTimeout)
 	defer cancel()
 	for {
 		b, err := e.call(ctx, schema.ServiceWalship, "status", nil, time.Second)

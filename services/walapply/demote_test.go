@@ -16,7 +16,8 @@ import (
 // TestFailedDemotionServesAgain: when the final WAL flush of a graceful
 // demotion fails (the leader's walship cut off from NATS), the leader does
 // not hand over what it could not ship, and it does not stay a lame duck
-// holding the key without serving: it serves again and says why.
+// holding the key without serving: it serves again within one TTL and
+// says why.
 func TestFailedDemotionServesAgain(t *testing.T) {
 	srv := natstest.Server(t)
 	dir := t.TempDir()
@@ -36,6 +37,7 @@ func TestFailedDemotionServesAgain(t *testing.T) {
 	defer w.Close()
 	mustExec(t, w, `INSERT INTO docs (body) VALUES ('written before the demotion')`)
 
+	duck := et.WatchNotServing(t, n1)
 	proxy.Cut()
 	defer proxy.Heal()
 	nc := natstest.Connect(t, srv.ClientURL())
@@ -48,5 +50,9 @@ func TestFailedDemotionServesAgain(t *testing.T) {
 	}
 	if s := n1.El.State(); s.Role != schema.RoleLeader || s.Epoch != epoch || !s.Ready {
 		t.Fatalf("after the aborted demotion n1 is %s of epoch %d (ready %v), want the ready leader of %d", s.Role, s.Epoch, s.Ready, epoch)
+	}
+	// No ccm-backend here: serving again is instant once the drain gives up.
+	if d, bound := duck.Longest(), et.TTL+et.Heartbeat; d > bound {
+		t.Fatalf("the failed demotion held the key without serving for %s (bound %s)", d.Round(time.Millisecond), bound)
 	}
 }

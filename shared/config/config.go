@@ -156,6 +156,9 @@ func (b Backend) SetAsideDir(epoch uint64, at time.Time) string {
 	return filepath.Join(b.DataPath, ".ccm-set-aside", fmt.Sprintf("epoch-%d-%s", epoch, at.UTC().Format("20060102T150405Z")))
 }
 
+// StartGrace is how long a starting backend has to pass its health check.
+func (b Backend) StartGrace() time.Duration { return ms(b.StartGraceMs) }
+
 // ReconcileInterval is how often the leader compares the whole storage tree.
 func (s Storage) ReconcileInterval() time.Duration { return ms(s.ReconcileIntervalMs) }
 

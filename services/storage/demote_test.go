@@ -1,0 +1,83 @@
+package storage_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
+	"github.com/convex-cluster-manager/ccm/services/storage"
+	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
+	"github.com/convex-cluster-manager/ccm/shared/natstest"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// TestDemotionWithStuckStorageIsNoLameDuck demotes a leader whose
+// ccm-storage does not answer (its NATS connection blackholed): the leader
+// must not hold the key without serving for longer than one TTL. Once
+// storage answers again, the demotion hands over with every file.
+func TestDemotionWithStuckStorageIsNoLameDuck(t *testing.T) {
+	srv := natstest.Server(t)
+	dir := t.TempDir()
+	c1, c2 := nodeConfig(dir, "n1", srv.ClientURL()), nodeConfig(dir, "n2", srv.ClientURL())
+	n1 := et.Start(t, c1)
+	et.WaitLeader(t, []*et.Node{n1}, 2*et.TTL)
+	n2 := et.Start(t, c2)
+	proxy := natstest.NewProxy(t, srv.Addr().String())
+	cs := c1
+	cs.NATS.Servers = []string{proxy.URL()}
+	s1 := daemontest.Start[*storage.Daemon](t, storage.Spec(), cs)
+	s2 := daemontest.Start[*storage.Daemon](t, storage.Spec(), c2)
+	waitState(t, s1.D, schema.StorageCapturing, 20*time.Second)
+	waitState(t, s2.D, schema.StorageSynced, 20*time.Second)
+	write(t, c1.StorageDir(), "modules/a.js", []byte("a"))
+	waitSame(t, c1.StorageDir(), c2.ShadowStorageDir(), 10*time.Second)
+	duck := et.WatchNotServing(t, n1)
+
+	proxy.Cut()
+	write(t, c1.StorageDir(), "modules/late.js", []byte("written while storage is cut off"))
+	nc := natstest.Connect(t, srv.ClientURL())
+	type reply struct {
+		errHeader string
+		err       error
+	}
+	replies := make(chan reply, 1)
+	go func() {
+		msg, err := nc.Request(schema.Endpoint("dc", "n1", schema.ServiceElector, "demote"), []byte(`{"to":"n2"}`), 2*time.Minute)
+		if err != nil {
+			replies <- reply{err: err}
+			return
+		}
+		replies <- reply{errHeader: msg.Header.Get("Nats-Service-Error")}
+	}()
+	time.Sleep(4 * et.TTL)
+	if d, bound := duck.Longest(), et.TTL+et.Heartbeat; d > bound {
+		t.Fatalf("with ccm-storage stuck, the demoting leader held the key without serving for %s (bound %s)", d.Round(time.Millisecond), bound)
+	}
+	if s := n1.El.State(); s.Role != schema.RoleLeader || !s.Ready {
+		t.Fatalf("with ccm-storage stuck, n1 is %s (ready %v), want still the serving leader", s.Role, s.Ready)
+	}
+
+	proxy.Heal()
+	select {
+	case r := <-replies:
+		if r.err != nil || r.errHeader != "" {
+			t.Fatalf("demote once storage answers again: %v %s", r.err, r.errHeader)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("demote did not return after storage answered again")
+	}
+	et.WaitLeader(t, []*et.Node{n1, n2}, 4*et.TTL)
+	if s := n2.El.State(); s.Role != schema.RoleLeader {
+		t.Fatalf("after the demotion n2 is %s, want leader", s.Role)
+	}
+	if d, bound := duck.Longest(), et.TTL+et.Heartbeat; d > bound {
+		t.Fatalf("the demotion held the key without serving for %s (bound %s)", d.Round(time.Millisecond), bound)
+	}
+	waitState(t, s2.D, schema.StorageCapturing, 20*time.Second)
+	if got, err := os.ReadFile(filepath.Join(c2.StorageDir(), "modules/late.js")); !strings.Contains(string(got), "cut off") {
+		t.Fatalf("the file written while storage was cut off, on the new leader: %q %v", got, err)
+	}
+}
