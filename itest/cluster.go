@@ -193,8 +193,22 @@ type Writer struct{ c *Cluster }
 // StartWriter starts writing every 20 ms.
 func (c *Cluster) StartWriter(t *testing.T) *Writer {
 	t.Helper()
-	c.Client.Must(t, "sh", "-c", `rm -f /tmp/acks /tmp/writer.stop; nohup sh -c 'i=0; while [ ! -e /tmp/writer.stop ]; do i=$((i+1)); if curl -sf -m 0.5 -XPOST "http://`+c.VIP+`:3210/write?v=w$i" >/dev/null; then echo "w$i $(date +%s%N)" >> /tmp/acks; fi; sleep 0.02; done' >/dev/null 2>&1 &`)
+	c.Client.Must(t, "sh", "-c", `rm -f /tmp/acks /tmp/writer.stop; nohup sh -c 'i=0; while [ ! -e /tmp/writer.stop ]; do i=$((i+1)); if curl -sf -m 0.5 -XPOST "http://`+c.VIP+`:3210/write?v=w$i" >/dev/null; then echo "w$i $(date +%s%N)" >> /tmp/acks; fi; if [ $((i % 5)) = 0 ]; then curl -sf -m 0.5 -XPOST --data-binary "w$i" "http://`+c.VIP+`:3210/storage?f=writer/w$i" >/dev/null; fi; sleep 0.02; done' >/dev/null 2>&1 &`)
 	return &Writer{c: c}
+}
+
+// AssertUploadsServed fails unless the backend on the VIP serves the file
+// of every upload row in its database (the writer uploads every fifth
+// write): no database change may reach a node before the storage file it
+// names.
+func (c *Cluster) AssertUploadsServed(t *testing.T) {
+	t.Helper()
+	out := strings.TrimSpace(c.Client.Must(t, "curl", "-sf", "-m", "10", "http://"+c.VIP+":3210/uploads/missing"))
+	first, _, _ := strings.Cut(out, "\n")
+	if !strings.HasSuffix(first, " 0 missing") {
+		t.Fatalf("upload rows whose storage file the new leader does not serve:\n%s", out)
+	}
+	t.Logf("uploads: %s", first)
 }
 
 // Stop stops the writer and returns the acknowledged values with their times.

@@ -82,6 +82,7 @@ func TestCluster(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		acks := w.Stop(t)
 		lost, gap := c.Lost(t, acks)
+		c.AssertUploadsServed(t)
 		t.Logf("switchover %s -> %s: %d writes acknowledged, %d lost, longest write gap %s", old.Name, target.Name, len(acks), len(lost), gap.Round(time.Millisecond))
 		if len(lost) > 0 {
 			t.Fatalf("acknowledged writes lost in a switchover: %v", lost)
@@ -105,6 +106,7 @@ func TestCluster(t *testing.T) {
 		time.Sleep(3 * time.Second)
 		acks := w.Stop(t)
 		lost, gap := c.Lost(t, acks)
+		c.AssertUploadsServed(t)
 		st := l.Status(t)
 		t.Logf("daemons killed on %s: %d acks, %d lost, longest gap %s", l.Name, len(acks), len(lost), gap.Round(time.Millisecond))
 		if st.Leader == nil || st.Leader.Node != l.Name || st.Leader.Epoch != epoch {
@@ -161,6 +163,7 @@ func TestCluster(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		acks := w.Stop(t)
 		lost, gap := c.Lost(t, acks)
+		c.AssertUploadsServed(t)
 		t.Logf("leader %s killed: %s holds the VIP after %s; %d acks, %d lost, longest gap %s", old.Name, next.Name, took.Round(time.Millisecond), len(acks), len(lost), gap.Round(time.Millisecond))
 		if len(lost) > 5 {
 			t.Fatalf("%d acknowledged writes lost in a crash; the replication lag bounds it to a few", len(lost))
@@ -192,6 +195,7 @@ func TestCluster(t *testing.T) {
 		acks := w.Stop(t)
 		old.Docker(t, "network", "connect", "--ip", old.IP, c.Net.Name)
 		lost, gap := c.Lost(t, acks)
+		c.AssertUploadsServed(t)
 		t.Logf("partition of %s: %s took over; %d acks, %d lost (bounded by the lag at the cut), longest gap %s", old.Name, next.Name, len(acks), len(lost), gap.Round(time.Millisecond))
 		if old.HasVIP(t, c.VIP) || old.Active(t, "convex-backend") {
 			t.Fatal("the partitioned leader still serves")
@@ -237,6 +241,7 @@ func TestCluster(t *testing.T) {
 		c.WaitPassivesCaughtUp(t, 90*time.Second)
 		acks := w.Stop(t)
 		lost, gap := c.Lost(t, acks)
+		c.AssertUploadsServed(t)
 		t.Logf("pause of %s: %d acks, %d lost, longest gap %s", old.Name, len(acks), len(lost), gap.Round(time.Millisecond))
 		// The resumed node's processes run again all at once, its backend
 		// and VIP with them, before its daemons can act on the lease that

@@ -17,7 +17,9 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -77,6 +79,9 @@ func run(args []string, stderr io.Writer) error {
 	defer db.Close()
 	db.SetMaxOpenConns(1)
 	if _, err := exec(ctx, db, `CREATE TABLE IF NOT EXISTS writes (id INTEGER PRIMARY KEY, v TEXT, at INTEGER)`); err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	if _, err := exec(ctx, db, `CREATE TABLE IF NOT EXISTS uploads (id INTEGER PRIMARY KEY, path TEXT, sha256 TEXT)`); err != nil {
 		return fmt.Errorf("open database: %w", err)
 	}
 	storage := filepath.Join(*data, "storage", "modules")
@@ -152,6 +157,8 @@ func run(args []string, stderr io.Writer) error {
 		}
 		w.Write(b)
 	})
+	// An upload, as Convex does it: the file is written, then a row
+	// naming it (with its SHA-256) is committed.
 	mux.HandleFunc("POST /storage", func(w http.ResponseWriter, r *http.Request) {
 		p := storagePath(r)
 		b, err := io.ReadAll(r.Body)
@@ -161,11 +168,42 @@ func run(args []string, stderr io.Writer) error {
 		if err == nil {
 			err = os.WriteFile(p, b, 0o644)
 		}
+		if err == nil {
+			rel, _ := filepath.Rel(filepath.Join(*data, "storage"), p)
+			sum := sha256.Sum256(b)
+			_, err = exec(r.Context(), db, `INSERT INTO uploads (path, sha256) VALUES (?, ?)`, rel, hex.EncodeToString(sum[:]))
+		}
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
 		fmt.Fprintf(w, "%d\n", len(b))
+	})
+	// Every upload row whose file this node does not serve as uploaded
+	// (the newest row of each path), one per line, after a count line.
+	mux.HandleFunc("GET /uploads/missing", func(w http.ResponseWriter, r *http.Request) {
+		rows, err := db.QueryContext(r.Context(), `SELECT path, sha256 FROM uploads WHERE id IN (SELECT max(id) FROM uploads GROUP BY path) ORDER BY id`)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		defer rows.Close()
+		var n int
+		var missing []string
+		for rows.Next() {
+			var rel, want string
+			rows.Scan(&rel, &want)
+			n++
+			b, err := os.ReadFile(filepath.Join(*data, "storage", rel))
+			sum := sha256.Sum256(b)
+			if got := hex.EncodeToString(sum[:]); err != nil || got != want {
+				missing = append(missing, fmt.Sprintf("%s (row says %s, file: %v)", rel, want, errOr(err, got)))
+			}
+		}
+		fmt.Fprintf(w, "%d rows, %d missing\n", n, len(missing))
+		for _, m := range missing {
+			fmt.Fprintln(w, m)
+		}
 	})
 	srv := &http.Server{Addr: *addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
@@ -196,4 +234,11 @@ func exec(ctx context.Context, db *sql.DB, q string, args ...any) (sql.Result, e
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+}
+
+func errOr(err error, v string) any {
+	if err != nil {
+		return err
+	}
+	return v
 }

@@ -251,7 +251,7 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := e.call(ctx, schema.ServiceStorage, "flush", nil, storageFlushTimeout); err != nil && !errors.Is(err, errSkipped) {
+	if _, err := e.callStorage(ctx, "flush", nil, storageFlushTimeout); err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("demotion aborted before it stopped serving: the storage flush failed: %w", err)
 	}
 	err = e.do(ctx, func(ctx context.Context) error {
@@ -281,7 +281,7 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 		// add writes that no other node will have.
 		lost = err
 	}
-	if _, err := e.call(dctx, schema.ServiceStorage, "flush", nil, e.ttl); err != nil && !errors.Is(err, errSkipped) {
+	if _, err := e.callStorage(dctx, "flush", nil, e.ttl); err != nil && !errors.Is(err, errSkipped) {
 		return e.undrain(epoch, "the final storage flush", err)
 	}
 	reason := "demoted"

@@ -104,7 +104,7 @@ func (e *Elector) promote(ctx context.Context, epoch uint64, report func(promoti
 		json.Unmarshal(drained, &shadow)
 	}
 	step("storage drain")
-	if _, err := e.call(ctx, schema.ServiceStorage, "drain", PrepareRequest{Epoch: epoch}, e.storageSync+time.Minute); err != nil && !errors.Is(err, errSkipped) {
+	if _, err := e.callStorage(ctx, "drain", PrepareRequest{Epoch: epoch}, e.storageSync+time.Minute); err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("bring the storage directory in sync: %w", err)
 	}
 	step("backend prepare")
@@ -160,6 +160,13 @@ func (e *Elector) waitShipping(ctx context.Context, epoch uint64) error {
 // call requests verb of a daemon on this node; errSkipped if it does not run.
 func (e *Elector) call(ctx context.Context, daemon, verb string, body any, timeout time.Duration) ([]byte, error) {
 	return natsconn.Call(ctx, e.nc, e.cluster, e.node, daemon, verb, body, timeout)
+}
+
+// callStorage is call for ccm-storage, skipped only where it does not run:
+// a ccm-storage that is briefly away would leave files behind.
+func (e *Elector) callStorage(ctx context.Context, verb string, body any, timeout time.Duration) ([]byte, error) {
+	b, err := e.call(ctx, schema.ServiceStorage, verb, body, timeout)
+	return b, natsconn.CheckAway(ctx, e.js, e.cluster, schema.StorageKey(e.node), err)
 }
 
 // onPromotion applies a promotion step reported to the loop; a failed

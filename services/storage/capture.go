@@ -40,6 +40,10 @@ type capturer struct {
 	dirty     map[string]bool
 	full      bool      // compare the whole tree at the next batch
 	after     time.Time // no batch before this: a file still changing, or an error
+	failed    error     // why the last batch left files unpublished (nil: it did not)
+	// barriers waiting for their marker file's event, by its name.
+	barriers map[string]chan error
+	marks    int
 }
 
 // capture runs until ctx ends (the node stopped leading) or fails.
@@ -59,7 +63,8 @@ func (d *Daemon) capture(ctx context.Context, epoch uint64) error {
 	if err != nil {
 		return err
 	}
-	c := &capturer{d: d, epoch: epoch, root: root, index: entries, uploading: map[string]chan struct{}{}, dirty: map[string]bool{}, full: true}
+	c := &capturer{d: d, epoch: epoch, root: root, index: entries, uploading: map[string]chan struct{}{}, dirty: map[string]bool{}, full: true,
+		barriers: map[string]chan error{}}
 	ev := &pending{paths: map[string]bool{}, wake: make(chan struct{}, 1)}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return n.read(ev.add) })
@@ -125,7 +130,14 @@ func (c *capturer) loop(ctx context.Context, n *notifier, ev *pending) error {
 			return nil
 		case <-ev.wake:
 			paths, dirs, reconcile := ev.take()
+			var passed []chan error
 			for p := range paths {
+				if reply, ok := c.barriers[p]; ok {
+					delete(c.barriers, p)
+					os.Remove(filepath.Join(c.root, p))
+					passed = append(passed, reply)
+					continue
+				}
 				c.dirty[p] = true
 			}
 			for _, dir := range dirs {
@@ -140,6 +152,27 @@ func (c *capturer) loop(ctx context.Context, n *notifier, ev *pending) error {
 					return err
 				}
 			}
+			if len(passed) > 0 {
+				// Every event from before the barriers is in dirty now.
+				err := c.flush(ctx)
+				if err == nil {
+					err = c.failed
+				}
+				for _, reply := range passed {
+					reply <- err
+				}
+				if err != nil && !errors.Is(err, c.failed) {
+					return err
+				}
+			}
+		case reply := <-c.d.barriers:
+			c.marks++
+			name := fmt.Sprintf("%sbarrier-%d", filestore.TempPrefix, c.marks)
+			if err := os.WriteFile(filepath.Join(c.root, name), nil, 0o600); err != nil {
+				reply <- fmt.Errorf("storage barrier: %w", err)
+				continue
+			}
+			c.barriers[name] = reply
 		case reply := <-c.d.flushes:
 			c.full = true
 			reply <- c.flush(ctx)
@@ -175,6 +208,25 @@ func (d *Daemon) Flush(ctx context.Context) error {
 		return err
 	case <-ctx.Done():
 		return fmt.Errorf("storage flush: %w", ctx.Err())
+	}
+}
+
+// Barrier returns once every file written on this node before it was
+// called is published (in the manifest), or with why not: ccm-walship
+// ships no database change before the files it may name. Files still
+// being written do not hold it up. It waits for the capture to run.
+func (d *Daemon) Barrier(ctx context.Context) error {
+	reply := make(chan error, 1)
+	select {
+	case d.barriers <- reply:
+	case <-ctx.Done():
+		return fmt.Errorf("storage barrier: not capturing: %w", ctx.Err())
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("storage barrier: %w", ctx.Err())
 	}
 }
 
@@ -242,6 +294,7 @@ func (c *capturer) flush(ctx context.Context) error {
 	for _, p := range again {
 		c.dirty[p] = true
 	}
+	c.failed = failed
 	switch {
 	case failed != nil:
 		c.after = time.Now().Add(time.Second)

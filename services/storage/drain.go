@@ -205,12 +205,26 @@ func (d *Daemon) Leave(ctx context.Context) error {
 	return kv.Delete(ctx, schema.StorageKey(d.cfg.NodeID))
 }
 
-// AddEndpoints adds drain, flush and leave.
+// BarrierTimeout bounds the barrier endpoint: large uploads may be in flight.
+const BarrierTimeout = time.Minute
+
+// AddEndpoints adds drain, flush, barrier and leave.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
 	if err := g.AddEndpoint("leave", micro.HandlerFunc(func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := d.Leave(ctx); err != nil {
+			req.Error("500", err.Error(), nil)
+			return
+		}
+		req.Respond([]byte("{}"))
+	})); err != nil {
+		return err
+	}
+	if err := g.AddEndpoint("barrier", micro.HandlerFunc(func(req micro.Request) {
+		ctx, cancel := context.WithTimeout(context.Background(), BarrierTimeout)
+		defer cancel()
+		if err := d.Barrier(ctx); err != nil {
 			req.Error("500", err.Error(), nil)
 			return
 		}

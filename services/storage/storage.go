@@ -52,16 +52,17 @@ const (
 
 // Daemon replicates one node's storage directory.
 type Daemon struct {
-	cfg     config.Config
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	log     *slog.Logger
-	ready   chan struct{}
-	roles   *rolewatch.Tracker
-	store   *filestore.Store
-	wal     jetstream.Stream // for the database position of captured files
-	wake    chan struct{}
-	flushes chan chan error // to the running capture
+	cfg      config.Config
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	log      *slog.Logger
+	ready    chan struct{}
+	roles    *rolewatch.Tracker
+	store    *filestore.Store
+	wal      jetstream.Stream // for the database position of captured files
+	wake     chan struct{}
+	flushes  chan chan error // to the running capture
+	barriers chan chan error // to the running capture
 
 	mu       sync.Mutex
 	status   schema.StorageStatus
@@ -83,7 +84,7 @@ func New(env daemon.Env) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	d := &Daemon{cfg: env.Config, nc: env.NC, js: js, log: env.Log, ready: make(chan struct{}), wake: make(chan struct{}, 1), flushes: make(chan chan error),
+	d := &Daemon{cfg: env.Config, nc: env.NC, js: js, log: env.Log, ready: make(chan struct{}), wake: make(chan struct{}, 1), flushes: make(chan chan error), barriers: make(chan chan error),
 		loopAt: time.Now(), status: schema.StorageStatus{State: schema.StorageIdle}, metrics: newMetrics()}
 	if env.Metrics != nil {
 		d.metrics.register(env.Metrics, d)

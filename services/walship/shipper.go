@@ -50,6 +50,9 @@ type ShipperOptions struct {
 	Epoch    uint64
 	Interval time.Duration // Litestream monitor and replica sync interval
 	Log      *slog.Logger
+	// Barrier, if set, returns once every storage file written before it
+	// was called is published: no file is shipped before it returns.
+	Barrier func(context.Context) error
 }
 
 // Open opens epoch on the WAL stream (fenced) and starts capturing the
@@ -99,6 +102,7 @@ func Open(ctx context.Context, js jetstream.JetStream, o ShipperOptions) (*Shipp
 	s := &Shipper{db: db, epoch: o.Epoch, how: p.how, reason: p.reason}
 	s.client = newStreamClient(app, p.base.TXID, p.pages, replica.SumsPath(o.DBPath), s.wrote)
 	s.client.log = o.Log
+	s.client.barrier = o.Barrier
 	if p.base.TXID != 0 {
 		// From now on a restart resumes this epoch from the marker.
 		s.client.record(walstream.Base{Epoch: o.Epoch, TXID: p.base.TXID, Checksum: p.base.Checksum, Seq: app.LastSeq(), End: app.End(), Chain: app.Chain()})

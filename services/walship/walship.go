@@ -190,7 +190,7 @@ func (d *Daemon) reconcile(ctx context.Context, epoch uint64, leading bool, retr
 	}
 	s, err := Open(ctx, d.js, ShipperOptions{
 		DBPath: d.cfg.Backend.DBPath(), Cluster: d.cfg.ClusterID, Node: d.cfg.NodeID, Epoch: epoch,
-		Interval: d.cfg.WAL.CaptureInterval(), Log: d.log,
+		Interval: d.cfg.WAL.CaptureInterval(), Log: d.log, Barrier: d.storageBarrier,
 	})
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -302,4 +302,20 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 		}
 		req.RespondJSON(FlushReply{Epoch: s.Epoch(), TXID: uint64(txid), Seq: s.client.app.LastSeq()})
 	}))
+}
+
+// storageBarrierTimeout outlasts ccm-storage's barrier, which gives up
+// after a minute.
+const storageBarrierTimeout = 70 * time.Second
+
+// storageBarrier waits until ccm-storage has published every file written
+// on this node so far; without ccm-storage on the node (no status from it
+// for a TTL) there is none.
+func (d *Daemon) storageBarrier(ctx context.Context) error {
+	_, err := natsconn.Call(ctx, d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceStorage, "barrier", nil, storageBarrierTimeout)
+	err = natsconn.CheckAway(ctx, d.js, d.cfg.ClusterID, schema.StorageKey(d.cfg.NodeID), err)
+	if errors.Is(err, natsconn.ErrNotRunning) {
+		return nil
+	}
+	return err
 }

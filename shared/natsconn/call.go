@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/convex-cluster-manager/ccm/shared/schema"
@@ -56,4 +57,28 @@ func Call(ctx context.Context, nc *nats.Conn, cluster, node, daemon, verb string
 		return nil, fmt.Errorf("%s %s: %w", daemon, verb, &CallError{Code: code, Description: msg.Header.Get(micro.ErrorHeader)})
 	}
 	return msg.Data, nil
+}
+
+// ErrAway means a daemon that does not answer published its status within
+// the bucket's TTL: it runs on the node but is cut off or restarting, and
+// a step that skips absent daemons must not skip it.
+var ErrAway = errors.New("daemon does not answer, but published its status within a TTL")
+
+// CheckAway turns err, from a Call of a daemon that publishes its status
+// under key in the cluster's bucket, into ErrAway when it is ErrNotRunning
+// while the key still exists (or cannot be read). Other errors pass.
+func CheckAway(ctx context.Context, js jetstream.JetStream, cluster, key string, err error) error {
+	if !errors.Is(err, ErrNotRunning) {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	kv, kerr := js.KeyValue(ctx, schema.Bucket(cluster))
+	if kerr == nil {
+		_, kerr = kv.Get(ctx, key)
+	}
+	if errors.Is(kerr, jetstream.ErrKeyNotFound) || errors.Is(kerr, jetstream.ErrKeyDeleted) {
+		return err
+	}
+	return fmt.Errorf("%w (%s): %v", ErrAway, key, err)
 }
