@@ -25,6 +25,10 @@ type Cluster struct {
 	VIP    string
 	Name   string
 	syncN  int // settle markers written (bench)
+	// Every write acknowledged so far and not lost in its own failover:
+	// it must be in the database at every later check.
+	acked   map[string]time.Time
+	writers int
 }
 
 // ClusterOptions tune StartCluster.
@@ -190,10 +194,13 @@ func (c *Cluster) WaitNATSRoutes(t *testing.T, within time.Duration) {
 // every acknowledged value.
 type Writer struct{ c *Cluster }
 
-// StartWriter starts writing every 20 ms.
+// StartWriter starts writing every 20 ms; each writer's values are unique
+// in the cluster's life (w<writer>-<i>).
 func (c *Cluster) StartWriter(t *testing.T) *Writer {
 	t.Helper()
-	c.Client.Must(t, "sh", "-c", `rm -f /tmp/acks /tmp/writer.stop; nohup sh -c 'i=0; while [ ! -e /tmp/writer.stop ]; do i=$((i+1)); if curl -sf -m 0.5 -XPOST "http://`+c.VIP+`:3210/write?v=w$i" >/dev/null; then echo "w$i $(date +%s%N)" >> /tmp/acks; fi; if [ $((i % 5)) = 0 ]; then curl -sf -m 0.5 -XPOST --data-binary "w$i" "http://`+c.VIP+`:3210/storage?f=writer/w$i" >/dev/null; fi; sleep 0.02; done' >/dev/null 2>&1 &`)
+	c.writers++
+	w := fmt.Sprintf("w%d-", c.writers)
+	c.Client.Must(t, "sh", "-c", `rm -f /tmp/acks /tmp/writer.stop; nohup sh -c 'i=0; while [ ! -e /tmp/writer.stop ]; do i=$((i+1)); if curl -sf -m 0.5 -XPOST "http://`+c.VIP+`:3210/write?v=`+w+`$i" >/dev/null; then echo "`+w+`$i $(date +%s%N)" >> /tmp/acks; fi; if [ $((i % 5)) = 0 ]; then curl -sf -m 0.5 -XPOST --data-binary "`+w+`$i" "http://`+c.VIP+`:3210/storage?f=writer/`+w+`$i" >/dev/null; fi; sleep 0.02; done' >/dev/null 2>&1 &`)
 	return &Writer{c: c}
 }
 
@@ -228,18 +235,34 @@ func (w *Writer) Stop(t *testing.T) map[string]time.Time {
 }
 
 // Lost returns the acknowledged values missing from the serving backend,
-// and the longest gap between consecutive acknowledgements.
+// and the longest gap between consecutive acknowledgements. It fails the
+// test if a write acknowledged by an earlier writer, present after its
+// own failover, is missing now.
 func (c *Cluster) Lost(t *testing.T, acks map[string]time.Time) ([]string, time.Duration) {
 	t.Helper()
 	have := map[string]bool{}
 	for _, v := range strings.Split(c.Client.Must(t, "curl", "-sf", "-m", "5", "http://"+c.VIP+":3210/values"), "\n") {
 		have[strings.TrimSpace(v)] = true
 	}
-	var lost []string
+	var lost, later []string
+	for v := range c.acked {
+		if !have[v] {
+			later = append(later, v)
+		}
+	}
+	if len(later) > 0 {
+		sort.Strings(later)
+		t.Fatalf("%d writes acknowledged and kept through their own failover are gone now: %v", len(later), later)
+	}
+	if c.acked == nil {
+		c.acked = map[string]time.Time{}
+	}
 	var times []time.Time
 	for v, at := range acks {
 		if !have[v] {
 			lost = append(lost, v)
+		} else {
+			c.acked[v] = at
 		}
 		times = append(times, at)
 	}

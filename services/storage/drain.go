@@ -205,8 +205,9 @@ func (d *Daemon) Leave(ctx context.Context) error {
 	return kv.Delete(ctx, schema.StorageKey(d.cfg.NodeID))
 }
 
-// BarrierTimeout bounds the barrier endpoint: large uploads may be in flight.
-const BarrierTimeout = time.Minute
+// BarrierTimeout bounds one barrier request: the caller asks again while
+// large uploads are in flight.
+const BarrierTimeout = 4 * time.Second
 
 // AddEndpoints adds drain, flush, barrier and leave.
 func (d *Daemon) AddEndpoints(g micro.Group) error {

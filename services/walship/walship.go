@@ -304,18 +304,29 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 	}))
 }
 
-// storageBarrierTimeout outlasts ccm-storage's barrier, which gives up
-// after a minute.
-const storageBarrierTimeout = 70 * time.Second
+// storageBarrierAttempt bounds one barrier request, beyond ccm-storage's
+// own bound (4 s): a request that ccm-storage took and died with gets no
+// answer, and large uploads take several attempts.
+const storageBarrierAttempt = 5 * time.Second
 
 // storageBarrier waits until ccm-storage has published every file written
-// on this node so far; without ccm-storage on the node (no status from it
-// for a TTL) there is none.
+// on this node so far, retrying until ctx ends; without ccm-storage on the
+// node (no status from it for a TTL) there is none.
 func (d *Daemon) storageBarrier(ctx context.Context) error {
-	_, err := natsconn.Call(ctx, d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceStorage, "barrier", nil, storageBarrierTimeout)
-	err = natsconn.CheckAway(ctx, d.js, d.cfg.ClusterID, schema.StorageKey(d.cfg.NodeID), err)
-	if errors.Is(err, natsconn.ErrNotRunning) {
-		return nil
+	for attempt := 1; ; attempt++ {
+		_, err := natsconn.Call(ctx, d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceStorage, "barrier", nil, storageBarrierAttempt)
+		err = natsconn.CheckAway(ctx, d.js, d.cfg.ClusterID, schema.StorageKey(d.cfg.NodeID), err)
+		if err == nil || errors.Is(err, natsconn.ErrNotRunning) {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		d.log.Warn("shipping waits for ccm-storage to publish the files written before it", "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	return err
 }
