@@ -310,10 +310,18 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 const storageBarrierAttempt = 5 * time.Second
 
 // storageBarrier waits until ccm-storage has published every file written
-// on this node so far, retrying until ctx ends; without ccm-storage on the
-// node (no status from it for a TTL) there is none.
+// on this node so far, retrying; without ccm-storage on the node (no
+// status from it for a TTL) there is none. It waits at most one lease TTL,
+// then ships anyway: while the backend keeps acknowledging writes, holding
+// them back longer would widen what a failover loses (rows and files)
+// beyond what a cut-off leader loses today.
 func (d *Daemon) storageBarrier(ctx context.Context) error {
+	start := time.Now()
 	for attempt := 1; ; attempt++ {
+		if waited := time.Since(start); waited > d.cfg.Election.LeaderTTL() {
+			d.log.Error("shipping without ccm-storage's barrier: the rows shipped may name storage files not yet published", "waited", waited.Round(time.Millisecond))
+			return nil
+		}
 		_, err := natsconn.Call(ctx, d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceStorage, "barrier", nil, storageBarrierAttempt)
 		err = natsconn.CheckAway(ctx, d.js, d.cfg.ClusterID, schema.StorageKey(d.cfg.NodeID), err)
 		if err == nil || errors.Is(err, natsconn.ErrNotRunning) {
