@@ -141,9 +141,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 				if err != nil && mctx.Err() == nil {
 					d.log.Error("storage replication stopped; retrying", "err", err)
 					d.setStatus(func(s *schema.StorageStatus) { s.State, s.Error = schema.StorageFailed, err.Error() })
+					// A leader's shipping waits for its capture (the
+					// barrier): retry that sooner than a mirror.
+					wait := retryEvery
+					if want == modeCapture {
+						wait = time.Second
+					}
 					select {
 					case <-mctx.Done():
-					case <-time.After(retryEvery):
+					case <-time.After(wait):
 					}
 				}
 				d.mu.Lock()
