@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -69,10 +68,8 @@ type Elector struct {
 	// servingBy is when a leader that holds the key without serving (its
 	// promotion, or a demotion's drain) gives it up whatever step hangs.
 	servingBy time.Time
-	placedAt  time.Time   // stream leaders last checked (placement.go)
-	placing   atomic.Bool // a check runs
-	dirty     bool        // role changed since the node status was last written
-	left      bool        // ccm leave: no campaigning, no status until restarted
+	dirty     bool // role changed since the node status was last written
+	left      bool // ccm leave: no campaigning, no status until restarted
 	gate      schema.EpochGate
 }
 
@@ -364,9 +361,6 @@ func (e *Elector) tick(ctx context.Context, retry *time.Timer) {
 		if err := e.renewAt(ctx, s.Epoch, e.since); err != nil && !isConflict(err) {
 			retry.Reset(e.heartbeat / 4)
 			return // do not spend the lease on status writes
-		}
-		if s.Ready {
-			e.placeStreams(false)
 		}
 	default:
 		e.verify(ctx)
