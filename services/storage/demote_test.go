@@ -52,7 +52,9 @@ func TestDemotionWithStuckStorageIsNoLameDuck(t *testing.T) {
 		}
 		replies <- reply{errHeader: msg.Header.Get("Nats-Service-Error")}
 	}()
-	time.Sleep(4 * et.TTL)
+	// Shorter than the client's stale-connection detection (two missed
+	// pings, 5 s apart): cut off longer, ccm-storage would reconnect.
+	time.Sleep(3 * et.TTL)
 	if d, bound := duck.Longest(), et.TTL+et.Heartbeat; d > bound {
 		t.Fatalf("with ccm-storage stuck, the demoting leader held the key without serving for %s (bound %s)", d.Round(time.Millisecond), bound)
 	}
