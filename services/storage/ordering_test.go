@@ -79,6 +79,10 @@ func TestRowNeverShipsBeforeItsFile(t *testing.T) {
 	if got := applied(); got != before {
 		t.Fatalf("the row naming files/b was applied on the passive (TXID %d, before %d) while its file could not be published", got, before)
 	}
+	// The leader says what it holds back: a failover now would lose it.
+	if st := ws.D.Status().(walship.Status); st.UnshippedTXIDs == 0 || st.UnshippedMs < 500 {
+		t.Fatalf("walship status while the row waits for its file: %+v, want unshipped TXIDs waiting about a second", st)
+	}
 
 	// ccm-storage dies with the barrier request it took and is restarted
 	// (connected directly): walship asks the new one, which publishes the

@@ -67,6 +67,7 @@ func (s *Shipper) capture(ctx context.Context, interval time.Duration, log *slog
 		}
 		err := s.db.Sync(ctx)
 		if err == nil {
+			s.captureDone()
 			backoff = 0
 			continue
 		}

@@ -37,6 +37,10 @@ type Shipper struct {
 	shipped atomic.Uint64 // max TXID appended
 	bytes   atomic.Int64
 	files   atomic.Int64
+	// captured is the max TXID Litestream captured from the WAL; behind
+	// (unix ns, 0: none) is since when some captured TXID is unshipped.
+	captured atomic.Uint64
+	behind   atomic.Int64
 
 	stopCapture context.CancelFunc
 	capturing   errgroup.Group
@@ -142,9 +146,40 @@ func (s *Shipper) close() {
 	s.client.close()
 }
 
+// captureDone records the position Litestream captured up to.
+func (s *Shipper) captureDone() {
+	pos, err := s.db.Pos()
+	if err != nil {
+		return
+	}
+	s.captured.Store(uint64(pos.TXID))
+	if uint64(pos.TXID) > s.shipped.Load() {
+		s.behind.CompareAndSwap(0, time.Now().UnixNano())
+	}
+}
+
+// Unshipped reports the TXIDs captured from the WAL but not yet appended
+// to the stream, and for how long the oldest of them has waited: the
+// writes a failover now would lose.
+func (s *Shipper) Unshipped() (txids uint64, waited time.Duration) {
+	shipped, captured := s.shipped.Load(), s.captured.Load()
+	if captured <= shipped {
+		return 0, 0
+	}
+	if at := s.behind.Load(); at != 0 {
+		waited = time.Since(time.Unix(0, at))
+	}
+	return captured - shipped, waited
+}
+
 // wrote records an append and prunes old local L0 files.
 func (s *Shipper) wrote(txid ltx.TXID, n int64) {
 	s.shipped.Store(uint64(txid))
+	if uint64(txid) >= s.captured.Load() {
+		s.behind.Store(0)
+	} else {
+		s.behind.Store(time.Now().UnixNano()) // the rest waits from now
+	}
 	s.bytes.Add(n)
 	s.files.Add(1)
 	if txid <= keepL0 {

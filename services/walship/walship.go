@@ -81,6 +81,14 @@ func New(env daemon.Env) (*Daemon, error) {
 				return 1
 			}
 			return 0
+		}), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ccm_walship_unshipped_seconds", Help: "How long the oldest TXID captured from the WAL but not yet in the stream has waited (0: none).",
+		}, func() float64 {
+			if s := d.shipper(); s != nil {
+				_, waited := s.Unshipped()
+				return waited.Seconds()
+			}
+			return 0
 		}), prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "ccm_walship_bytes_total", Help: "LTX bytes appended in the current epoch.",
 		}, func() float64 {
@@ -247,7 +255,11 @@ type Status struct {
 	Seq      uint64 `json:"seq,omitempty"`
 	Files    int64  `json:"files,omitempty"`
 	Bytes    int64  `json:"bytes,omitempty"`
-	Error    string `json:"error,omitempty"`
+	// UnshippedTXIDs were captured from the WAL but are not in the stream
+	// yet; the oldest has waited UnshippedMs.
+	UnshippedTXIDs uint64 `json:"unshippedTxids,omitempty"`
+	UnshippedMs    int64  `json:"unshippedMs,omitempty"`
+	Error          string `json:"error,omitempty"`
 }
 
 // Status reports what is being shipped.
@@ -261,6 +273,8 @@ func (d *Daemon) Status() any {
 	if s := d.ship; s != nil {
 		st = Status{Shipping: true, Epoch: s.Epoch(), TXID: uint64(s.Shipped()), Seq: s.client.app.LastSeq(),
 			Files: s.files.Load(), Bytes: s.bytes.Load()}
+		n, waited := s.Unshipped()
+		st.UnshippedTXIDs, st.UnshippedMs = n, waited.Milliseconds()
 	}
 	return st
 }
