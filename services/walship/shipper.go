@@ -57,6 +57,9 @@ type ShipperOptions struct {
 	// Barrier, if set, returns once every storage file written before it
 	// was called is published: no file is shipped before it returns.
 	Barrier func(context.Context) error
+	// Yield, if set, holds a large file's chunks back while it waits
+	// (walstream.Appender.SetYield).
+	Yield func(context.Context) error
 }
 
 // Open opens epoch on the WAL stream (fenced) and starts capturing the
@@ -102,6 +105,9 @@ func Open(ctx context.Context, js jetstream.JetStream, o ShipperOptions) (*Shipp
 	}
 	if err != nil {
 		return nil, err
+	}
+	if o.Yield != nil {
+		app.SetYield(o.Yield)
 	}
 	s := &Shipper{db: db, epoch: o.Epoch, how: p.how, reason: p.reason}
 	s.client = newStreamClient(app, p.base.TXID, p.pages, replica.SumsPath(o.DBPath), s.wrote)

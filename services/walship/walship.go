@@ -198,7 +198,7 @@ func (d *Daemon) reconcile(ctx context.Context, epoch uint64, leading bool, retr
 	}
 	s, err := Open(ctx, d.js, ShipperOptions{
 		DBPath: d.cfg.Backend.DBPath(), Cluster: d.cfg.ClusterID, Node: d.cfg.NodeID, Epoch: epoch,
-		Interval: d.cfg.WAL.CaptureInterval(), Log: d.log, Barrier: d.storageBarrier,
+		Interval: d.cfg.WAL.CaptureInterval(), Log: d.log, Barrier: d.storageBarrier, Yield: d.yieldToLease,
 	})
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -349,6 +349,36 @@ func (d *Daemon) storageBarrier(ctx context.Context) error {
 		case <-ctx.Done():
 			return err
 		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// yieldToLease holds a large file's next chunk while this node's lease
+// has less than half of it left (a renewal is late): the renewal goes
+// through the same NATS servers and disks as the WAL stream, and a 1 GiB
+// transaction shipped flat out on a three-server cluster kept a TTL-3s
+// leader from renewing. It returns once the lease is renewed, or at once
+// when the node does not lead (the append's fence decides then).
+func (d *Daemon) yieldToLease(ctx context.Context) error {
+	half := (d.cfg.Election.LeaderTTL() - d.cfg.Election.SafetyMargin()) / 2
+	var held time.Time
+	for {
+		_, deadline, ok := d.roles.Leading(time.Now())
+		if !ok || time.Until(deadline) > half {
+			if !held.IsZero() {
+				d.log.Info("shipping resumed after yielding to the lease renewal", "held", time.Since(held).Round(time.Millisecond))
+			}
+			return nil
+		}
+		if held.IsZero() {
+			held = time.Now()
+			d.log.Warn("shipping yields to the lease renewal: a large file's chunks wait", "lease_left", time.Until(deadline).Round(time.Millisecond))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-d.roles.Changed():
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
 }

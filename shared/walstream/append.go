@@ -31,7 +31,16 @@ type Appender struct {
 	// by reading the stream.
 	resolved atomic.Uint64
 	fenced   error
+	// yield, if set, is called before each chunk after a file's first:
+	// a large file waits while it returns (see SetYield).
+	yield func(context.Context) error
 }
+
+// SetYield makes a large file's chunks wait for yield before each is sent
+// (after the first): the caller holds them back while something that
+// shares the NATS servers must get through first (the lease's renewal).
+// An error from yield ends the append.
+func (a *Appender) SetYield(yield func(context.Context) error) { a.yield = yield }
 
 // newAppender returns an appender of epoch after stream sequence last.
 func newAppender(js jetstream.JetStream, cluster, node string, epoch, last uint64) (*Appender, error) {
@@ -196,6 +205,11 @@ func (a *Appender) AppendLTX(ctx context.Context, m Meta, r io.Reader, size int6
 		}
 		// A file that ends exactly at a chunk boundary gets an empty last chunk.
 		m.Chunk, m.Last = i, last
+		if i > 0 && a.yield != nil {
+			if err := a.yield(ctx); err != nil {
+				return fmt.Errorf("append LTX %d-%d: %w", m.MinTXID, m.MaxTXID, err)
+			}
+		}
 		if last {
 			if m.Post, err = post(); err != nil {
 				return err
