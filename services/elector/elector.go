@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -68,9 +69,14 @@ type Elector struct {
 	// servingBy is when a leader that holds the key without serving (its
 	// promotion, or a demotion's drain) gives it up whatever step hangs.
 	servingBy time.Time
-	dirty     bool // role changed since the node status was last written
-	left      bool // ccm leave: no campaigning, no status until restarted
-	gate      schema.EpochGate
+	placedAt  time.Time   // stream leaders last checked (placement.go)
+	placing   atomic.Bool // a check runs
+	// current, per stream, is since when each peer has been seen current
+	// (placement.go; only the running check touches it).
+	current map[string]map[string]time.Time
+	dirty   bool // role changed since the node status was last written
+	left    bool // ccm leave: no campaigning, no status until restarted
+	gate    schema.EpochGate
 }
 
 var _ daemon.Daemon = (*Elector)(nil)
@@ -105,6 +111,7 @@ func New(env daemon.Env) (*Elector, error) {
 		state:        State{Role: schema.RoleStarting},
 		changed:      make(chan struct{}),
 		lastLoop:     time.Now(),
+		current:      map[string]map[string]time.Time{},
 	}
 	e.metrics = newMetrics(env.Metrics, e)
 	return e, nil
@@ -361,6 +368,9 @@ func (e *Elector) tick(ctx context.Context, retry *time.Timer) {
 		if err := e.renewAt(ctx, s.Epoch, e.since); err != nil && !isConflict(err) {
 			retry.Reset(e.heartbeat / 4)
 			return // do not spend the lease on status writes
+		}
+		if s.Ready {
+			e.placeStreams()
 		}
 	default:
 		e.verify(ctx)

@@ -183,4 +183,5 @@ func (e *Elector) onPromotion(ctx context.Context, s promotionStep) {
 	}
 	e.apply(Event{Kind: s.kind, Epoch: s.epoch})
 	e.publish(e.State())
+
 }
