@@ -216,9 +216,10 @@ func (e *Elector) Promote(ctx context.Context) error {
 // Demote makes this leader step down gracefully. While it still serves,
 // it publishes the storage files written so far (the bulk of the flush; a
 // ccm-storage that does not answer aborts the demotion before anything
-// stopped). Then it drains, within one TTL: the role event says not ready
-// (the VIP goes), the backend is stopped, everything committed is flushed
-// to the WAL stream and the last storage files to the file store. Only
+// stopped). Then it drains: the role event says not ready (the VIP goes),
+// the backend is stopped (it drains its requests in flight), and within
+// one TTL everything committed is flushed to the WAL stream and the last
+// storage files to the file store. Only
 // then does it hand the key to the node named to, or delete it so that
 // the others campaign. The lease is renewed throughout; a drain step that
 // fails or overruns makes the node serve again (undrain).
@@ -265,13 +266,16 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 	if err != nil {
 		return err
 	}
-	// From here the node holds the key without serving: every drain step
-	// shares one TTL, whatever the caller's deadline.
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.ttl)
-	defer cancel()
-	if _, err := e.call(dctx, schema.ServiceBackend, "stop", PrepareRequest{Epoch: epoch}, e.ttl); err != nil && !errors.Is(err, errSkipped) {
+	// From here the node holds the key without serving. The backend
+	// drains its requests in flight first (its own time, bounded by
+	// backendStopTimeout); the flushes after it share one TTL.
+	bctx, bcancel := context.WithTimeout(context.WithoutCancel(ctx), backendStopTimeout)
+	defer bcancel()
+	if _, err := e.call(bctx, schema.ServiceBackend, "stop", PrepareRequest{Epoch: epoch}, backendStopTimeout); err != nil && !errors.Is(err, errSkipped) {
 		return e.undrain(epoch, "stopping the backend", err)
 	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.ttl)
+	defer cancel()
 	var lost error // the leader's changes cannot be shipped at all
 	if _, err := e.call(dctx, schema.ServiceWalship, "flush", nil, e.ttl); err != nil && !errors.Is(err, errSkipped) {
 		if !natsconn.HasCode(err, "409") {

@@ -30,6 +30,10 @@ const (
 	// storageFlushTimeout bounds a demotion's storage flush while the
 	// leader still serves: large uploads may be in flight.
 	storageFlushTimeout = 5 * time.Minute
+	// backendStopTimeout bounds a demotion's backend stop: the backend
+	// drains the requests in flight (ccm-backend's stop gives up after a
+	// minute too).
+	backendStopTimeout = time.Minute
 )
 
 // promotionBound is the sum of the promotion steps' bounds: no promotion
@@ -38,9 +42,12 @@ func (e *Elector) promotionBound() time.Duration {
 	return 3*e.ttl + e.storageSync + time.Minute + prepareTimeout + shipTimeout + e.startTimeout
 }
 
-// drainBound is how long a demotion may hold the key without serving: one
-// TTL to drain, and the backend's start if it must serve again.
-func (e *Elector) drainBound() time.Duration { return e.ttl + e.startTimeout + e.ttl }
+// drainBound is how long a demotion may hold the key without serving: the
+// backend's stop, one TTL to flush, and the backend's start if it must
+// serve again.
+func (e *Elector) drainBound() time.Duration {
+	return backendStopTimeout + e.ttl + e.startTimeout + e.ttl
+}
 
 // errSkipped means the daemon of a step does not run on this node.
 var errSkipped = natsconn.ErrNotRunning
