@@ -197,18 +197,7 @@ func (d *Daemon) Flush(ctx context.Context) error {
 	if !capturing {
 		return nil
 	}
-	reply := make(chan error, 1)
-	select {
-	case d.flushes <- reply:
-	case <-ctx.Done():
-		return fmt.Errorf("storage flush: %w", ctx.Err())
-	}
-	select {
-	case err := <-reply:
-		return err
-	case <-ctx.Done():
-		return fmt.Errorf("storage flush: %w", ctx.Err())
-	}
+	return ask(ctx, d.flushes, "storage flush")
 }
 
 // Barrier returns once every file written on this node before it was
@@ -216,17 +205,23 @@ func (d *Daemon) Flush(ctx context.Context) error {
 // ships no database change before the files it may name. Files still
 // being written do not hold it up. It waits for the capture to run.
 func (d *Daemon) Barrier(ctx context.Context) error {
+	return ask(ctx, d.barriers, "storage barrier")
+}
+
+// ask hands a request to the running capture on ch and waits for its
+// answer; what names the request in errors.
+func ask(ctx context.Context, ch chan chan error, what string) error {
 	reply := make(chan error, 1)
 	select {
-	case d.barriers <- reply:
+	case ch <- reply:
 	case <-ctx.Done():
-		return fmt.Errorf("storage barrier: not capturing: %w", ctx.Err())
+		return fmt.Errorf("%s: the capture does not run: %w", what, ctx.Err())
 	}
 	select {
 	case err := <-reply:
 		return err
 	case <-ctx.Done():
-		return fmt.Errorf("storage barrier: %w", ctx.Err())
+		return fmt.Errorf("%s: %w", what, ctx.Err())
 	}
 }
 
