@@ -138,6 +138,9 @@ func (c *capturer) loop(ctx context.Context, n *notifier, ev *pending) error {
 					passed = append(passed, reply)
 					continue
 				}
+				if strings.HasPrefix(filepath.Base(p), filestore.TempPrefix) {
+					continue // never published: a download, or a barrier's marker going
+				}
 				c.dirty[p] = true
 			}
 			for _, dir := range dirs {
@@ -153,8 +156,12 @@ func (c *capturer) loop(ctx context.Context, n *notifier, ev *pending) error {
 				}
 			}
 			if len(passed) > 0 {
-				// Every event from before the barriers is in dirty now.
-				err := c.flush(ctx)
+				// Every event from before the barriers is in dirty now;
+				// with nothing dirty, everything is published already.
+				var err error
+				if c.full || len(c.dirty) > 0 {
+					err = c.flush(ctx)
+				}
 				if err == nil {
 					err = c.failed
 				}
