@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -49,6 +50,9 @@ type Daemon struct {
 	log   *slog.Logger
 	ready chan struct{}
 	roles *rolewatch.Tracker
+	// noStorageUntil (unix ns): no ccm-storage on this node was found,
+	// and the barrier is skipped until then.
+	noStorageUntil atomic.Int64
 
 	mu       sync.Mutex
 	ship     *Shipper
@@ -330,6 +334,9 @@ const storageBarrierAttempt = 5 * time.Second
 // them back longer would widen what a failover loses (rows and files)
 // beyond what a cut-off leader loses today.
 func (d *Daemon) storageBarrier(ctx context.Context) error {
+	if time.Now().UnixNano() < d.noStorageUntil.Load() {
+		return nil
+	}
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
 		if waited := time.Since(start); waited > d.cfg.Election.LeaderTTL() {
@@ -338,7 +345,14 @@ func (d *Daemon) storageBarrier(ctx context.Context) error {
 		}
 		_, err := natsconn.Call(ctx, d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceStorage, "barrier", nil, storageBarrierAttempt)
 		err = natsconn.CheckAway(ctx, d.js, d.cfg.ClusterID, schema.StorageKey(d.cfg.NodeID), err)
-		if err == nil || errors.Is(err, natsconn.ErrNotRunning) {
+		if errors.Is(err, natsconn.ErrNotRunning) {
+			// Not asked again for a second: two requests per file
+			// for nothing. A ccm-storage started meanwhile publishes
+			// the whole tree first.
+			d.noStorageUntil.Store(time.Now().Add(time.Second).UnixNano())
+			return nil
+		}
+		if err == nil {
 			return nil
 		}
 		if ctx.Err() != nil {
