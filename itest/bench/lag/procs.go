@@ -164,7 +164,9 @@ func measureCCM(ctx context.Context, o options, rate int) (result, error) {
 		return result{}, err
 	}
 	for name, args := range map[string][]string{
-		"ccm-walship":  {"-config", conf1, "-metrics-addr", ""},
+		"ccm-walship": {"-config", conf1, "-metrics-addr", ""},
+		// As deployed: each shipped file waits for ccm-storage's barrier.
+		"ccm-storage":  {"-config", conf1, "-metrics-addr", ""},
 		"elector-n2":   {"-config", conf2, "-metrics-addr", ""},
 		"ccm-walapply": {"-config", conf2, "-metrics-addr", ""},
 	} {
