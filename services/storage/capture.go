@@ -195,15 +195,12 @@ func (c *capturer) loop(ctx context.Context, n *notifier, ev *pending) error {
 }
 
 // Flush publishes every change of the tree made so far and returns once
-// the manifest has it: the graceful demotion's last step before handing
-// over. It does nothing on a node that does not capture.
+// the manifest has it: a graceful demotion's step before handing over. It
+// waits for the capture to run: only a leader's elector asks, and a
+// capture that stopped (a missed renewal, a restart) publishes the files
+// written meanwhile when it starts again — answering "nothing to do" then
+// handed over without them.
 func (d *Daemon) Flush(ctx context.Context) error {
-	d.mu.Lock()
-	capturing := d.mode == modeCapture && d.running
-	d.mu.Unlock()
-	if !capturing {
-		return nil
-	}
 	return ask(ctx, d.flushes, "storage flush")
 }
 
