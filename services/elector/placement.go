@@ -14,15 +14,18 @@ import (
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
 
-// placementEvery is how often a serving leader checks where the raft
-// leaders of the cluster's streams are and which peers are current.
-const placementEvery = 5 * time.Second
-
-// currentFor is how long a peer must have been seen current (every check,
-// no lag, heard from lately) before a stream's leadership is handed to it:
-// a server restarted seconds ago may still be catching the stream up, and
-// a raft leader handed to it leaves the stream without one until it has.
-const currentFor = 30 * time.Second
+// Placement timings (variables only so that tests can shorten them).
+var (
+	// placementEvery is how often a serving leader checks where the raft
+	// leaders of the cluster's streams are and which peers are current.
+	placementEvery = 5 * time.Second
+	// currentFor is how long a peer must have been seen current (every
+	// check, no lag, heard from lately) before a stream's leadership is
+	// handed to it: a server restarted seconds ago may still be catching
+	// the stream up, and a raft leader handed to it leaves the stream
+	// without one until it has.
+	currentFor = 30 * time.Second
+)
 
 // ledStreams are the streams a failover needs at once: the lease, the WAL
 // stream and the storage manifest and objects.
