@@ -98,7 +98,8 @@ func StartNode(t *testing.T, nw Net, name, ip string) *Node {
 	}
 	n := &Node{C: c, Name: name, IP: ip}
 	t.Cleanup(func() {
-		if t.Failed() {
+		// CCM_ITEST_JOURNALS=1 keeps the journals of a passing test too.
+		if t.Failed() || os.Getenv("CCM_ITEST_JOURNALS") != "" {
 			_, out := n.Exec(t, "journalctl", "--no-pager", "-n", "80", "-u", "ccm-*", "-u", "convex-backend")
 			t.Logf("journal of %s:\n%s", name, out)
 			// The whole journal, for what the last lines do not show.
