@@ -8,8 +8,6 @@ import (
 	"time"
 
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
-	"github.com/convex-cluster-manager/ccm/services/storage"
-	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
@@ -19,26 +17,15 @@ import (
 // must not hold the key without serving for longer than one TTL. Once
 // storage answers again, the demotion hands over with every file.
 func TestDemotionWithStuckStorageIsNoLameDuck(t *testing.T) {
-	srv := natstest.Server(t)
-	dir := t.TempDir()
-	c1, c2 := nodeConfig(dir, "n1", srv.ClientURL()), nodeConfig(dir, "n2", srv.ClientURL())
-	n1 := et.Start(t, c1)
-	et.WaitLeader(t, []*et.Node{n1}, 2*et.TTL)
-	n2 := et.Start(t, c2)
-	proxy := natstest.NewProxy(t, srv.Addr().String())
-	cs := c1
-	cs.NATS.Servers = []string{proxy.URL()}
-	s1 := daemontest.Start[*storage.Daemon](t, storage.Spec(), cs)
-	s2 := daemontest.Start[*storage.Daemon](t, storage.Spec(), c2)
-	waitState(t, s1.D, schema.StorageCapturing, 20*time.Second)
-	waitState(t, s2.D, schema.StorageSynced, 20*time.Second)
+	c := startProxied(t)
+	c1, c2, n1, n2, s2, proxy := c.c1, c.c2, c.n1, c.n2, c.s2, c.proxy
 	write(t, c1.StorageDir(), "modules/a.js", []byte("a"))
 	waitSame(t, c1.StorageDir(), c2.ShadowStorageDir(), 10*time.Second)
 	duck := et.WatchNotServing(t, n1)
 
 	proxy.Cut()
 	write(t, c1.StorageDir(), "modules/late.js", []byte("written while storage is cut off"))
-	nc := natstest.Connect(t, srv.ClientURL())
+	nc := natstest.Connect(t, c.srv)
 	type reply struct {
 		errHeader string
 		err       error

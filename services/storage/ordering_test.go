@@ -9,12 +9,10 @@ import (
 
 	_ "modernc.org/sqlite"
 
-	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/services/storage"
 	"github.com/convex-cluster-manager/ccm/services/walapply"
 	"github.com/convex-cluster-manager/ccm/services/walship"
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
-	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -25,11 +23,10 @@ import (
 // leader a row whose file no node has. Once a restarted ccm-storage
 // publishes the file, the row follows.
 func TestRowNeverShipsBeforeItsFile(t *testing.T) {
-	srv := natstest.Server(t)
-	dir := t.TempDir()
-	c1, c2 := nodeConfig(dir, "n1", srv.ClientURL()), nodeConfig(dir, "n2", srv.ClientURL())
-	for _, c := range []string{c1.Backend.DataPath, c2.Backend.DataPath} {
-		os.MkdirAll(c, 0o755)
+	c := startProxied(t)
+	c1, c2, s1, proxy := c.c1, c.c2, c.s1, c.proxy
+	for _, p := range []string{c1.Backend.DataPath, c2.Backend.DataPath} {
+		os.MkdirAll(p, 0o755)
 	}
 	db, err := sql.Open("sqlite", "file:"+c1.Backend.DBPath()+"?_pragma=busy_timeout(5000)")
 	if err != nil {
@@ -44,14 +41,6 @@ func TestRowNeverShipsBeforeItsFile(t *testing.T) {
 		}
 	}
 	exec(`CREATE TABLE uploads (name TEXT)`)
-	n1 := et.Start(t, c1)
-	et.WaitLeader(t, []*et.Node{n1}, 2*et.TTL)
-	et.Start(t, c2)
-	proxy := natstest.NewProxy(t, srv.Addr().String())
-	cs := c1
-	cs.NATS.Servers = []string{proxy.URL()}
-	s1 := daemontest.Start[*storage.Daemon](t, storage.Spec(), cs)
-	daemontest.Start[*storage.Daemon](t, storage.Spec(), c2)
 	ws := daemontest.Start[*walship.Daemon](t, walship.Spec(), c1)
 	wa := daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
 	waitState(t, s1.D, schema.StorageCapturing, 20*time.Second)
@@ -61,8 +50,14 @@ func TestRowNeverShipsBeforeItsFile(t *testing.T) {
 		exec(`INSERT INTO uploads (name) VALUES (?)`, name)
 	}
 	applied := func() uint64 { return wa.D.Status().(schema.ApplyStatus).TXID }
+	// The first full copy (TXID 1) is shipped before the first upload, so
+	// that the row of files/a is TXID 2.
+	for deadline := time.Now().Add(20 * time.Second); ws.D.Status().(walship.Status).TXID == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("walship does not ship: %+v", ws.D.Status())
+		}
+	}
 	upload("files/a")
-	// TXID 1 is the first full copy (the table), TXID 2 the row of files/a.
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		shipped := ws.D.Status().(walship.Status).TXID
 		if shipped >= 2 && applied() == shipped {

@@ -161,19 +161,32 @@ type cluster struct {
 	srv    string
 	dir    string
 	c1, c2 config.Config
+	n1, n2 *et.Node
 	s1, s2 *daemontest.Running[*storage.Daemon]
 	js     jetstream.JetStream
+	proxy  *natstest.Proxy // n1's ccm-storage reaches NATS through it (startProxied)
 }
 
 // start runs electors and storage daemons for a leader n1 and a passive n2.
-func start(t *testing.T) *cluster {
+func start(t *testing.T) *cluster { return startCluster(t, false) }
+
+// startProxied is start with n1's ccm-storage connected through c.proxy,
+// which a test can cut.
+func startProxied(t *testing.T) *cluster { return startCluster(t, true) }
+
+func startCluster(t *testing.T, proxied bool) *cluster {
 	srv := natstest.Server(t)
 	c := &cluster{srv: srv.ClientURL(), dir: t.TempDir()}
 	c.c1, c.c2 = nodeConfig(c.dir, "n1", c.srv), nodeConfig(c.dir, "n2", c.srv)
-	n1 := et.Start(t, c.c1)
-	et.WaitLeader(t, []*et.Node{n1}, 2*et.TTL)
-	et.Start(t, c.c2)
-	c.s1 = daemontest.Start[*storage.Daemon](t, storage.Spec(), c.c1)
+	c.n1 = et.Start(t, c.c1)
+	et.WaitLeader(t, []*et.Node{c.n1}, 2*et.TTL)
+	c.n2 = et.Start(t, c.c2)
+	cs := c.c1
+	if proxied {
+		c.proxy = natstest.NewProxy(t, srv.Addr().String())
+		cs.NATS.Servers = []string{c.proxy.URL()}
+	}
+	c.s1 = daemontest.Start[*storage.Daemon](t, storage.Spec(), cs)
 	c.s2 = daemontest.Start[*storage.Daemon](t, storage.Spec(), c.c2)
 	waitState(t, c.s1.D, schema.StorageCapturing, 20*time.Second)
 	waitState(t, c.s2.D, schema.StorageSynced, 20*time.Second)

@@ -19,22 +19,27 @@ import (
 // port, stopped when the test ends.
 func Server(t testing.TB) *server.Server {
 	t.Helper()
-	opts := &server.Options{
-		Host:      "127.0.0.1",
-		Port:      -1,
-		JetStream: true,
-		StoreDir:  t.TempDir(),
-		NoLog:     true,
-		NoSigs:    true,
-	}
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatalf("start nats-server: %v", err)
-	}
-	go s.Start()
+	s := start(t, options(t, ""))
 	if !s.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server not ready after 10s")
 	}
+	return s
+}
+
+// options are a test server's: loopback, a random client port, JetStream
+// in a temporary directory, quiet.
+func options(t testing.TB, name string) *server.Options {
+	return &server.Options{ServerName: name, Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true}
+}
+
+// start runs a server with opts until the test ends.
+func start(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatalf("start nats-server %s: %v", opts.ServerName, err)
+	}
+	go s.Start()
 	t.Cleanup(func() {
 		s.Shutdown()
 		s.WaitForShutdown()
@@ -71,27 +76,10 @@ func Cluster(t testing.TB, n int) []*server.Server {
 	}
 	servers := make([]*server.Server, n)
 	for i := range servers {
-		opts := &server.Options{
-			ServerName: fmt.Sprintf("s%d", i+1),
-			Host:       "127.0.0.1",
-			Port:       -1,
-			JetStream:  true,
-			StoreDir:   t.TempDir(),
-			NoLog:      true,
-			NoSigs:     true,
-			Cluster:    server.ClusterOpts{Name: "test", Host: "127.0.0.1", Port: ports[i]},
-			Routes:     routes,
-		}
-		s, err := server.NewServer(opts)
-		if err != nil {
-			t.Fatalf("start nats-server %s: %v", opts.ServerName, err)
-		}
-		go s.Start()
-		t.Cleanup(func() {
-			s.Shutdown()
-			s.WaitForShutdown()
-		})
-		servers[i] = s
+		opts := options(t, fmt.Sprintf("s%d", i+1))
+		opts.Cluster = server.ClusterOpts{Name: "test", Host: "127.0.0.1", Port: ports[i]}
+		opts.Routes = routes
+		servers[i] = start(t, opts)
 	}
 	for _, s := range servers {
 		if !s.ReadyForConnections(10 * time.Second) {
