@@ -497,22 +497,32 @@ func (d *Daemon) Drain(ctx context.Context) (replica.Position, error) {
 	} else {
 		d.drainTo = target
 	}
+	consumed := d.consumed
 	d.mu.Unlock()
 	d.poke()
+	// Logged: a promotion waits on this, and a drain that did not end
+	// once said nothing of why (see the session notes of 2026-12-01).
+	d.log.Info("drain: applying up to the stream's end", "target_seq", target, "consumed_seq", consumed)
+	logged := time.Now()
 	for {
 		d.mu.Lock()
 		paused, following, failed := d.paused, d.following, d.failed
-		pos := d.pos
+		pos, consumed := d.pos, d.consumed
 		d.mu.Unlock()
 		switch {
 		case failed != nil:
 			return replica.Position{}, fmt.Errorf("drain stopped: %w", failed)
 		case paused && !following:
 			return pos, nil
+		case time.Since(logged) > time.Second:
+			logged = time.Now()
+			d.log.Info("drain: still applying", "target_seq", target, "consumed_seq", consumed, "paused", paused, "following", following)
 		}
 		select {
 		case <-ctx.Done():
-			return pos, fmt.Errorf("drain to sequence %d: %w", target, ctx.Err())
+			d.log.Warn("drain: stream end not reached", "target_seq", target, "consumed_seq", consumed,
+				"paused", paused, "following", following, "err", ctx.Err())
+			return pos, fmt.Errorf("drain to sequence %d (consumed %d): %w", target, consumed, ctx.Err())
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
