@@ -152,14 +152,16 @@ func (s *Shipper) close() {
 	s.client.close()
 }
 
-// captureDone records the position Litestream captured up to.
+// captureDone records the TXID Litestream captured up to, from the names
+// of its L0 files (db.Pos would read and verify the newest file whole: a
+// second pass over a large transaction).
 func (s *Shipper) captureDone() {
-	pos, err := s.db.Pos()
-	if err != nil {
+	_, txid, err := s.db.MaxLTX()
+	if err != nil || txid == 0 {
 		return
 	}
-	s.captured.Store(uint64(pos.TXID))
-	if uint64(pos.TXID) > s.shipped.Load() {
+	s.captured.Store(uint64(txid))
+	if uint64(txid) > s.shipped.Load() {
 		s.behind.CompareAndSwap(0, time.Now().UnixNano())
 	}
 }
