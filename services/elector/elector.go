@@ -74,8 +74,9 @@ type Elector struct {
 	// current, per stream, is since when each peer has been seen current
 	// (placement.go; only the running check touches it).
 	current map[string]map[string]time.Time
-	dirty   bool // role changed since the node status was last written
-	left    bool // ccm leave: no campaigning, no status until restarted
+	checked map[string]time.Time // per stream, when current was last updated
+	dirty   bool                 // role changed since the node status was last written
+	left    bool                 // ccm leave: no campaigning, no status until restarted
 	gate    schema.EpochGate
 }
 
@@ -112,6 +113,7 @@ func New(env daemon.Env) (*Elector, error) {
 		changed:      make(chan struct{}),
 		lastLoop:     time.Now(),
 		current:      map[string]map[string]time.Time{},
+		checked:      map[string]time.Time{},
 	}
 	e.metrics = newMetrics(env.Metrics, e)
 	return e, nil
@@ -369,10 +371,9 @@ func (e *Elector) tick(ctx context.Context, retry *time.Timer) {
 			retry.Reset(e.heartbeat / 4)
 			return // do not spend the lease on status writes
 		}
-		if s.Ready {
-			e.placeStreams()
-		}
+		e.placeStreams(false)
 	default:
+		e.placeStreams(false)
 		e.verify(ctx)
 		// Repeated like a leader's renewal event, so that a daemon
 		// restarted on a passive learns its role within a heartbeat.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -16,7 +17,7 @@ import (
 
 // Placement timings (variables only so that tests can shorten them).
 var (
-	// placementEvery is how often a serving leader checks where the raft
+	// placementEvery is how often every elector checks where the raft
 	// leaders of the cluster's streams are and which peers are current.
 	placementEvery = 5 * time.Second
 	// currentFor is how long a peer must have been seen current (every
@@ -24,7 +25,7 @@ var (
 	// handed to it: a server restarted seconds ago may still be catching
 	// the stream up, and a raft leader handed to it leaves the stream
 	// without one until it has.
-	currentFor = 30 * time.Second
+	currentFor = 15 * time.Second
 )
 
 // ledStreams are the streams a failover needs at once: the lease, the WAL
@@ -38,10 +39,11 @@ func (e *Elector) ledStreams() []string {
 	}
 }
 
-// placeStreams starts moveStreamLeaders beside the loop, at most one at a
-// time and once per placementEvery.
-func (e *Elector) placeStreams() {
-	if time.Since(e.placedAt) < placementEvery {
+// placeStreams starts checkStreams beside the loop, at most one at a time
+// and once per placementEvery; now skips the wait (a promotion that just
+// completed moves the streams its node's server leads at once).
+func (e *Elector) placeStreams(now bool) {
+	if !now && time.Since(e.placedAt) < placementEvery {
 		return
 	}
 	if !e.placing.CompareAndSwap(false, true) {
@@ -53,33 +55,41 @@ func (e *Elector) placeStreams() {
 	go func() {
 		defer e.wg.Done()
 		defer e.placing.Store(false)
-		e.moveStreamLeaders(ctx)
+		e.checkStreams(ctx)
 	}()
 }
 
-// moveStreamLeaders hands the raft leadership of each of those streams
-// that this node's NATS server leads to a peer that has been current for
-// currentFor. When this node dies, the survivors then need no JetStream
-// election (4–9 s) before one of them can take the lease and promote.
-// Without such a peer nothing moves: a step-down to a peer still catching
-// up once left the WAL stream without a leader for over 17 s.
-func (e *Elector) moveStreamLeaders(ctx context.Context) {
+// checkStreams records, on every node, which peers of each of those
+// streams are current, so that a node has that history the moment it
+// starts serving; a serving leader then hands the raft leadership of each
+// stream its own NATS server leads to a peer current for currentFor.
+// When this node dies, the survivors need no JetStream election (4–9 s)
+// before one of them can take the lease and promote. Without such a peer
+// nothing moves: a step-down to a peer still catching up once left the
+// WAL stream without a leader for over 17 s.
+func (e *Elector) checkStreams(ctx context.Context) {
 	own := e.nc.ConnectedServerName()
 	if own == "" {
 		return
 	}
 	for _, name := range e.ledStreams() {
-		if s := e.State(); s.Role != schema.RoleLeader || !s.Ready {
+		s := e.State()
+		if s.Role == schema.RoleStarting {
 			return
 		}
 		if err := e.stepDown(ctx, name, own); err != nil {
-			e.log.Warn("move a stream leader off this node's NATS server", "stream", name, "err", err)
+			level := slog.LevelDebug // a passive only watches
+			if s.Role == schema.RoleLeader {
+				level = slog.LevelWarn
+			}
+			e.log.Log(ctx, level, "move a stream leader off this node's NATS server", "stream", name, "err", err)
 		}
 	}
 }
 
-// stepDown records which peers of stream are current, and hands its
-// leadership from own to the one current longest, if for currentFor.
+// stepDown records which peers of stream are current and, on a serving
+// leader, hands its leadership from own to the one current longest, if
+// for currentFor.
 func (e *Elector) stepDown(ctx context.Context, stream, own string) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -96,10 +106,11 @@ func (e *Elector) stepDown(ctx context.Context, stream, own string) error {
 	}
 	now := time.Now()
 	since := e.current[stream]
-	if since == nil {
-		since = map[string]time.Time{}
+	if since == nil || now.Sub(e.checked[stream]) > 3*max(placementEvery, e.heartbeat) {
+		since = map[string]time.Time{} // not watched lately: start over
 		e.current[stream] = since
 	}
+	e.checked[stream] = now
 	var target string
 	for _, p := range info.Cluster.Replicas {
 		if !p.Current || p.Offline || p.Lag != 0 || p.Active > 2*time.Second {
@@ -118,7 +129,7 @@ func (e *Elector) stepDown(ctx context.Context, stream, own string) error {
 			delete(since, name) // the leader itself, or a peer no longer in the group
 		}
 	}
-	if info.Cluster.Leader != own || target == "" {
+	if s := e.State(); s.Role != schema.RoleLeader || !s.Ready || info.Cluster.Leader != own || target == "" {
 		return nil
 	}
 	body, _ := json.Marshal(map[string]any{"placement": map[string]string{"preferred": target}})

@@ -3,9 +3,11 @@ package elector_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/convex-cluster-manager/ccm/services/elector"
@@ -32,28 +34,10 @@ func TestStreamLeadersMoveOffTheLeadersServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	stream := "KV_" + schema.Bucket("dc")
-	leader := func() string {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		s, err := js.Stream(ctx, stream)
-		if err != nil {
-			return ""
-		}
-		info, err := s.Info(ctx)
-		if err != nil || info.Cluster == nil {
-			return ""
-		}
-		return info.Cluster.Leader
-	}
+	leader := func() string { return streamLeader(js, stream) }
 	// Put the lease's stream leader on n1's own server (s1), as an
 	// election may.
-	for deadline := time.Now().Add(20 * time.Second); leader() != "s1"; time.Sleep(300 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("could not make s1 lead %s (leader %q)", stream, leader())
-		}
-		body, _ := json.Marshal(map[string]any{"placement": map[string]string{"preferred": "s1"}})
-		nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, body, 2*time.Second)
-	}
+	lead(t, nc, js, stream, "s1")
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		if l := leader(); l != "" && l != "s1" {
 			t.Logf("%s moved from s1 to %s", stream, l)
@@ -65,5 +49,81 @@ func TestStreamLeadersMoveOffTheLeadersServer(t *testing.T) {
 	}
 	if s := n1.El.State(); s.Role != schema.RoleLeader || !s.Ready {
 		t.Fatalf("n1 is %s (ready %v) after its stream leader moved, want the serving leader", s.Role, s.Ready)
+	}
+}
+
+// TestNewLeaderMovesStreamLeadersAtOnce: every elector watches which peers
+// are current, so a node that has just completed its promotion hands the
+// streams its own server leads to a peer at once, instead of first
+// watching for currentFor as the leader (a crash in that window needed a
+// JetStream election).
+func TestNewLeaderMovesStreamLeadersAtOnce(t *testing.T) {
+	const current = 8 * time.Second
+	defer elector.SetPlacementTimings(200*time.Millisecond, current)()
+	srvs := natstest.Cluster(t, 3)
+	var nodes []*et.Node
+	for i, s := range srvs {
+		cfg := et.Config("dc", fmt.Sprintf("n%d", i+1), s.ClientURL())
+		cfg.NATS.Replicas = 3
+		nodes = append(nodes, et.Start(t, cfg))
+	}
+	old := et.WaitLeader(t, nodes, 10*et.TTL)
+	next := et.Others(nodes, old)[0]
+	nc := natstest.Connect(t, srvs[0].ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream := "KV_" + schema.Bucket("dc")
+	own := map[*et.Node]string{nodes[0]: "s1", nodes[1]: "s2", nodes[2]: "s3"}
+	// next has watched the peers as a passive for longer than currentFor.
+	time.Sleep(current + time.Second)
+	lead(t, nc, js, stream, own[next])
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := old.El.Demote(ctx, next.ID); err != nil {
+		t.Fatal(err)
+	}
+	served := time.Now()
+	for next.El.State().Role != schema.RoleLeader || !next.El.State().Ready {
+		if time.Since(served) > 10*time.Second {
+			t.Fatalf("%s not serving 10 s after the handover", next.ID)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	served = time.Now()
+	for l := streamLeader(js, stream); l == own[next] || l == ""; l = streamLeader(js, stream) {
+		if time.Since(served) > current/2 {
+			t.Fatalf("%s still led by %s, the new leader's own server, %s after it started serving (peers current for %s before)", stream, l, current/2, current)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("%s moved off %s %s after %s started serving", stream, own[next], time.Since(served).Round(time.Millisecond), next.ID)
+}
+
+// streamLeader is the server that leads stream ("" if unknown).
+func streamLeader(js jetstream.JetStream, stream string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return ""
+	}
+	info, err := s.Info(ctx)
+	if err != nil || info.Cluster == nil {
+		return ""
+	}
+	return info.Cluster.Leader
+}
+
+// lead makes server lead stream, as an election may.
+func lead(t *testing.T, nc *nats.Conn, js jetstream.JetStream, stream, server string) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); streamLeader(js, stream) != server; time.Sleep(300 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("could not make %s lead %s (leader %q)", server, stream, streamLeader(js, stream))
+		}
+		body, _ := json.Marshal(map[string]any{"placement": map[string]string{"preferred": server}})
+		nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, body, 2*time.Second)
 	}
 }

@@ -190,5 +190,7 @@ func (e *Elector) onPromotion(ctx context.Context, s promotionStep) {
 	}
 	e.apply(Event{Kind: s.kind, Epoch: s.epoch})
 	e.publish(e.State())
-
+	if s.kind == Ready {
+		e.placeStreams(true)
+	}
 }
