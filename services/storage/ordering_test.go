@@ -4,11 +4,13 @@ import (
 	"database/sql"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
 	_ "modernc.org/sqlite"
 
+	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/services/storage"
 	"github.com/convex-cluster-manager/ccm/services/walapply"
 	"github.com/convex-cluster-manager/ccm/services/walship"
@@ -95,5 +97,95 @@ func TestRowNeverShipsBeforeItsFile(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(c1.StorageDir(), "files/b")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestShippingGoesOnWhileStorageCannotPublish: while the leader's
+// ccm-storage cannot publish (its NATS connection blackholed), walship
+// holds the rows back for one lease TTL, then ships anyway — and must
+// then ship the whole backlog, not one file per TTL: a leader whose
+// ccm-storage failed so acknowledged hundreds of writes it had not
+// shipped, and a later partition of it lost them all (TestBenchFailover).
+// Once ccm-storage answers again, rows wait for their files again.
+func TestShippingGoesOnWhileStorageCannotPublish(t *testing.T) {
+	c := startProxied(t)
+	c1, c2, proxy := c.c1, c.c2, c.proxy
+	for _, p := range []string{c1.Backend.DataPath, c2.Backend.DataPath} {
+		os.MkdirAll(p, 0o755)
+	}
+	db, err := sql.Open("sqlite", "file:"+c1.Backend.DBPath()+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	exec := func(q string, args ...any) {
+		t.Helper()
+		if _, err := db.Exec(q, args...); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	exec(`CREATE TABLE uploads (name TEXT)`)
+	ws := daemontest.Start[*walship.Daemon](t, walship.Spec(), c1)
+	wa := daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
+	for deadline := time.Now().Add(20 * time.Second); ws.D.Status().(walship.Status).TXID == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("walship does not ship: %+v", ws.D.Status())
+		}
+	}
+	applied := func() uint64 { return wa.D.Status().(schema.ApplyStatus).TXID }
+
+	proxy.Cut()
+	const rows = 40
+	for i := range rows {
+		name := "files/" + strconv.Itoa(i)
+		write(t, c1.StorageDir(), name, []byte("contents of "+name))
+		exec(`INSERT INTO uploads (name) VALUES (?)`, name)
+		time.Sleep(30 * time.Millisecond) // about one captured file per row
+	}
+	last := ws.D.Status().(walship.Status).TXID + ws.D.Status().(walship.Status).UnshippedTXIDs
+	wrote := time.Now()
+	bound := 3 * et.TTL // one TTL of waiting, then the backlog at once
+	for applied() < last {
+		if time.Since(wrote) > bound {
+			t.Fatalf("%s after the last of %d rows written while ccm-storage could not publish, the passive applied TXID %d of %d: shipping stalls behind the storage barrier (walship %+v)",
+				bound, rows, applied(), last, ws.D.Status())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("%d rows written while ccm-storage was cut off applied %s after the last", rows, time.Since(wrote).Round(time.Millisecond))
+
+	if !ws.D.Status().(walship.Status).StorageBarrierDown {
+		t.Fatalf("walship shipped without the storage barrier but does not say so: %+v", ws.D.Status())
+	}
+
+	// ccm-storage answers again: the next rows shipped find it, and rows
+	// wait for their files again.
+	proxy.Heal()
+	waitState(t, c.s1.D, schema.StorageCapturing, 30*time.Second)
+	for deadline := time.Now().Add(30 * time.Second); ws.D.Status().(walship.Status).StorageBarrierDown; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("ccm-storage answers again, but walship still ships without its barrier: %+v", ws.D.Status())
+		}
+		exec(`INSERT INTO uploads (name) VALUES ('after')`)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ws.D.Status().(walship.Status).UnshippedTXIDs > 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("walship does not catch up once ccm-storage answers: %+v", ws.D.Status())
+		}
+	}
+	shipped := ws.D.Status().(walship.Status).TXID
+	for deadline := time.Now().Add(10 * time.Second); applied() < shipped; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the passive does not apply TXID %d: %+v", shipped, wa.D.Status())
+		}
+	}
+	before := applied()
+	proxy.Cut()
+	write(t, c1.StorageDir(), "files/late", []byte("late"))
+	exec(`INSERT INTO uploads (name) VALUES ('files/late')`)
+	time.Sleep(time.Second)
+	if got := applied(); got != before {
+		t.Fatalf("after ccm-storage recovered, a row naming an unpublished file was applied at once (TXID %d, before %d): the barrier was not restored", got, before)
 	}
 }

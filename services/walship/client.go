@@ -26,7 +26,7 @@ type streamClient struct {
 	app      *walstream.Appender
 	onWrite  func(ltx.TXID, int64) // after each successful append
 	sumsPath string
-	barrier  func(context.Context) error // nil: no storage files to wait for
+	barrier  func(context.Context, time.Time) error // nil: no storage files to wait for
 
 	mu    sync.Mutex
 	last  ltx.TXID // last TXID in the stream: the replica resumes after it
@@ -81,13 +81,6 @@ func (c *streamClient) WriteLTXFile(ctx context.Context, level int, minTXID, max
 	if c.last != 0 && minTXID != c.last+1 {
 		return nil, fmt.Errorf("LTX %d-%d does not follow TXID %d in the stream", minTXID, maxTXID, c.last)
 	}
-	// A backend writes a storage file before it commits the row naming
-	// it: once the file is published, the row may follow.
-	if c.barrier != nil {
-		if err := c.barrier(ctx); err != nil {
-			return nil, fmt.Errorf("LTX %d-%d waits for the storage files written before it: %w", minTXID, maxTXID, err)
-		}
-	}
 	ra, ok := r.(io.ReaderAt)
 	sk, seeks := r.(io.Seeker)
 	if !ok || !seeks {
@@ -104,6 +97,14 @@ func (c *streamClient) WriteLTXFile(ctx context.Context, level int, minTXID, max
 	}
 	if err := hdr.UnmarshalBinary(b); err != nil {
 		return nil, fmt.Errorf("LTX %d-%d header: %w", minTXID, maxTXID, err)
+	}
+	// A backend writes a storage file before it commits the row naming
+	// it: once the files written before the capture are published, the
+	// rows may follow.
+	if c.barrier != nil {
+		if err := c.barrier(ctx, time.UnixMilli(hdr.Timestamp)); err != nil {
+			return nil, fmt.Errorf("LTX %d-%d waits for the storage files written before it: %w", minTXID, maxTXID, err)
+		}
 	}
 	meta := walstream.Meta{MinTXID: minTXID, MaxTXID: maxTXID, Captured: time.UnixMilli(hdr.Timestamp), Pre: c.pages.Checksum()}
 	if hdr.IsSnapshot() {

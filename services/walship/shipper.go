@@ -54,9 +54,10 @@ type ShipperOptions struct {
 	Epoch    uint64
 	Interval time.Duration // Litestream monitor and replica sync interval
 	Log      *slog.Logger
-	// Barrier, if set, returns once every storage file written before it
-	// was called is published: no file is shipped before it returns.
-	Barrier func(context.Context) error
+	// Barrier, if set, returns once every storage file written before
+	// an LTX file captured at captured is published: no file is shipped
+	// before it returns.
+	Barrier func(ctx context.Context, captured time.Time) error
 	// Yield, if set, holds a large file's chunks back while it waits
 	// (walstream.Appender.SetYield).
 	Yield func(context.Context) error

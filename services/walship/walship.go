@@ -53,6 +53,13 @@ type Daemon struct {
 	// noStorageUntil (unix ns): no ccm-storage on this node was found,
 	// and the barrier is skipped until then.
 	noStorageUntil atomic.Int64
+	// The storage barrier's state (storageBarrier): every file written
+	// before barrierPassed is published; barrierDown: a barrier gave up
+	// and none has passed since (probed at barrierProbed).
+	barrierMu     sync.Mutex
+	barrierPassed time.Time
+	barrierProbed time.Time
+	barrierDown   atomic.Bool
 
 	mu       sync.Mutex
 	ship     *Shipper
@@ -263,7 +270,10 @@ type Status struct {
 	// yet; the oldest has waited UnshippedMs.
 	UnshippedTXIDs uint64 `json:"unshippedTxids,omitempty"`
 	UnshippedMs    int64  `json:"unshippedMs,omitempty"`
-	Error          string `json:"error,omitempty"`
+	// StorageBarrierDown: ccm-storage's barrier gave up and has not
+	// answered since; files ship without waiting for storage.
+	StorageBarrierDown bool   `json:"storageBarrierDown,omitempty"`
+	Error              string `json:"error,omitempty"`
 }
 
 // Status reports what is being shipped.
@@ -279,6 +289,7 @@ func (d *Daemon) Status() any {
 			Files: s.files.Load(), Bytes: s.bytes.Load()}
 		n, waited := s.Unshipped()
 		st.UnshippedTXIDs, st.UnshippedMs = n, waited.Milliseconds()
+		st.StorageBarrierDown = d.barrierDown.Load()
 	}
 	return st
 }
@@ -324,27 +335,58 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 
 // storageBarrierAttempt bounds one barrier request, beyond ccm-storage's
 // own bound (4 s): a request that ccm-storage took and died with gets no
-// answer, and large uploads take several attempts.
-const storageBarrierAttempt = 5 * time.Second
+// answer, and large uploads take several attempts. storageBarrierProbe
+// bounds the request that asks, once a barrier has given up, whether
+// ccm-storage answers again (it holds shipping meanwhile).
+const (
+	storageBarrierAttempt = 5 * time.Second
+	storageBarrierProbe   = 200 * time.Millisecond
+)
 
 // storageBarrier waits until ccm-storage has published every file written
-// on this node so far, retrying; without ccm-storage on the node (no
-// status from it for a TTL) there is none. It waits at most one lease TTL,
-// then ships anyway: while the backend keeps acknowledging writes, holding
-// them back longer would widen what a failover loses (rows and files)
-// beyond what a cut-off leader loses today.
-func (d *Daemon) storageBarrier(ctx context.Context) error {
+// on this node before an LTX file captured at captured, retrying; without
+// ccm-storage on the node (no status from it for a TTL) there is none. A
+// barrier that passed covers every file captured before it was asked, so
+// a backlog of files waits once, not once per file. It waits at most one
+// lease TTL, then ships anyway, and goes on shipping without waiting
+// (asking once a second, briefly, whether ccm-storage answers again):
+// while the backend keeps acknowledging writes, holding them back longer
+// would widen what a failover loses (rows and files) beyond what a
+// cut-off leader loses today — one wait per file once shipped one file
+// per TTL, and a leader cut off later lost hundreds of acknowledged writes.
+func (d *Daemon) storageBarrier(ctx context.Context, captured time.Time) error {
 	if time.Now().UnixNano() < d.noStorageUntil.Load() {
 		return nil
 	}
-	start := time.Now()
-	for attempt := 1; ; attempt++ {
-		if waited := time.Since(start); waited > d.cfg.Election.LeaderTTL() {
-			d.log.Error("shipping without ccm-storage's barrier: the rows shipped may name storage files not yet published", "waited", waited.Round(time.Millisecond))
+	d.barrierMu.Lock()
+	defer d.barrierMu.Unlock()
+	if captured.Add(time.Millisecond).Before(d.barrierPassed) {
+		return nil // captured (to the millisecond) before that barrier was asked
+	}
+	if d.barrierDown.Load() {
+		if time.Since(d.barrierProbed) < time.Second {
 			return nil
 		}
-		_, err := natsconn.Call(ctx, d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceStorage, "barrier", nil, storageBarrierAttempt)
-		err = natsconn.CheckAway(ctx, d.js, d.cfg.ClusterID, schema.StorageKey(d.cfg.NodeID), err)
+		d.barrierProbed = time.Now()
+		asked, err := d.askBarrier(ctx, storageBarrierProbe)
+		if err != nil {
+			return nil
+		}
+		d.barrierDown.Store(false)
+		d.barrierPassed = asked
+		d.log.Info("ccm-storage's barrier answers again: shipping waits for it again")
+		return nil
+	}
+	start, ttl := time.Now(), d.cfg.Election.LeaderTTL()
+	for attempt := 1; ; attempt++ {
+		waited := time.Since(start)
+		if waited >= ttl {
+			d.log.Error("shipping without ccm-storage's barrier until it answers again: the rows shipped may name storage files not yet published", "waited", waited.Round(time.Millisecond))
+			d.barrierDown.Store(true)
+			d.barrierProbed = time.Now()
+			return nil
+		}
+		asked, err := d.askBarrier(ctx, max(min(storageBarrierAttempt, ttl-waited), storageBarrierProbe))
 		if errors.Is(err, natsconn.ErrNotRunning) {
 			// Not asked again for a second: two requests per file
 			// for nothing. A ccm-storage started meanwhile publishes
@@ -353,6 +395,7 @@ func (d *Daemon) storageBarrier(ctx context.Context) error {
 			return nil
 		}
 		if err == nil {
+			d.barrierPassed = asked
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -365,6 +408,15 @@ func (d *Daemon) storageBarrier(ctx context.Context) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// askBarrier makes one barrier request, bounded by within; it returns
+// when it was asked (every file written before then is published once it
+// succeeds).
+func (d *Daemon) askBarrier(ctx context.Context, within time.Duration) (time.Time, error) {
+	asked := time.Now()
+	_, err := natsconn.Call(ctx, d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceStorage, "barrier", nil, within)
+	return asked, natsconn.CheckAway(ctx, d.js, d.cfg.ClusterID, schema.StorageKey(d.cfg.NodeID), err)
 }
 
 // yieldToLease holds a large file's next chunk while this node's lease
