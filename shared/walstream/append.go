@@ -24,7 +24,6 @@ type Appender struct {
 	epoch   uint64
 	node    string
 	lastSeq atomic.Uint64 // written by the appending goroutine, read by status
-	lastID  string        // message ID at lastSeq, "" until this appender stored one
 	end     atomic.Int64  // chain bytes appended (Meta.End of the last file)
 	chain   uint64        // the chain appended to (Meta.Chain)
 	// resolved counts appends whose outcome was unknown and was learnt

@@ -78,21 +78,11 @@ func (p *pipe) flush(ctx context.Context) error {
 
 // next returns the message that follows the pipe's last one. Its ID names
 // the epoch, the sequence it expects before it and id, so that a retry is
-// the same message; it expects both the sequence and the ID of the message
-// before it.
+// the same message; it expects the sequence before it (see retract).
 func (p *pipe) next(hdr nats.Header, data []byte, id string) *inflight {
-	seq, prev := p.a.lastSeq.Load()+uint64(len(p.q))+1, p.a.lastID
-	if n := len(p.q); n > 0 {
-		prev = p.q[n-1].msg.Header.Get(jetstream.MsgIDHeader)
-	}
+	seq := p.a.lastSeq.Load() + uint64(len(p.q)) + 1
 	hdr.Set(jetstream.MsgIDHeader, fmt.Sprintf("%d.%d.%s", p.a.epoch, seq-1, id))
 	hdr.Set(jetstream.ExpectedLastSeqHeader, strconv.FormatUint(seq-1, 10))
-	if prev != "" {
-		// Expecting the previous message by sequence alone is not enough:
-		// if it was refused because another writer's message took its
-		// place, this one would be stored after that message.
-		hdr.Set(jetstream.ExpectedLastMsgIDHeader, prev)
-	}
 	return &inflight{seq: seq, msg: &nats.Msg{Subject: p.a.subject, Header: hdr, Data: data}}
 }
 
@@ -133,7 +123,6 @@ func (p *pipe) confirm(n int) {
 		}
 	}
 	p.a.lastSeq.Store(p.q[n-1].seq)
-	p.a.lastID = p.q[n-1].msg.Header.Get(jetstream.MsgIDHeader)
 	p.q = p.q[n:]
 }
 
@@ -216,11 +205,40 @@ func (p *pipe) stored(ctx context.Context) (int, error) {
 			return 0, fmt.Errorf("read WAL message %d: %w", seq, err)
 		}
 		if got, want := m.Header.Get(jetstream.MsgIDHeader), p.q[n].msg.Header.Get(jetstream.MsgIDHeader); got != want {
-			return 0, fmt.Errorf("%w: message %d is another writer's (epoch %s, node %q)", ErrFenced, seq, m.Header.Get(HdrEpoch), m.Header.Get(HdrNode))
+			err := fmt.Errorf("%w: message %d is another writer's (epoch %s, node %q)", ErrFenced, seq, m.Header.Get(HdrEpoch), m.Header.Get(HdrNode))
+			return 0, p.retract(ctx, s, seq+1, last, err)
 		}
 		n++
 	}
 	return n, nil
+}
+
+// retract deletes the pipe's messages stored between from and to, after
+// another writer's message: each expects only the sequence before it (the
+// message ID of the one before it too would be safer, but nats-server
+// re-checks that header on every replica, where a snapshot catch-up
+// leaves a stale last ID: the caught-up replica fails, and the stream
+// loses its quorum at the next fault), so the pipelined messages after
+// the one the foreign message displaced may have been stored after it.
+// A passive that read one meanwhile finds it does not follow.
+func (p *pipe) retract(ctx context.Context, s jetstream.Stream, from, to uint64, fenced error) error {
+	ours := map[string]bool{}
+	for _, f := range p.q {
+		ours[f.msg.Header.Get(jetstream.MsgIDHeader)] = true
+	}
+	for seq := from; seq <= to; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err == nil && ours[m.Header.Get(jetstream.MsgIDHeader)] {
+			err = s.DeleteMsg(ctx, seq)
+		}
+		if err != nil {
+			return fmt.Errorf("%w; retracting our message %d after it: %v", fenced, seq, err)
+		}
+	}
+	return fenced
 }
 
 // sleep waits for d; false if ctx ended first.
