@@ -3,14 +3,20 @@
 package itest
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/convex-cluster-manager/ccm/shared/filestore"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
@@ -399,6 +405,50 @@ func (c *Cluster) StorageFileSum(t *testing.T, path string) string {
 	t.Helper()
 	out := c.Client.Must(t, "sh", "-c", fmt.Sprintf("curl -sf -m 10 -o /tmp/down 'http://%s:3210/storage?f=%s' && sha256sum /tmp/down", c.VIP, path))
 	return strings.Fields(out)[0]
+}
+
+// Settled waits, at most within, until the NATS cluster is as a single
+// fault should find it: every stream a failover needs (the lease bucket,
+// the WAL stream, the storage manifest and objects) has all its replicas
+// current and is not led by n's own NATS server, as the serving
+// ccm-elector leaves it. It reports whether that happened.
+func (c *Cluster) Settled(t *testing.T, n *Node, within time.Duration) bool {
+	t.Helper()
+	nc, err := nats.Connect("nats://"+n.IP+":4222", nats.Timeout(2*time.Second))
+	if err != nil {
+		t.Logf("settled: connect to %s's NATS server: %v", n.Name, err)
+		return false
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	needed := []string{walstream.Stream(c.Name), "KV_" + schema.Bucket(c.Name), "KV_" + filestore.FilesBucket(c.Name), "OBJ_" + filestore.BlobsBucket(c.Name)}
+	settled := func(name string) bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			return false
+		}
+		ci := s.CachedInfo().Cluster
+		if ci == nil || ci.Leader == "" || ci.Leader == n.Name || len(ci.Replicas) != len(c.Nodes)-1 {
+			return false
+		}
+		for _, r := range ci.Replicas {
+			if !r.Current || r.Offline || r.Lag != 0 {
+				return false
+			}
+		}
+		return true
+	}
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		if !slices.ContainsFunc(needed, func(name string) bool { return !settled(name) }) {
+			return true
+		}
+	}
+	return false
 }
 
 // WALStreamBytes is the WAL stream's size, as the NATS servers of nodes

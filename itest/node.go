@@ -116,7 +116,7 @@ func StartNode(t *testing.T, nw Net, name, ip string) *Node {
 }
 
 // Docker runs `docker args... <n's container>` on the host (kill, start,
-// pause, unpause, network connect/disconnect) and fails the test if it fails.
+// pause, unpause) and fails the test if it fails.
 func (n *Node) Docker(t *testing.T, args ...string) {
 	t.Helper()
 	name, err := n.C.Name(t.Context())
@@ -126,6 +126,27 @@ func (n *Node) Docker(t *testing.T, args ...string) {
 	args = append(args, strings.TrimPrefix(name, "/"))
 	if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
 		t.Fatalf("docker %s: %v %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// Cut partitions n from the network nw, as a failed switch port would:
+// two blackhole routes, more specific than the interface's own, discard
+// everything n sends to the subnet. Packets still arrive, but no reply
+// leaves, so peers hear nothing; the interface, its addresses and the VIP
+// stay as they were (docker network disconnect removes the interface,
+// and connect adds it back under another name). Heal undoes it.
+func (n *Node) Cut(t *testing.T, nw Net) {
+	t.Helper()
+	for _, half := range []string{".0/25", ".128/25"} {
+		n.Must(t, "ip", "route", "add", "blackhole", nw.Prefix+half)
+	}
+}
+
+// Heal ends Cut.
+func (n *Node) Heal(t *testing.T, nw Net) {
+	t.Helper()
+	for _, half := range []string{".0/25", ".128/25"} {
+		n.Must(t, "ip", "route", "del", "blackhole", nw.Prefix+half)
 	}
 }
 
