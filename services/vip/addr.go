@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // iproute runs ip(8) and arping(8) with argument vectors (never a shell
@@ -40,8 +42,12 @@ func (r iproute) has(ctx context.Context, iface, cidr string) (bool, error) {
 	return false, nil
 }
 
-func (r iproute) add(ctx context.Context, iface, cidr string) error {
-	_, err := r.run(ctx, "ip", "addr", "add", cidr, "dev", iface)
+// hold adds cidr to iface, or updates it, with a lifetime of whole
+// seconds: the kernel removes the address when it ends, whether or not
+// ccm-vip still runs (a frozen or killed ccm-vip cannot release it).
+func (r iproute) hold(ctx context.Context, iface, cidr string, lifetime time.Duration) error {
+	secs := strconv.Itoa(max(int(lifetime/time.Second), 1))
+	_, err := r.run(ctx, "ip", "addr", "replace", cidr, "dev", iface, "valid_lft", secs, "preferred_lft", secs)
 	return err
 }
 

@@ -62,6 +62,9 @@ type Daemon struct {
 	ip    iproute
 	ready chan struct{}
 	arp   chan struct{} // requests a gratuitous ARP burst
+	// heldUntil is the deadline the VIP's kernel lifetime was last set
+	// to (the loop's own).
+	heldUntil time.Time
 
 	mu      sync.Mutex
 	held    bool
@@ -140,7 +143,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		deadline, want := roles.Serving(time.Now())
 		var acquired bool
 		if roles.Settled(time.Now()) { // just restarted: wait for the elector's word
-			acquired = d.reconcile(ctx, want)
+			acquired = d.reconcile(ctx, want, deadline)
 		}
 		if acquired && d.cfg.ARPRepeatMs > 0 {
 			second = time.After(time.Duration(d.cfg.ARPRepeatMs) * time.Millisecond)
@@ -164,7 +167,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 }
 
 // reconcile adds or removes the VIP; it reports whether it just added it.
-func (d *Daemon) reconcile(ctx context.Context, want bool) bool {
+// A held VIP carries the lease's deadline as its kernel lifetime (whole
+// seconds, so at most a second beyond it), extended as the lease is
+// renewed: if ccm-vip is frozen or killed while leading, the kernel still
+// removes the VIP about when the lease ends — a paused node that resumes
+// no longer holds it beside the new leader.
+func (d *Daemon) reconcile(ctx context.Context, want bool, deadline time.Time) bool {
 	d.mu.Lock()
 	d.loopAt = time.Now()
 	d.mu.Unlock()
@@ -174,13 +182,18 @@ func (d *Daemon) reconcile(ctx context.Context, want bool) bool {
 		return false
 	}
 	switch {
-	case want && !has:
-		if err := d.ip.add(ctx, d.cfg.Interface, d.cidr); err != nil {
+	case want && (!has || deadline.After(d.heldUntil)):
+		if err := d.ip.hold(ctx, d.cfg.Interface, d.cidr, time.Until(deadline)); err != nil {
 			d.fail(err)
 			return false
 		}
+		d.heldUntil = deadline
+		d.fail(nil)
+		if has {
+			return false // lifetime extended
+		}
 		d.set(true)
-		d.log.Info("VIP acquired", "vip", d.cidr, "interface", d.cfg.Interface)
+		d.log.Info("VIP acquired", "vip", d.cidr, "interface", d.cfg.Interface, "until", deadline)
 		d.garp()
 		return true
 	case !want && has:

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -107,6 +108,38 @@ func TestVIPFollowsReadyLeaderWithDeadline(t *testing.T) {
 	if out := nsOut(t, b, "arping", "-c", "1", "-w", "2", "-I", "vb"+a[4:], vipAddr); !strings.Contains(out, "Received 1 response") ||
 		!strings.Contains(strings.ToLower(out), mac) {
 		t.Fatalf("B asking who has the VIP: %s, want an answer from %s", out, mac)
+	}
+
+	// The kernel holds the VIP only until about the lease's deadline, and
+	// longer as the lease is renewed: a frozen or killed ccm-vip cannot
+	// keep it past the lease.
+	lifetime := func() int {
+		t.Helper()
+		f := strings.Fields(nsOut(t, a, "ip", "-o", "-4", "addr", "show", "dev", iface, "to", vipAddr))
+		for i, v := range f {
+			if v == "valid_lft" && i+1 < len(f) {
+				if n, err := strconv.Atoi(strings.TrimSuffix(f[i+1], "sec")); err == nil {
+					return n
+				}
+				t.Fatalf("the VIP's kernel lifetime is %q, want seconds", f[i+1])
+			}
+		}
+		t.Fatalf("no lifetime for the VIP in %q", f)
+		return 0
+	}
+	if n := lifetime(); n > 60 || n < 55 {
+		t.Fatalf("VIP held for %ds by the kernel, want the lease's deadline (60s)", n)
+	}
+	publish(schema.RoleLeader, true, time.Now().Add(5*time.Second))
+	time.Sleep(300 * time.Millisecond)
+	if n := lifetime(); n < 55 {
+		t.Fatalf("an earlier deadline shortened the VIP's lifetime to %ds", n)
+	}
+	publish(schema.RoleLeader, true, time.Now().Add(90*time.Second))
+	for deadline := time.Now().Add(2 * time.Second); lifetime() < 85; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("a renewed lease did not extend the VIP's lifetime: %ds, want about 90s", lifetime())
+		}
 	}
 
 	// Removed behind ccm-vip's back: it comes back.
