@@ -25,40 +25,17 @@ import (
 // leader a row whose file no node has. Once a restarted ccm-storage
 // publishes the file, the row follows.
 func TestRowNeverShipsBeforeItsFile(t *testing.T) {
-	c := startProxied(t)
-	c1, c2, s1, proxy := c.c1, c.c2, c.s1, c.proxy
-	for _, p := range []string{c1.Backend.DataPath, c2.Backend.DataPath} {
-		os.MkdirAll(p, 0o755)
-	}
-	db, err := sql.Open("sqlite", "file:"+c1.Backend.DBPath()+"?_pragma=busy_timeout(5000)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(1)
-	exec := func(q string, args ...any) {
-		t.Helper()
-		if _, err := db.Exec(q, args...); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	exec(`CREATE TABLE uploads (name TEXT)`)
-	ws := daemontest.Start[*walship.Daemon](t, walship.Spec(), c1)
-	wa := daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
+	sh := startShipping(t)
+	c1, s1, proxy, exec, ws, wa := sh.c.c1, sh.c.s1, sh.c.proxy, sh.exec, sh.ws, sh.wa
 	waitState(t, s1.D, schema.StorageCapturing, 20*time.Second)
 	upload := func(name string) {
 		t.Helper()
 		write(t, c1.StorageDir(), name, []byte("contents of "+name))
 		exec(`INSERT INTO uploads (name) VALUES (?)`, name)
 	}
-	applied := func() uint64 { return wa.D.Status().(schema.ApplyStatus).TXID }
-	// The first full copy (TXID 1) is shipped before the first upload, so
-	// that the row of files/a is TXID 2.
-	for deadline := time.Now().Add(20 * time.Second); ws.D.Status().(walship.Status).TXID == 0; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("walship does not ship: %+v", ws.D.Status())
-		}
-	}
+	applied := sh.applied
+	// The first full copy (TXID 1) is shipped before the first upload
+	// (startShipping), so that the row of files/a is TXID 2.
 	upload("files/a")
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		shipped := ws.D.Status().(walship.Status).TXID
@@ -108,32 +85,9 @@ func TestRowNeverShipsBeforeItsFile(t *testing.T) {
 // shipped, and a later partition of it lost them all (TestBenchFailover).
 // Once ccm-storage answers again, rows wait for their files again.
 func TestShippingGoesOnWhileStorageCannotPublish(t *testing.T) {
-	c := startProxied(t)
-	c1, c2, proxy := c.c1, c.c2, c.proxy
-	for _, p := range []string{c1.Backend.DataPath, c2.Backend.DataPath} {
-		os.MkdirAll(p, 0o755)
-	}
-	db, err := sql.Open("sqlite", "file:"+c1.Backend.DBPath()+"?_pragma=busy_timeout(5000)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(1)
-	exec := func(q string, args ...any) {
-		t.Helper()
-		if _, err := db.Exec(q, args...); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	exec(`CREATE TABLE uploads (name TEXT)`)
-	ws := daemontest.Start[*walship.Daemon](t, walship.Spec(), c1)
-	wa := daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
-	for deadline := time.Now().Add(20 * time.Second); ws.D.Status().(walship.Status).TXID == 0; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("walship does not ship: %+v", ws.D.Status())
-		}
-	}
-	applied := func() uint64 { return wa.D.Status().(schema.ApplyStatus).TXID }
+	sh := startShipping(t)
+	c, c1, proxy, exec, ws, wa := sh.c, sh.c.c1, sh.c.proxy, sh.exec, sh.ws, sh.wa
+	applied := sh.applied
 
 	proxy.Cut()
 	const rows = 40
@@ -189,3 +143,45 @@ func TestShippingGoesOnWhileStorageCannotPublish(t *testing.T) {
 		t.Fatalf("after ccm-storage recovered, a row naming an unpublished file was applied at once (TXID %d, before %d): the barrier was not restored", got, before)
 	}
 }
+
+// shipping is a leader (n1, its ccm-storage behind a proxy) running
+// walship on a database with a table uploads, and a passive (n2) running
+// walapply, once the first full copy has shipped.
+type shipping struct {
+	c    *cluster
+	exec func(q string, args ...any)
+	ws   *daemontest.Running[*walship.Daemon]
+	wa   *daemontest.Running[*walapply.Daemon]
+}
+
+func startShipping(t *testing.T) *shipping {
+	t.Helper()
+	c := startProxied(t)
+	for _, p := range []string{c.c1.Backend.DataPath, c.c2.Backend.DataPath} {
+		os.MkdirAll(p, 0o755)
+	}
+	db, err := sql.Open("sqlite", "file:"+c.c1.Backend.DBPath()+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	db.SetMaxOpenConns(1)
+	sh := &shipping{c: c, exec: func(q string, args ...any) {
+		t.Helper()
+		if _, err := db.Exec(q, args...); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}}
+	sh.exec(`CREATE TABLE uploads (name TEXT)`)
+	sh.ws = daemontest.Start[*walship.Daemon](t, walship.Spec(), c.c1)
+	sh.wa = daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c.c2)
+	for deadline := time.Now().Add(20 * time.Second); sh.ws.D.Status().(walship.Status).TXID == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("walship does not ship: %+v", sh.ws.D.Status())
+		}
+	}
+	return sh
+}
+
+// applied is the TXID the passive applied.
+func (sh *shipping) applied() uint64 { return sh.wa.D.Status().(schema.ApplyStatus).TXID }
