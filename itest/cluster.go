@@ -425,19 +425,23 @@ func (c *Cluster) Settled(t *testing.T, n *Node, within time.Duration) bool {
 		t.Fatal(err)
 	}
 	needed := []string{walstream.Stream(c.Name), "KV_" + schema.Bucket(c.Name), "KV_" + filestore.FilesBucket(c.Name), "OBJ_" + filestore.BlobsBucket(c.Name)}
+	var why string
 	settled := func(name string) bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		s, err := js.Stream(ctx, name)
 		if err != nil {
+			why = fmt.Sprintf("%s: %v", name, err)
 			return false
 		}
 		ci := s.CachedInfo().Cluster
 		if ci == nil || ci.Leader == "" || ci.Leader == n.Name || len(ci.Replicas) != len(c.Nodes)-1 {
+			why = fmt.Sprintf("%s: cluster info %+v", name, ci)
 			return false
 		}
 		for _, r := range ci.Replicas {
 			if !r.Current || r.Offline || r.Lag != 0 {
+				why = fmt.Sprintf("%s: replica %+v", name, *r)
 				return false
 			}
 		}
@@ -448,6 +452,7 @@ func (c *Cluster) Settled(t *testing.T, n *Node, within time.Duration) bool {
 			return true
 		}
 	}
+	t.Logf("not settled after %s: %s", within, why)
 	return false
 }
 

@@ -205,54 +205,58 @@ func TestCluster(t *testing.T) {
 		c.WaitPassivesCaughtUp(t, 90*time.Second)
 		c.WaitNATSRoutes(t, 60*time.Second)
 	})
+}
 
-	// Last: a NATS server frozen for seconds can stay slow to answer
-	// after the resume, which once stalled the next subtest's promotion
-	// for 85 s (see the session notes).
-	t.Run("frozen leader resumes beside the new leader", func(t *testing.T) {
-		// docker pause freezes every process of the leader's container
-		// (systemd too) longer than the TTL; on resume its timers,
-		// watchdogs included, fire at once. Nothing may exec into it
-		// while it is paused.
-		// One fault at a time: the previous subtest's partitioned node
-		// may still be resyncing its diverged database, and with it cut
-		// off too no majority of current NATS replicas would remain.
-		c.WaitPassivesCaughtUp(t, 2*time.Minute)
-		old := c.Leader(t)
-		if !c.Settled(t, old, 2*time.Minute) {
-			t.Fatal("the NATS cluster did not settle (every replica current, no stream led by the leader's server) within 2 minutes")
-		}
-		c.StartChecker(t)
-		w := c.StartWriter(t)
-		time.Sleep(time.Second)
-		old.Docker(t, "pause")
-		paused := time.Now()
-		unpause := sync.OnceFunc(func() { old.Docker(t, "unpause") })
-		defer unpause()
-		next := c.WaitTakeover(t, old, 90*time.Second)
-		t.Logf("frozen leader: %s holds the VIP %s after the pause", next.Name, time.Since(paused).Round(time.Millisecond))
-		time.Sleep(3 * time.Second) // frozen past the new leader's first leases too
-		unpause()
-		t.Logf("resumed %s after %s", old.Name, time.Since(paused).Round(time.Millisecond))
-		c.WaitServing(t, next, 60*time.Second)
-		c.WaitPassivesCaughtUp(t, 90*time.Second)
-		acks := w.Stop(t)
-		lost, gap := c.Lost(t, acks)
-		c.AssertUploadsServed(t)
-		t.Logf("pause of %s: %d acks, %d lost, longest gap %s", old.Name, len(acks), len(lost), gap.Round(time.Millisecond))
-		// The kernel removed the frozen leader's VIP when its lifetime
-		// (the lease) ended: no overlap. Its backend's processes run
-		// again on resume, before ccm-backend can act on the lease that
-		// ended while it was frozen: that reaction is bounded, not zero
-		// (and the backend is unreachable without the VIP).
-		r := c.CheckerReport(t)
-		t.Logf("frozen leader resumed: two VIP holders for %s, two backends for %s (sampled every %s)",
-			r.VIPOverlap.Round(time.Millisecond), r.BackendOverlap.Round(time.Millisecond), r.Interval.Round(time.Millisecond))
-		if r.VIPOverlap > 0 || r.BackendOverlap > 500*time.Millisecond || r.VIPs > 1 || r.Backends > 2 {
-			_, log := old.Exec(t, "sh", "-c", fmt.Sprintf("journalctl --no-pager -o short-precise --since=@%d -u ccm-vip -u ccm-backend -u convex-backend -u ccm-elector | grep -E 'msg|systemd' | cut -c1-260 | head -60", paused.Unix()))
-			t.Fatalf("the resumed leader kept serving beside the new one (no second VIP holder, two backends for at most 500ms allowed); its log:\n%s", log)
-		}
-	})
+// TestClusterFrozenLeader freezes the whole leader node (docker pause,
+// its NATS server too) longer than the TTL while a writer and a checker
+// run, then resumes it: another node takes over, and the resumed node
+// never holds the VIP beside it and stops its backend within 0.5 s.
+func TestClusterFrozenLeader(t *testing.T) {
+	c := StartCluster(t, ClusterOptions{TTLMs: 3000, HeartbeatMs: 1000, MarginMs: 500})
+	// One fault at a time, on a cluster of its own: after TestCluster's
+	// partition the healed node's NATS server once took minutes to have
+	// every replica current again (and resynced its diverged database);
+	// with it behind and the leader frozen, no majority of current
+	// replicas remained.
+	c.WaitPassivesCaughtUp(t, 2*time.Minute)
+	old := c.Leader(t)
+	if !c.Settled(t, old, 2*time.Minute) {
+		t.Fatal("the NATS cluster did not settle (every replica current, no stream led by the leader's server) within 2 minutes")
+	}
+	c.StartChecker(t)
+	w := c.StartWriter(t)
+	time.Sleep(time.Second)
+	// docker pause freezes every process of the leader's container
+	// (systemd too) longer than the TTL; on resume its timers,
+	// watchdogs included, fire at once. Nothing may exec into it while
+	// it is paused.
+	old.Docker(t, "pause")
+	paused := time.Now()
+	unpause := sync.OnceFunc(func() { old.Docker(t, "unpause") })
+	defer unpause()
+	next := c.WaitTakeover(t, old, 90*time.Second)
+	t.Logf("frozen leader: %s holds the VIP %s after the pause", next.Name, time.Since(paused).Round(time.Millisecond))
+	time.Sleep(3 * time.Second) // frozen past the new leader's first leases too
+	unpause()
+	t.Logf("resumed %s after %s", old.Name, time.Since(paused).Round(time.Millisecond))
+	c.WaitServing(t, next, 60*time.Second)
+	c.WaitPassivesCaughtUp(t, 90*time.Second)
+	acks := w.Stop(t)
+	lost, gap := c.Lost(t, acks)
+	c.AssertUploadsServed(t)
+	t.Logf("pause of %s: %d acks, %d lost, longest gap %s", old.Name, len(acks), len(lost), gap.Round(time.Millisecond))
+	// The kernel removed the frozen leader's VIP when its lifetime
+	// (the lease) ended: no overlap. Its backend's processes run
+	// again on resume, before ccm-backend can act on the lease that
+	// ended while it was frozen: that reaction is bounded, not zero
+	// (and the backend is unreachable without the VIP).
+	r := c.CheckerReport(t)
+	t.Logf("frozen leader resumed: two VIP holders for %s, two backends for %s (sampled every %s)",
+		r.VIPOverlap.Round(time.Millisecond), r.BackendOverlap.Round(time.Millisecond), r.Interval.Round(time.Millisecond))
+	if r.VIPOverlap > 0 || r.BackendOverlap > 500*time.Millisecond || r.VIPs > 1 || r.Backends > 2 {
+		_, log := old.Exec(t, "sh", "-c", fmt.Sprintf("journalctl --no-pager -o short-precise --since=@%d -u ccm-vip -u ccm-backend -u convex-backend -u ccm-elector | grep -E 'msg|systemd' | cut -c1-260 | head -60", paused.Unix()))
+		t.Fatalf("the resumed leader kept serving beside the new one (no second VIP holder, two backends for at most 500ms allowed); its log:\n%s", log)
+	}
 }
 
 // TestClusterLargeDatabase grows the database to a few hundred MiB and

@@ -195,3 +195,35 @@ func TestDeadManSwitch(t *testing.T) {
 		t.Fatalf("VIP/backend gone %s after the deadline, want within the 500ms safety margin", late)
 	}
 }
+
+// TestWatchdogAbortEnforcesTheLease: ccm-backend is stopped (SIGSTOP) on
+// the leader while the lease ends, so its loop cannot act on it, until
+// systemd's watchdog aborts it (SIGABRT, with a SIGCONT) — as after a
+// frozen node resumes, when every watchdog fires at once. Before dying
+// it must kill the backend of the lease that ended: without that, Go's
+// default SIGABRT handling exits at once and the restarted ccm-backend
+// killed the backend only 1.6 s later (CI, TestClusterFrozenLeader).
+func TestWatchdogAbortEnforcesTheLease(t *testing.T) {
+	n, _, _ := leaderNode(t)
+	n.Must(t, "systemctl", "kill", "--signal=SIGSTOP", "ccm-backend")
+	n.Must(t, "sh", "-c", "systemctl kill --signal=SIGKILL ccm-elector nats-server; systemctl stop ccm-elector nats-server")
+	Eventually(t, 30*time.Second, "the watchdog's abort of the stopped ccm-backend, and the backend stopped", func() bool {
+		return !n.Active(t, "convex-backend")
+	})
+	// When each happened, from the journal (microseconds).
+	at := func(grep string) time.Time {
+		t.Helper()
+		out := n.Must(t, "sh", "-c", "journalctl --no-pager -o short-unix | grep -m1 -F '"+grep+"' | cut -d' ' -f1")
+		sec, err := strconv.ParseFloat(strings.TrimSpace(out), 64)
+		if err != nil {
+			t.Fatalf("journal time of %q: %q", grep, out)
+		}
+		return time.Unix(0, int64(sec*1e9))
+	}
+	abort, stopped := at("ccm-backend.service: Watchdog timeout"), at("Stopped convex-backend.service")
+	took := stopped.Sub(abort)
+	t.Logf("backend stopped %s after the watchdog aborted ccm-backend", took.Round(time.Millisecond))
+	if took < 0 || took > 500*time.Millisecond {
+		t.Fatalf("backend of an ended lease stopped %s after ccm-backend's watchdog abort, want it killed on the way out (within 500ms)", took)
+	}
+}

@@ -56,7 +56,7 @@ type Daemon struct {
 	health prometheus.Gauge
 
 	opMu sync.Mutex     // one of prepare, start, stop, reconcile at a time
-	wg   sync.WaitGroup // hand-over requests in flight
+	wg   sync.WaitGroup // hand-over requests in flight, the abort handler
 
 	mu        sync.Mutex
 	state     string // unit ActiveState at the last look
@@ -91,6 +91,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer roles.Close()
 	defer d.wg.Wait()
 	d.roles = roles
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.enforceOnAbort(ctx)
+	}()
 	close(d.ready)
 	for {
 		changed := roles.Changed()
