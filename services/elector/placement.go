@@ -106,7 +106,7 @@ func (e *Elector) stepDown(ctx context.Context, stream, own string) error {
 	}
 	now := time.Now()
 	since := e.current[stream]
-	if since == nil || now.Sub(e.checked[stream]) > 3*max(placementEvery, e.heartbeat) {
+	if since == nil || now.Sub(e.checked[stream]) > max(3*max(placementEvery, e.heartbeat), currentFor) {
 		since = map[string]time.Time{} // not watched lately: start over
 		e.current[stream] = since
 	}

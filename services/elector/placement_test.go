@@ -76,9 +76,12 @@ func TestNewLeaderMovesStreamLeadersAtOnce(t *testing.T) {
 	}
 	stream := "KV_" + schema.Bucket("dc")
 	own := map[*et.Node]string{nodes[0]: "s1", nodes[1]: "s2", nodes[2]: "s3"}
-	// next has watched the peers as a passive for longer than currentFor.
-	time.Sleep(current + time.Second)
+	// The stream led by next's server, as an election may; next then
+	// watches the peers as a passive for longer than currentFor (a
+	// leadership change can show them not current for a moment, which
+	// restarts their watch).
 	lead(t, nc, js, stream, own[next])
+	time.Sleep(current + 2*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := old.El.Demote(ctx, next.ID); err != nil {
@@ -93,8 +96,9 @@ func TestNewLeaderMovesStreamLeadersAtOnce(t *testing.T) {
 	}
 	served = time.Now()
 	for l := streamLeader(js, stream); l == own[next] || l == ""; l = streamLeader(js, stream) {
-		if time.Since(served) > current/2 {
-			t.Fatalf("%s still led by %s, the new leader's own server, %s after it started serving (peers current for %s before)", stream, l, current/2, current)
+		if time.Since(served) > current-2*time.Second {
+			t.Fatalf("%s still led by %s, the new leader's own server, %s after it started serving (peers current for %s before: a leader watching for itself first would wait %s)",
+				stream, l, current-2*time.Second, current+2*time.Second, current)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

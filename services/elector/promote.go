@@ -150,11 +150,17 @@ func (e *Elector) waitShipping(ctx context.Context, epoch uint64) error {
 			Status struct {
 				Shipping bool   `json:"shipping"`
 				Epoch    uint64 `json:"epoch"`
+				Refused  uint64 `json:"refusedEpoch"`
 				Error    string `json:"error"`
 			} `json:"status"`
 		}
-		if err == nil && json.Unmarshal(b, &st) == nil && st.Status.Shipping && st.Status.Epoch == epoch {
-			return nil
+		if err == nil && json.Unmarshal(b, &st) == nil {
+			switch {
+			case st.Status.Shipping && st.Status.Epoch == epoch:
+				return nil
+			case st.Status.Refused == epoch:
+				return fmt.Errorf("ccm-walship refuses epoch %d: %s", epoch, st.Status.Error)
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/convex-cluster-manager/ccm/services/walship"
+	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
@@ -229,4 +231,50 @@ func digest(t testing.TB, path string) (string, string) {
 		rs.Close()
 	}
 	return check, hex.EncodeToString(h.Sum(nil))
+}
+
+// TestNoEpochFromADatabaseBehindTheStream: a node promoted with a database
+// at an earlier position of the chain (its drain read a stale view of the
+// stream: a NATS server just healed from a partition answered with its
+// own old state) must not open an epoch from it. Shipping it as a full
+// copy rolled every node back and lost 587 acknowledged writes
+// (TestBenchFailover, partitions at TTL 10 s).
+func TestNoEpochFromADatabaseBehindTheStream(t *testing.T) {
+	e := newEnv(t)
+	old := e.ship(t, 1)
+	n2 := e.follow(t, "n2")
+	w := openDB(t, writerDSN(e.dbPath))
+	mustExec(t, w, `INSERT INTO docs (body) VALUES ('before')`)
+	txid, err := old.Flush(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2.waitTXID(t, 1, uint64(txid))
+	// n2 stops following at that position; the leader goes on.
+	stale := filepath.Join(e.dir, "n2-data", "db.sqlite3")
+	promote(t, n2, stale)
+	mustExec(t, w, `INSERT INTO docs (body) VALUES ('after n2 stopped following')`)
+	w.Close()
+	if _, err := old.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before := e.streamBytes(t)
+	s, err := walship.Open(context.Background(), e.js, walship.ShipperOptions{
+		DBPath: stale, Cluster: cluster, Node: "n2", Epoch: 2,
+		Interval: 20 * time.Millisecond, Log: daemontest.Logger(),
+	})
+	if err == nil {
+		how, reason := s.Start()
+		s.Close(context.Background())
+		t.Fatalf("epoch 2 opened (%s: %s) from a database behind the stream", how, reason)
+	}
+	if !errors.Is(err, walship.ErrBehind) {
+		t.Fatalf("open epoch 2 from a database behind the stream: %v, want ErrBehind", err)
+	}
+	if grown := e.streamBytes(t) - before; grown != 0 {
+		t.Fatalf("the refused epoch added %d bytes to the stream", grown)
+	}
 }

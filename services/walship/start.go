@@ -75,10 +75,17 @@ func planStart(ctx context.Context, js jetstream.JetStream, cluster string, epoc
 		}
 		b = walstream.Base{Epoch: epoch, TXID: head.MaxTXID, Checksum: sums.Pages.Checksum(), Seq: headSeq, End: head.End, Chain: head.Chain}
 	}
-	atBase := headSeq == b.Seq && head.Epoch == b.Epoch &&
-		(head.Kind == walstream.KindMarker && head.Base != nil && head.Base.TXID == b.TXID && head.Base.Checksum == b.Checksum ||
-			head.Kind == walstream.KindLTX && head.Last && head.MaxTXID == b.TXID && head.Post == b.Checksum)
+	atBase := headSeq == b.Seq && isAt(head, b)
 	tailOK := headSeq == last || m.MinTXID == b.TXID+1 // a cut-short file after the head follows it
+	if b.Seq < headSeq && b.Epoch != epoch {
+		// The database is at an earlier position of the chain, which
+		// others continued: a full copy of it would roll every node back
+		// (a promotion drained from a stale view of the stream did).
+		if at, err := walstream.At(ctx, s, b.Seq); err == nil && isAt(at, b) {
+			return plan{}, fmt.Errorf("%w: this database is at seq %d (epoch %d, TXID %d) of the WAL stream, which others continued to seq %d (epoch %d, TXID %d): "+
+				"opening epoch %d from it would roll the cluster back", ErrBehind, b.Seq, b.Epoch, b.TXID, headSeq, head.Epoch, max(head.MaxTXID, baseTXID(head)), epoch)
+		}
+	}
 	if !atBase || !tailOK {
 		return full("the stream's head (seq %d, epoch %d, TXID %d) is not the recorded position (seq %d, epoch %d, TXID %d)",
 			headSeq, head.Epoch, max(head.MaxTXID, baseTXID(head)), b.Seq, b.Epoch, b.TXID)
@@ -98,6 +105,18 @@ func planStart(ctx context.Context, js jetstream.JetStream, cluster string, epoc
 	}
 	p.how = startContinue
 	return p, nil
+}
+
+// ErrBehind means the database to ship is at an earlier position of the
+// WAL stream's chain: this node must not open an epoch from it.
+var ErrBehind = errors.New("the database is behind the WAL stream")
+
+// isAt reports whether m is the chain position b: a marker continuing
+// from it, or the last chunk of the file that ends at it.
+func isAt(m walstream.Meta, b walstream.Base) bool {
+	return m.Epoch == b.Epoch &&
+		(m.Kind == walstream.KindMarker && m.Base != nil && m.Base.TXID == b.TXID && m.Base.Checksum == b.Checksum ||
+			m.Kind == walstream.KindLTX && m.Last && m.MaxTXID == b.TXID && m.Post == b.Checksum)
 }
 
 // baseTXID is the TXID a marker continues from (0 for other messages).

@@ -215,9 +215,9 @@ func (d *Daemon) reconcile(ctx context.Context, epoch uint64, leading bool, retr
 	defer d.mu.Unlock()
 	d.lastErr = err
 	if err != nil {
-		if errors.Is(err, walstream.ErrFenced) {
+		if errors.Is(err, walstream.ErrFenced) || errors.Is(err, ErrBehind) {
 			d.fencedAt = epoch
-			d.log.Warn("not shipping: epoch fenced", "epoch", epoch, "err", err)
+			d.log.Error("not shipping: epoch refused", "epoch", epoch, "err", err)
 			return err
 		}
 		d.log.Warn("cannot ship yet; retrying", "epoch", epoch, "err", err)
@@ -272,15 +272,18 @@ type Status struct {
 	UnshippedMs    int64  `json:"unshippedMs,omitempty"`
 	// StorageBarrierDown: ccm-storage's barrier gave up and has not
 	// answered since; files ship without waiting for storage.
-	StorageBarrierDown bool   `json:"storageBarrierDown,omitempty"`
-	Error              string `json:"error,omitempty"`
+	StorageBarrierDown bool `json:"storageBarrierDown,omitempty"`
+	// RefusedEpoch is an epoch this node will not ship (fenced, or its
+	// database behind the stream); Error says why.
+	RefusedEpoch uint64 `json:"refusedEpoch,omitempty"`
+	Error        string `json:"error,omitempty"`
 }
 
 // Status reports what is being shipped.
 func (d *Daemon) Status() any {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	st := Status{}
+	st := Status{RefusedEpoch: d.fencedAt}
 	if d.lastErr != nil {
 		st.Error = d.lastErr.Error()
 	}
