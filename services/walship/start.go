@@ -77,10 +77,12 @@ func planStart(ctx context.Context, js jetstream.JetStream, cluster string, epoc
 	}
 	atBase := headSeq == b.Seq && isAt(head, b)
 	tailOK := headSeq == last || m.MinTXID == b.TXID+1 // a cut-short file after the head follows it
-	if b.Seq < headSeq && b.Epoch != epoch {
+	if b.Seq < headSeq && b.Epoch != epoch && head.Epoch != epoch {
 		// The database is at an earlier position of the chain, which
-		// others continued: a full copy of it would roll every node back
-		// (a promotion drained from a stale view of the stream did).
+		// other epochs continued: a full copy of it would roll every node
+		// back (a promotion drained from a stale view of the stream did).
+		// (This epoch's own marker after it is a restart before the new
+		// position was recorded.)
 		if at, err := walstream.At(ctx, s, b.Seq); err == nil && isAt(at, b) {
 			return plan{}, fmt.Errorf("%w: this database is at seq %d (epoch %d, TXID %d) of the WAL stream, which others continued to seq %d (epoch %d, TXID %d): "+
 				"opening epoch %d from it would roll the cluster back", ErrBehind, b.Seq, b.Epoch, b.TXID, headSeq, head.Epoch, max(head.MaxTXID, baseTXID(head)), epoch)
