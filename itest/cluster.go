@@ -16,7 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/convex-cluster-manager/ccm/shared/filestore"
+	"github.com/convex-cluster-manager/ccm/services/elector"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
@@ -424,7 +424,7 @@ func (c *Cluster) Settled(t *testing.T, n *Node, within time.Duration) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	needed := []string{walstream.Stream(c.Name), "KV_" + schema.Bucket(c.Name), "KV_" + filestore.FilesBucket(c.Name), "OBJ_" + filestore.BlobsBucket(c.Name)}
+	needed := elector.FailoverStreams(c.Name)
 	var why string
 	settled := func(name string) bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -28,14 +28,14 @@ var (
 	currentFor = 15 * time.Second
 )
 
-// ledStreams are the streams a failover needs at once: the lease, the WAL
-// stream and the storage manifest and objects.
-func (e *Elector) ledStreams() []string {
+// FailoverStreams are the streams a failover of cluster needs at once:
+// the WAL stream, the storage manifest and objects, and the lease.
+func FailoverStreams(cluster string) []string {
 	return []string{
-		walstream.Stream(e.cluster),
-		"KV_" + filestore.FilesBucket(e.cluster),
-		"OBJ_" + filestore.BlobsBucket(e.cluster),
-		"KV_" + schema.Bucket(e.cluster), // last: the lease pauses least after a renewal
+		walstream.Stream(cluster),
+		"KV_" + filestore.FilesBucket(cluster),
+		"OBJ_" + filestore.BlobsBucket(cluster),
+		"KV_" + schema.Bucket(cluster), // last: the lease pauses least after a renewal
 	}
 }
 
@@ -72,7 +72,7 @@ func (e *Elector) checkStreams(ctx context.Context) {
 	if own == "" {
 		return
 	}
-	for _, name := range e.ledStreams() {
+	for _, name := range FailoverStreams(e.cluster) {
 		s := e.State()
 		if s.Role == schema.RoleStarting {
 			return
