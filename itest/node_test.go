@@ -25,11 +25,18 @@ import (
 // VIP and a short lease, enables ccm.target and waits until it serves.
 func leaderNode(t *testing.T) (*Node, Net, string) {
 	t.Helper()
+	return leaderNodeTTL(t, 3000)
+}
+
+// leaderNodeTTL is leaderNode with a lease of ttlMs (heartbeat a third of
+// it, safety margin 500 ms).
+func leaderNodeTTL(t *testing.T, ttlMs int) (*Node, Net, string) {
+	t.Helper()
 	nw := NewNet(t)
 	n := StartNode(t, nw, "n1", nw.Prefix+".11")
 	vip := nw.Prefix + ".100"
 	n.Init(t, "one", "nats://127.0.0.1:4222", "--vip-address", vip, "--vip-interface", "eth0",
-		"--election-leader-ttl-ms", "3000", "--election-heartbeat-interval-ms", "1000", "--election-safety-margin-ms", "500")
+		"--election-leader-ttl-ms", strconv.Itoa(ttlMs), "--election-heartbeat-interval-ms", strconv.Itoa(ttlMs/3), "--election-safety-margin-ms", "500")
 	n.Must(t, "systemctl", "enable", "--now", "ccm.target")
 	Eventually(t, 30*time.Second, "n1 serves as leader", func() bool {
 		st := n.Status(t)
@@ -149,41 +156,46 @@ func TestWatchdogRestartsHungDaemon(t *testing.T) {
 	}
 }
 
-func TestDeadManSwitch(t *testing.T) {
-	n, _, vip := leaderNode(t)
-	// Follow the leader's role events to know the newest deadline it gave.
+// followDeadline follows n's role events until the test ends and returns
+// the newest lease deadline announced so far, once there is one.
+func followDeadline(t *testing.T, n *Node) func() time.Time {
+	t.Helper()
 	nc, err := nats.Connect("nats://" + n.IP + ":4222")
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(nc.Close)
 	var mu sync.Mutex
 	var deadline time.Time
-	sub, err := nc.Subscribe(schema.RoleSubject("one"), func(m *nats.Msg) {
+	if _, err := nc.Subscribe(schema.RoleSubject("one"), func(m *nats.Msg) {
 		var ev schema.RoleEvent
 		if json.Unmarshal(m.Data, &ev) == nil && ev.Deadline.After(deadline) {
 			mu.Lock()
 			deadline = ev.Deadline
 			mu.Unlock()
 		}
-	})
-	if err != nil {
+	}); err != nil {
 		t.Fatal(err)
 	}
-	Eventually(t, 5*time.Second, "a role event with a deadline", func() bool {
+	newest := func() time.Time {
 		mu.Lock()
 		defer mu.Unlock()
-		return !deadline.IsZero()
-	})
+		return deadline
+	}
+	Eventually(t, 5*time.Second, "a role event with a deadline", func() bool { return !newest().IsZero() })
+	return newest
+}
+
+func TestDeadManSwitch(t *testing.T) {
+	n, _, vip := leaderNode(t)
+	newest := followDeadline(t, n)
 	// Cut the elector and the local NATS away at once; nothing tells the
 	// other daemons to stop: they must enforce the deadline themselves,
 	// even while the backend's health checks hang (each would take the
 	// probe's whole 2 s timeout).
 	n.Must(t, "touch", "/etc/convex/standin.hang")
 	n.Must(t, "sh", "-c", "systemctl kill --signal=SIGKILL ccm-elector nats-server; systemctl stop ccm-elector nats-server")
-	sub.Unsubscribe()
-	nc.Close()
-	mu.Lock()
-	defer mu.Unlock()
+	deadline := newest()
 	Eventually(t, time.Until(deadline)+3*time.Second, "VIP and backend gone", func() bool {
 		return !n.HasVIP(t, vip) && !n.Active(t, "convex-backend")
 	})
@@ -198,32 +210,49 @@ func TestDeadManSwitch(t *testing.T) {
 
 // TestWatchdogAbortEnforcesTheLease: ccm-backend is stopped (SIGSTOP) on
 // the leader while the lease ends, so its loop cannot act on it, until
-// systemd's watchdog aborts it (SIGABRT, with a SIGCONT) — as after a
-// frozen node resumes, when every watchdog fires at once. Before dying
-// it must kill the backend of the lease that ended: without that, Go's
-// default SIGABRT handling exits at once and the restarted ccm-backend
-// killed the backend only 1.6 s later (CI, TestClusterFrozenLeader).
+// systemd's watchdog (10 s) aborts it (SIGABRT, with a SIGCONT) — as after
+// a frozen node resumes, when every watchdog fires at once. Before dying
+// it must kill the backend of the lease that ended, or wait for the end
+// of one that has not (a 14 s lease outlasts the watchdog). Without that,
+// the restarted ccm-backend killed the backend 1.6 s (CI,
+// TestClusterFrozenLeader) to 5 s after the lease's deadline; and the
+// abort, sent to every process of the unit, also killed the systemctl
+// child making the kill.
 func TestWatchdogAbortEnforcesTheLease(t *testing.T) {
-	n, _, _ := leaderNode(t)
-	n.Must(t, "systemctl", "kill", "--signal=SIGSTOP", "ccm-backend")
-	n.Must(t, "sh", "-c", "systemctl kill --signal=SIGKILL ccm-elector nats-server; systemctl stop ccm-elector nats-server")
-	Eventually(t, 30*time.Second, "the watchdog's abort of the stopped ccm-backend, and the backend stopped", func() bool {
-		return !n.Active(t, "convex-backend")
-	})
-	// When each happened, from the journal (microseconds).
-	at := func(grep string) time.Time {
-		t.Helper()
-		out := n.Must(t, "sh", "-c", "journalctl --no-pager -o short-unix | grep -m1 -F '"+grep+"' | cut -d' ' -f1")
-		sec, err := strconv.ParseFloat(strings.TrimSpace(out), 64)
-		if err != nil {
-			t.Fatalf("journal time of %q: %q", grep, out)
-		}
-		return time.Unix(0, int64(sec*1e9))
-	}
-	abort, stopped := at("ccm-backend.service: Watchdog timeout"), at("Stopped convex-backend.service")
-	took := stopped.Sub(abort)
-	t.Logf("backend stopped %s after the watchdog aborted ccm-backend", took.Round(time.Millisecond))
-	if took < 0 || took > 500*time.Millisecond {
-		t.Fatalf("backend of an ended lease stopped %s after ccm-backend's watchdog abort, want it killed on the way out (within 500ms)", took)
+	for _, ttl := range []int{3000, 14000} {
+		t.Run(fmt.Sprintf("ttl=%dms", ttl), func(t *testing.T) {
+			n, _, _ := leaderNodeTTL(t, ttl)
+			newest := followDeadline(t, n)
+			n.Must(t, "systemctl", "kill", "--signal=SIGSTOP", "ccm-backend")
+			n.Must(t, "sh", "-c", "systemctl kill --signal=SIGKILL ccm-elector nats-server; systemctl stop ccm-elector nats-server")
+			deadline := newest()
+			Eventually(t, 30*time.Second, "the watchdog's abort of the stopped ccm-backend, and the backend stopped", func() bool {
+				return !n.Active(t, "convex-backend")
+			})
+			// When each happened, from the journal (microseconds).
+			at := func(grep string) time.Time {
+				t.Helper()
+				out := n.Must(t, "sh", "-c", "journalctl --no-pager -o short-unix | grep -m1 -F '"+grep+"' | cut -d' ' -f1")
+				sec, err := strconv.ParseFloat(strings.TrimSpace(out), 64)
+				if err != nil {
+					t.Fatalf("journal time of %q: %q", grep, out)
+				}
+				return time.Unix(0, int64(sec*1e9))
+			}
+			abort, stopped := at("ccm-backend.service: Watchdog timeout"), at("Stopped convex-backend.service")
+			due := abort
+			if deadline.After(due) {
+				due = deadline
+			}
+			late := stopped.Sub(due)
+			t.Logf("watchdog abort %s after the lease's deadline; backend stopped %s after the later of the two",
+				abort.Sub(deadline).Round(time.Millisecond), late.Round(time.Millisecond))
+			if stopped.Before(deadline) {
+				t.Fatalf("backend stopped %s before the lease's deadline", deadline.Sub(stopped))
+			}
+			if late > 500*time.Millisecond {
+				t.Fatalf("backend stopped %s after the abort and the deadline, want it killed on the way out (within 500ms)", late)
+			}
+		})
 	}
 }
