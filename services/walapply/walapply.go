@@ -70,6 +70,9 @@ type Daemon struct {
 	paused         bool   // drained, for promotion; resumed by the resume endpoint
 	drainTo        uint64 // pause once this stream sequence is consumed
 	following      bool
+	refollow       bool      // a drain saw the consumer stall: start a new one
+	applying       bool      // a message is being handled
+	handledAt      time.Time // when the last message was handled
 	left           bool // ccm leave: stopped, status key removed
 	released       bool // the shadow was handed to ccm-backend on promotion
 	leading        bool // the node led at the last look
@@ -273,6 +276,14 @@ func (d *Daemon) control(ctx context.Context, roles *rolewatch.Tracker) error {
 		if f != nil && f.ended() {
 			f = nil
 		}
+		d.mu.Lock()
+		refollow := d.refollow && f != nil
+		d.refollow = false
+		d.mu.Unlock()
+		if refollow {
+			f.stop()
+			f = nil
+		}
 		switch {
 		case want && f == nil:
 			f = d.startFollower(ctx)
@@ -435,6 +446,9 @@ func (d *Daemon) handle(m jetstream.Msg) error {
 	if err != nil {
 		return fmt.Errorf("%w: message metadata: %w", replica.ErrCorrupt, err)
 	}
+	d.mu.Lock()
+	d.applying = true
+	d.mu.Unlock()
 	d.applyMu.Lock()
 	err = d.applier.Handle(md.Sequence.Stream, m.Headers(), m.Data())
 	pos, consumed := d.applier.Position(), d.applier.Consumed()
@@ -442,6 +456,7 @@ func (d *Daemon) handle(m jetstream.Msg) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.pos, d.consumed = pos, consumed
+	d.applying, d.handledAt = false, time.Now()
 	if err != nil {
 		return err
 	}
@@ -459,6 +474,10 @@ func (d *Daemon) poke() {
 	default:
 	}
 }
+
+// drainStall is how long a drain first waits for the next message before
+// it follows again with a new consumer (doubled at each try).
+const drainStall = time.Second
 
 // Drain applies everything up to the stream's current end, then pauses
 // applying (for a promotion) and returns the position reached.
@@ -503,17 +522,29 @@ func (d *Daemon) Drain(ctx context.Context) (replica.Position, error) {
 	// Logged: a promotion waits on this, and a drain that did not end
 	// once said nothing of why (see the session notes of 2026-12-01).
 	d.log.Info("drain: applying up to the stream's end", "target_seq", target, "consumed_seq", consumed)
-	logged := time.Now()
+	logged, asked, stall := time.Now(), time.Now(), drainStall
 	for {
 		d.mu.Lock()
 		paused, following, failed := d.paused, d.following, d.failed
 		pos, consumed := d.pos, d.consumed
+		idle := !d.applying && time.Since(d.handledAt) > stall && time.Since(asked) > stall
 		d.mu.Unlock()
 		switch {
 		case failed != nil:
 			return replica.Position{}, fmt.Errorf("drain stopped: %w", failed)
 		case paused && !following:
 			return pos, nil
+		case !paused && following && idle:
+			// The consumer may sit on a server cut off from the stream
+			// (a partition): it would notice only after missed
+			// heartbeats and a recreation (30 s seen). A new one is
+			// placed on a server that answers.
+			d.log.Warn("drain: nothing arrived; following again with a new consumer", "target_seq", target, "consumed_seq", consumed, "after", stall)
+			asked, stall = time.Now(), min(2*stall, 8*time.Second) // a consumer's creation may take a while too
+			d.mu.Lock()
+			d.refollow = true
+			d.mu.Unlock()
+			d.poke()
 		case time.Since(logged) > time.Second:
 			logged = time.Now()
 			d.log.Info("drain: still applying", "target_seq", target, "consumed_seq", consumed, "paused", paused, "following", following)
