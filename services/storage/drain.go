@@ -30,6 +30,10 @@ type Drained struct {
 	SetAside string `json:"setAside,omitempty"`
 }
 
+// drainStall is how long a drain first waits for the manifest watch to
+// deliver the next revision before it mirrors afresh (doubled at each try).
+const drainStall = time.Second
+
 // Drain waits until the mirror holds every file of the newest manifest
 // (at most storage.syncTimeoutMs), stops it and moves the mirrored tree
 // into the data path for epoch; a tree already there is set aside, not
@@ -55,6 +59,7 @@ func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
 	if err != nil {
 		return Drained{}, err
 	}
+	seen, moved, stall := uint64(0), time.Now(), drainStall
 	for {
 		d.mu.Lock()
 		st, m, running := d.status, d.mode, d.running
@@ -63,7 +68,21 @@ func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
 			d.mu.Unlock()
 			break
 		}
+		if st.Revision != seen || st.State != schema.StorageSynced {
+			seen, moved = st.Revision, time.Now()
+		} else if time.Since(moved) > stall {
+			// In sync with a watch that delivers nothing: its consumer may
+			// sit on a server cut off from the manifest's stream (a
+			// partition), noticed only after missed heartbeats.
+			d.log.Warn("storage drain: the manifest watch delivers nothing; mirroring afresh", "revision", st.Revision, "target", target, "after", stall)
+			d.remirror = true
+			moved, stall = time.Now(), min(2*stall, 8*time.Second)
+		}
+		remirror := d.remirror
 		d.mu.Unlock()
+		if remirror {
+			d.poke()
+		}
 		select {
 		case <-ctx.Done():
 			return Drained{}, fmt.Errorf("storage mirror not in sync with manifest revision %d after %s (state %s, revision %d, %d/%d files, error %q): %w",

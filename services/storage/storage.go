@@ -69,6 +69,7 @@ type Daemon struct {
 	mode     mode
 	running  bool // the current mode's goroutine runs
 	released bool // the mirror moved into the data path: wait for demotion
+	remirror bool // a drain saw the manifest watch stall: mirror afresh
 	left     bool // ccm leave: do nothing until restarted
 	leading  bool
 	loopAt   time.Time
@@ -120,9 +121,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		want, epoch := d.wanted(time.Now())
 		d.mu.Lock()
 		d.loopAt = time.Now()
-		running := d.running
+		running, remirror := d.running, d.remirror
+		d.remirror = false
 		d.mu.Unlock()
-		if stop != nil && (want != cur || !running) {
+		if stop != nil && (want != cur || !running || remirror) {
 			stop()
 			<-done
 			stop = nil
