@@ -73,9 +73,9 @@ type Daemon struct {
 	refollow       bool      // a drain saw the consumer stall: start a new one
 	applying       bool      // a message is being handled
 	handledAt      time.Time // when the last message was handled
-	left           bool // ccm leave: stopped, status key removed
-	released       bool // the shadow was handed to ccm-backend on promotion
-	leading        bool // the node led at the last look
+	left           bool      // ccm leave: stopped, status key removed
+	released       bool      // the shadow was handed to ccm-backend on promotion
+	leading        bool      // the node led at the last look
 	status         schema.ApplyStatus
 	loopAt         time.Time
 }
