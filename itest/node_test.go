@@ -253,6 +253,17 @@ func TestWatchdogAbortEnforcesTheLease(t *testing.T) {
 			if late > 500*time.Millisecond {
 				t.Fatalf("backend stopped %s after the abort and the deadline, want it killed on the way out (within 500ms)", late)
 			}
+			// Then it dies of the abort, as a daemon the watchdog aborts
+			// should (once, the abort's re-raise was ignored and systemd
+			// killed it 15 s later).
+			var exit string
+			Eventually(t, 20*time.Second, "ccm-backend's exit after the abort", func() bool {
+				_, exit = n.Exec(t, "sh", "-c", "journalctl --no-pager -u ccm-backend | grep -m1 'Main process exited'")
+				return exit != ""
+			})
+			if strings.Contains(exit, "status=9/KILL") || time.Since(due) > 10*time.Second {
+				t.Fatalf("ccm-backend did not exit by itself after the abort: %s", strings.TrimSpace(exit))
+			}
 		})
 	}
 }

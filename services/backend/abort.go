@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 )
@@ -20,7 +21,7 @@ const (
 )
 
 // enforceOnAbort handles the SIGABRT of systemd's watchdog until ctx ends:
-// before dying as usual (re-raised: goroutine dump, restart), it kills the
+// before dying as usual (goroutine dump, restart), it kills the
 // backend if the lease this node held has ended, waiting for its deadline
 // if it is still running and not renewed. After a freeze (a paused VM or
 // container) the watchdog fires at the resume, before the loop can act on
@@ -39,7 +40,7 @@ func (d *Daemon) enforceOnAbort(ctx context.Context) {
 	// systemd sends the abort to every process of the unit, again and
 	// again until they are gone: the systemctl children making the kill
 	// died of it too. Ignored here, it is ignored in them (an ignored
-	// signal survives exec); re-raised below once the kill is done.
+	// signal survives exec).
 	signal.Ignore(syscall.SIGABRT)
 	if d.leaseEnds(time.Now().Add(abortWaitMax)) {
 		kctx, cancel := context.WithTimeout(context.Background(), abortKillTimeout)
@@ -47,8 +48,11 @@ func (d *Daemon) enforceOnAbort(ctx context.Context) {
 		cancel()
 		d.log.Error("aborted by the watchdog while not leading: killed the backend before exiting", "unit", d.unit.unit, "err", err)
 	}
-	signal.Reset(syscall.SIGABRT)
-	syscall.Kill(os.Getpid(), syscall.SIGABRT)
+	// Die as the abort would have (an ignored signal cannot be restored
+	// to Go's handler, so a re-raise would be ignored too): every
+	// goroutine's stack, exit status 2.
+	debug.SetTraceback("all")
+	panic("aborted by systemd's watchdog")
 }
 
 // leaseEnds reports whether the node does not lead, waiting (until limit

@@ -73,7 +73,7 @@ var _ daemon.Daemon = (*Daemon)(nil)
 
 // New returns the backend daemon for env.
 func New(env daemon.Env) (*Daemon, error) {
-	d := &Daemon{cfg: env.Config, nc: env.NC, log: env.Log, unit: systemctl{unit: env.Config.Backend.ServiceName},
+	d := &Daemon{cfg: env.Config, nc: env.NC, log: env.Log, unit: newSystemctl(env.Config.Backend.ServiceName),
 		http: &http.Client{Timeout: 2 * time.Second}, ready: make(chan struct{}), loopAt: time.Now(),
 		health: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_backend_healthy", Help: "1 while the backend answers its health check here."})}
 	if env.Metrics != nil {
@@ -123,6 +123,25 @@ func (d *Daemon) reconcile(ctx context.Context) {
 	defer d.opMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	settled := d.roles.Settled(time.Now())
+	epoch, deadline, leading := d.roles.Leading(time.Now())
+	_, serving := d.roles.Serving(time.Now())
+	d.mu.Lock()
+	demoted := settled && d.led && !leading
+	if settled {
+		d.led = leading
+	}
+	d.mu.Unlock()
+	if demoted {
+		// The lease ended (or the node was demoted): kill before asking
+		// anything. After a frozen node resumed, asking systemd for the
+		// unit's state first took 850 ms, with a new leader serving (CI).
+		if err := d.unit.kill(ctx); err != nil {
+			d.log.Debug("kill on demotion", "err", err) // not running: the state below says
+		}
+		d.log.Warn("no longer the leader: backend killed; the data path's database is set aside, not merged; any change in it that did not reach the WAL stream stays there until the next promotion moves it under "+d.cfg.Backend.DataPath+"/.ccm-set-aside",
+			"path", d.cfg.Backend.DBPath())
+	}
 	st, err := d.unit.state(ctx)
 	d.mu.Lock()
 	d.loopAt, d.state, d.lastErr = time.Now(), st, err
@@ -131,18 +150,8 @@ func (d *Daemon) reconcile(ctx context.Context) {
 		d.log.Error("unit state", "err", err)
 		return
 	}
-	if !d.roles.Settled(time.Now()) {
+	if !settled {
 		return // just restarted: the elector's next event says whether this node leads
-	}
-	epoch, deadline, leading := d.roles.Leading(time.Now())
-	_, serving := d.roles.Serving(time.Now())
-	d.mu.Lock()
-	demoted := d.led && !leading
-	d.led = leading
-	d.mu.Unlock()
-	if demoted {
-		d.log.Warn("no longer the leader: the data path's database is set aside, not merged; any change in it that did not reach the WAL stream stays there until the next promotion moves it under "+d.cfg.Backend.DataPath+"/.ccm-set-aside",
-			"path", d.cfg.Backend.DBPath())
 	}
 	switch {
 	case !leading && running(st):

@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 )
 
 // systemctl controls the backend's unit with systemctl(1), argument vectors
@@ -14,6 +19,13 @@ import (
 // every call is bounded by its context.
 type systemctl struct {
 	unit string
+	// cgroup is the unit's control group as of the last state query
+	// (for a kill that does not wait for systemd).
+	cgroup *atomic.Pointer[string]
+}
+
+func newSystemctl(unit string) systemctl {
+	return systemctl{unit: unit, cgroup: new(atomic.Pointer[string])}
 }
 
 func (s systemctl) run(ctx context.Context, args ...string) (string, error) {
@@ -27,13 +39,29 @@ func (s systemctl) run(ctx context.Context, args ...string) (string, error) {
 	return out.String(), nil
 }
 
-// state returns the unit's ActiveState (active, inactive, failed, activating…).
+// state returns the unit's ActiveState (active, inactive, failed,
+// activating…), and notes its control group.
 func (s systemctl) state(ctx context.Context) (string, error) {
-	out, err := s.run(ctx, "show", "--property=ActiveState", "--value", s.unit)
+	out, err := s.run(ctx, "show", "--property=ActiveState,ControlGroup", s.unit)
 	if err != nil {
 		return "", err
 	}
-	return strings.TrimSpace(out), nil
+	var state string
+	for _, line := range strings.Split(out, "\n") {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), "=")
+		switch k {
+		case "ActiveState":
+			state = v
+		case "ControlGroup":
+			if v != "" {
+				s.cgroup.Store(&v)
+			}
+		}
+	}
+	if state == "" {
+		return "", fmt.Errorf("systemctl show %s: no ActiveState in %q", s.unit, out)
+	}
+	return state, nil
 }
 
 // start starts the unit, clearing a failed state first.
@@ -50,12 +78,37 @@ func (s systemctl) stop(ctx context.Context) error {
 	return err
 }
 
-// kill stops the unit at once: the dead-man switch, when the lease is gone.
+// kill stops the unit at once: the dead-man switch, when the lease is
+// gone. Its processes are killed first without asking systemd (after a
+// frozen node resumes, systemd is busy with every daemon's watchdog and
+// answered in 600-850 ms), then through it.
 func (s systemctl) kill(ctx context.Context) error {
+	s.killGroup()
 	if _, err := s.run(ctx, "kill", "--signal=SIGKILL", s.unit); err != nil {
 		return err
 	}
 	return s.stop(ctx)
+}
+
+// killGroup sends SIGKILL to every process of the unit's control group
+// (cgroup v2, or v1's systemd hierarchy), as last seen by state.
+func (s systemctl) killGroup() {
+	cg := s.cgroup.Load()
+	if cg == nil || !strings.HasPrefix(filepath.Base(*cg), strings.TrimSuffix(s.unit, ".service")) {
+		return // never a group that is not the unit's own
+	}
+	for _, root := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/systemd"} {
+		procs, err := os.ReadFile(filepath.Join(root, *cg, "cgroup.procs"))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(procs)) {
+			if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		return
+	}
 }
 
 // running reports whether the unit is active or on its way.

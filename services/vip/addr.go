@@ -46,7 +46,10 @@ func (r iproute) has(ctx context.Context, iface, cidr string) (bool, error) {
 // seconds: the kernel removes the address when it ends, whether or not
 // ccm-vip still runs (a frozen or killed ccm-vip cannot release it).
 func (r iproute) hold(ctx context.Context, iface, cidr string, lifetime time.Duration) error {
-	secs := strconv.Itoa(max(int(lifetime/time.Second), 1))
+	if lifetime < time.Second {
+		return fmt.Errorf("lifetime %s: under the kernel's smallest (1 s)", lifetime)
+	}
+	secs := strconv.Itoa(int(lifetime / time.Second))
 	_, err := r.run(ctx, "ip", "addr", "replace", cidr, "dev", iface, "valid_lft", secs, "preferred_lft", secs)
 	return err
 }

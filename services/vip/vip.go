@@ -168,7 +168,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // reconcile adds or removes the VIP; it reports whether it just added it.
 // A held VIP carries the lease's deadline as its kernel lifetime (whole
-// seconds, so at most a second beyond it), extended as the lease is
+// seconds, rounded down: never beyond it), extended as the lease is
 // renewed: if ccm-vip is frozen or killed while leading, the kernel still
 // removes the VIP about when the lease ends — a paused node that resumes
 // no longer holds it beside the new leader.
@@ -182,10 +182,23 @@ func (d *Daemon) reconcile(ctx context.Context, want bool, deadline time.Time) b
 		return false
 	}
 	switch {
+	case want && (!has || deadline.After(d.heldUntil)) && time.Until(deadline) < time.Second:
+		// Less than the kernel's smallest lifetime left: the next renewal
+		// extends it (a lifetime rounded up to 1 s outlived the lease).
+		return false
 	case want && (!has || deadline.After(d.heldUntil)):
 		if err := d.ip.hold(ctx, d.cfg.Interface, d.cidr, time.Until(deadline)); err != nil {
 			d.fail(err)
 			return false
+		}
+		if time.Now().After(deadline) {
+			// The lease ended during the call (a frozen node resumed):
+			// the lifetime given was measured before.
+			if err := d.ip.del(ctx, d.cfg.Interface, d.cidr); err != nil {
+				d.fail(err)
+			}
+			d.set(false)
+			return true
 		}
 		d.heldUntil = deadline
 		d.fail(nil)
