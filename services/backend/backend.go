@@ -123,26 +123,12 @@ func (d *Daemon) reconcile(ctx context.Context) {
 	defer d.opMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	settled := d.roles.Settled(time.Now())
-	epoch, deadline, leading := d.roles.Leading(time.Now())
-	_, serving := d.roles.Serving(time.Now())
-	d.mu.Lock()
-	demoted := settled && d.led && !leading
-	if settled {
-		d.led = leading
-	}
-	d.mu.Unlock()
-	if demoted {
-		// The lease ended (or the node was demoted): kill before asking
-		// anything. After a frozen node resumed, asking systemd for the
-		// unit's state first took 850 ms, with a new leader serving (CI).
-		if err := d.unit.kill(ctx); err != nil {
-			d.log.Debug("kill on demotion", "err", err) // not running: the state below says
-		}
-		d.log.Warn("no longer the leader: backend killed; the data path's database is set aside, not merged; any change in it that did not reach the WAL stream stays there until the next promotion moves it under "+d.cfg.Backend.DataPath+"/.ccm-set-aside",
-			"path", d.cfg.Backend.DBPath())
-	}
+	d.enforceLease(ctx)
 	st, err := d.unit.state(ctx)
+	// Again: the query may have outlasted the lease (a node frozen
+	// meanwhile resumed, and the query failed: 1 s went by before the
+	// next look).
+	d.enforceLease(ctx)
 	d.mu.Lock()
 	d.loopAt, d.state, d.lastErr = time.Now(), st, err
 	d.mu.Unlock()
@@ -150,9 +136,11 @@ func (d *Daemon) reconcile(ctx context.Context) {
 		d.log.Error("unit state", "err", err)
 		return
 	}
-	if !settled {
+	if !d.roles.Settled(time.Now()) {
 		return // just restarted: the elector's next event says whether this node leads
 	}
+	epoch, deadline, leading := d.roles.Leading(time.Now())
+	_, serving := d.roles.Serving(time.Now())
 	switch {
 	case !leading && running(st):
 		// Not the leader (any more): the deadline passed or the node was
@@ -171,6 +159,32 @@ func (d *Daemon) reconcile(ctx context.Context) {
 	default:
 		d.setHealth(false)
 	}
+}
+
+// enforceLease kills the backend as soon as the node stops leading (the
+// lease ended or the node was demoted), before asking systemd anything:
+// after a frozen node resumed, asking for the unit's state first took
+// 850 ms with a new leader serving (CI).
+func (d *Daemon) enforceLease(ctx context.Context) {
+	if !d.roles.Settled(time.Now()) {
+		return
+	}
+	_, _, leading := d.roles.Leading(time.Now())
+	d.mu.Lock()
+	demoted := d.led && !leading
+	d.led = leading
+	d.mu.Unlock()
+	if !demoted {
+		return
+	}
+	// Its own bound: the reconcile's may have run out while frozen.
+	kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortKillTimeout)
+	defer cancel()
+	if err := d.unit.kill(kctx); err != nil {
+		d.log.Debug("kill on demotion", "err", err) // not running: the state query says
+	}
+	d.log.Warn("no longer the leader: backend killed; the data path's database is set aside, not merged; any change in it that did not reach the WAL stream stays there until the next promotion moves it under "+d.cfg.Backend.DataPath+"/.ccm-set-aside",
+		"path", d.cfg.Backend.DBPath())
 }
 
 func (d *Daemon) isHeld() bool {

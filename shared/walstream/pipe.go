@@ -190,7 +190,11 @@ func (p *pipe) stored(ctx context.Context) (int, error) {
 	}
 	confirmed, last := p.a.lastSeq.Load(), info.State.LastSeq
 	if last < confirmed {
-		return 0, fmt.Errorf("%w: its last sequence is %d, before our %d", ErrFenced, last, confirmed)
+		// Stored messages do not vanish: this is a stale view (a server
+		// that resumed after a freeze answered with the stream as it was
+		// 40 s before, and the leader stepped down for nothing). Read
+		// again, until the lease ends.
+		return 0, fmt.Errorf("stale view of the WAL stream: its last sequence is %d, before our acknowledged %d", last, confirmed)
 	}
 	if last > confirmed+uint64(len(p.q)) {
 		return 0, fmt.Errorf("%w: it holds %d messages after our seq %d, more than the %d we sent", ErrFenced, last-confirmed, confirmed, len(p.q))
