@@ -253,9 +253,9 @@ func TestClusterFrozenLeader(t *testing.T) {
 	r := c.CheckerReport(t)
 	t.Logf("frozen leader resumed: two VIP holders for %s, two backends for %s (sampled every %s)",
 		r.VIPOverlap.Round(time.Millisecond), r.BackendOverlap.Round(time.Millisecond), r.Interval.Round(time.Millisecond))
-	if r.VIPOverlap > 0 || r.BackendOverlap > 500*time.Millisecond || r.VIPs > 1 || r.Backends > 2 {
+	if r.VIPOverlap > 0 || r.BackendOverlap > 100*time.Millisecond || r.VIPs > 1 || r.Backends > 2 {
 		_, log := old.Exec(t, "sh", "-c", fmt.Sprintf("journalctl --no-pager -o short-precise --since=@%d -u ccm-vip -u ccm-backend -u convex-backend -u ccm-elector | grep -E 'msg|systemd' | cut -c1-260 | head -60", paused.Unix()))
-		t.Fatalf("the resumed leader kept serving beside the new one (no second VIP holder, two backends for at most 500ms allowed); its log:\n%s", log)
+		t.Fatalf("the resumed leader kept serving beside the new one (no second VIP holder, two backends for at most 100ms allowed); its log:\n%s", log)
 	}
 }
 
