@@ -150,12 +150,20 @@ func TestVIPFollowsReadyLeaderWithDeadline(t *testing.T) {
 	publish(schema.RolePassive, false, time.Time{})
 	waitHas(false, time.Second)
 
+	// Less than the kernel's smallest lifetime (1 s) left: not added (it
+	// would outlive the lease).
+	publish(schema.RoleLeader, true, time.Now().Add(600*time.Millisecond))
+	time.Sleep(300 * time.Millisecond)
+	if has() {
+		t.Fatal("VIP added for a lease with 600ms left: its 1 s kernel lifetime outlives the lease")
+	}
+
 	// Dead-man switch: a leader event that is not renewed expires on its own.
-	publish(schema.RoleLeader, true, time.Now().Add(800*time.Millisecond))
+	publish(schema.RoleLeader, true, time.Now().Add(1500*time.Millisecond))
 	waitHas(true, time.Second)
 	start := time.Now()
 	waitHas(false, 2*time.Second)
-	t.Logf("VIP dropped %s after the last event, deadline was 800ms", time.Since(start))
+	t.Logf("VIP dropped %s after the last event, deadline was 1.5s", time.Since(start))
 
 	// Added by hand on a non-leader: removed by the reconcile loop.
 	nsOut(t, a, "ip", "addr", "add", vipAddr+"/24", "dev", iface)
