@@ -346,3 +346,95 @@ WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 1024) INS
 		sameEverywhere(next, c.others(next)...)
 	})
 }
+
+// TestClusterLeaderCutFromNATS stops (SIGSTOP) the leader's own NATS
+// server, so that the leader's daemons reach no NATS at all while its
+// backend keeps acknowledging writes. With wal.maxUnshippedMs (1 s here)
+// the backend is frozen once committed changes wait longer than that:
+//   - resumed within the lease, the backend is thawed, not restarted (same
+//     InvocationID), and nothing acknowledged is lost;
+//   - held longer than the TTL, the frozen backend is killed at the lease's
+//     end, another node serves, and the acknowledged writes lost are at
+//     most those of the bound (plus a guard tick and a capture interval)
+//     after the cut. Before the bound, the leader acknowledged writes until
+//     its lease ended: all 44 of a 9 s window were lost (TTL 10 s).
+func TestClusterLeaderCutFromNATS(t *testing.T) {
+	c := StartCluster(t, ClusterOptions{TTLMs: 10000, HeartbeatMs: 3000, MarginMs: 1000})
+	c.WaitPassivesCaughtUp(t, 2*time.Minute)
+	old := c.Leader(t)
+	if !c.Settled(t, old, 2*time.Minute) {
+		t.Fatal("the NATS cluster did not settle (every replica current, no stream led by the leader's server) within 2 minutes")
+	}
+	invocation := func() string {
+		return strings.TrimSpace(old.Must(t, "systemctl", "show", "--property=InvocationID", "--value", "convex-backend"))
+	}
+	journal := func(since time.Time, grep string) string {
+		_, out := old.Exec(t, "sh", "-c", fmt.Sprintf("journalctl --no-pager -o cat --since=@%d -u ccm-backend | grep -F '%s' | head -3", since.Unix(), grep))
+		return strings.TrimSpace(out)
+	}
+	const bound, slack = 1000 * time.Millisecond, 300 * time.Millisecond // slack: a guard tick, a capture interval, the writer's clock
+	stopNATS := func() time.Time {
+		old.Must(t, "systemctl", "kill", "--signal=SIGSTOP", "nats-server")
+		return time.Now()
+	}
+	resumeNATS := func() { old.Must(t, "systemctl", "kill", "--signal=SIGCONT", "nats-server") }
+
+	t.Run("resumed within the lease", func(t *testing.T) {
+		w := c.StartWriter(t)
+		time.Sleep(time.Second)
+		before := invocation()
+		cut := stopNATS()
+		time.Sleep(3 * time.Second)
+		resumeNATS()
+		Eventually(t, 20*time.Second, old.Name+"'s backend thawed", func() bool { return journal(cut, "backend thawed") != "" })
+		time.Sleep(time.Second)
+		acks := w.Stop(t)
+		if got := c.Leader(t); got != old {
+			t.Fatalf("%s leads after a cut shorter than the lease, want %s still", got.Name, old.Name)
+		}
+		t.Logf("frozen: %s", journal(cut, "backend frozen"))
+		t.Logf("thawed: %s", journal(cut, "backend thawed"))
+		if after := invocation(); after != before {
+			t.Fatalf("backend restarted (InvocationID %s, then %s), want it frozen and thawed", before, after)
+		}
+		c.WaitPassivesCaughtUp(t, 60*time.Second)
+		lost, gap := c.Lost(t, acks)
+		t.Logf("3 s cut of %s's NATS: %d acks, %d lost, longest gap %s", old.Name, len(acks), len(lost), gap.Round(time.Millisecond))
+		if len(lost) > 0 {
+			t.Fatalf("acknowledged writes lost after a cut within the lease: %v", lost)
+		}
+	})
+
+	t.Run("longer than the lease", func(t *testing.T) {
+		c.StartChecker(t)
+		w := c.StartWriter(t)
+		time.Sleep(time.Second)
+		cut := stopNATS()
+		resumed := sync.OnceFunc(resumeNATS)
+		defer resumed()
+		next := c.WaitTakeover(t, old, 90*time.Second)
+		t.Logf("%s holds the VIP %s after the cut", next.Name, time.Since(cut).Round(time.Millisecond))
+		time.Sleep(3 * time.Second)
+		resumed()
+		c.WaitServing(t, next, 60*time.Second)
+		c.WaitPassivesCaughtUp(t, 90*time.Second)
+		acks := w.Stop(t)
+		lost, gap := c.Lost(t, acks)
+		var late []string
+		for _, v := range lost {
+			if at := acks[v]; at.Before(cut.Add(-slack)) || at.After(cut.Add(bound+slack)) {
+				late = append(late, fmt.Sprintf("%s (acknowledged %s after the cut)", v, acks[v].Sub(cut).Round(time.Millisecond)))
+			}
+		}
+		t.Logf("cut of %s's NATS beyond the lease: %d acks, %d lost, longest gap %s", old.Name, len(acks), len(lost), gap.Round(time.Millisecond))
+		t.Logf("frozen: %s", journal(cut, "backend frozen"))
+		r := c.CheckerReport(t)
+		t.Logf("two VIP holders for %s, two backends for %s (sampled every %s)", r.VIPOverlap, r.BackendOverlap, r.Interval.Round(time.Millisecond))
+		if r.VIPOverlap > 0 || r.BackendOverlap > 0 {
+			t.Errorf("two VIP holders for %s, two backends for %s", r.VIPOverlap, r.BackendOverlap)
+		}
+		if len(late) > 0 {
+			t.Fatalf("acknowledged writes lost outside the cut's first %s (wal.maxUnshippedMs): %v", bound, late)
+		}
+	})
+}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -48,12 +49,16 @@ var ErrNotLeader = rolewatch.ErrNotLeading
 type Daemon struct {
 	cfg    config.Config
 	nc     *nats.Conn
+	js     jetstream.JetStream
 	log    *slog.Logger
 	unit   systemctl
 	http   *http.Client
 	ready  chan struct{}
 	roles  *rolewatch.Tracker
 	health prometheus.Gauge
+	// frozen and freezes: the backend frozen by the guard (freeze.go).
+	frozen  prometheus.Gauge
+	freezes prometheus.Counter
 
 	opMu sync.Mutex     // one of prepare, start, stop, reconcile at a time
 	wg   sync.WaitGroup // hand-over requests in flight, the abort handler
@@ -63,8 +68,10 @@ type Daemon struct {
 	healthy   bool
 	failures  int // consecutive failed health checks on the ready leader
 	handedOff uint64
-	led       bool // the node led at the last reconcile
-	held      bool // stopped on request (a demotion): not restarted until Start
+	led       bool      // the node led at the last reconcile
+	held      bool      // stopped on request (a demotion): not restarted until Start
+	frozenAt  time.Time // the guard froze the backend then (zero: not frozen)
+	frozenWhy string
 	lastErr   error
 	loopAt    time.Time
 }
@@ -73,11 +80,19 @@ var _ daemon.Daemon = (*Daemon)(nil)
 
 // New returns the backend daemon for env.
 func New(env daemon.Env) (*Daemon, error) {
-	d := &Daemon{cfg: env.Config, nc: env.NC, log: env.Log, unit: newSystemctl(env.Config.Backend.ServiceName),
+	js, err := jetstream.New(env.NC)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	d := &Daemon{cfg: env.Config, nc: env.NC, js: js, log: env.Log, unit: newSystemctl(env.Config.Backend.ServiceName),
 		http: &http.Client{Timeout: 2 * time.Second}, ready: make(chan struct{}), loopAt: time.Now(),
-		health: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_backend_healthy", Help: "1 while the backend answers its health check here."})}
+		health: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_backend_healthy", Help: "1 while the backend answers its health check here."}),
+		frozen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_backend_frozen",
+			Help: "1 while the backend is frozen because the leader's committed changes wait longer than wal.maxUnshippedMs to be shipped."}),
+		freezes: prometheus.NewCounter(prometheus.CounterOpts{Name: "ccm_backend_freezes_total",
+			Help: "Times the backend was frozen because committed changes were not shipped within wal.maxUnshippedMs."})}
 	if env.Metrics != nil {
-		env.Metrics.MustRegister(d.health)
+		env.Metrics.MustRegister(d.health, d.frozen, d.freezes)
 	}
 	return d, nil
 }
@@ -93,10 +108,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.roles = roles
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	d.wg.Add(1)
+	d.wg.Add(3)
 	go func() {
 		defer d.wg.Done()
 		d.enforceOnAbort(ctx)
+	}()
+	go func() {
+		defer d.wg.Done()
+		d.guard(ctx)
+	}()
+	go func() {
+		defer d.wg.Done()
+		daemon.PublishStatus(ctx, d.js, d.cfg.ClusterID, schema.BackendKey(d.cfg.NodeID), d.log, func() (any, bool) { return d.Status(), true })
 	}()
 	close(d.ready)
 	for {
@@ -149,7 +172,10 @@ func (d *Daemon) reconcile(ctx context.Context) {
 		if err := d.unit.kill(ctx); err != nil {
 			d.fail(err)
 		}
+		d.unfrozen()
 		d.setHealth(false)
+	case serving && d.isFrozen():
+		// Frozen by the guard: it cannot answer, and that is not a failure.
 	case serving && !d.isHeld():
 		// A health check never outlives the lease: a hung backend must
 		// not delay the dead-man switch past the deadline.
@@ -183,6 +209,7 @@ func (d *Daemon) enforceLease(ctx context.Context) {
 	if err := d.unit.kill(kctx); err != nil {
 		d.log.Debug("kill on demotion", "err", err) // not running: the state query says
 	}
+	d.unfrozen()
 	d.log.Warn("no longer the leader: backend killed; the data path's database is set aside, not merged; any change in it that did not reach the WAL stream stays there until the next promotion moves it under "+d.cfg.Backend.DataPath+"/.ccm-set-aside",
 		"path", d.cfg.Backend.DBPath())
 }
@@ -293,7 +320,7 @@ func (d *Daemon) Prepare(ctx context.Context, epoch uint64) error {
 	}
 	d.opMu.Lock()
 	defer d.opMu.Unlock()
-	if err := d.unit.stop(ctx); err != nil {
+	if err := d.stopUnit(ctx); err != nil {
 		return err
 	}
 	shadow := d.cfg.ShadowPath()
@@ -393,7 +420,24 @@ func (d *Daemon) Stop(ctx context.Context) error {
 	d.held = true // the health checks must not start it again
 	d.mu.Unlock()
 	d.setHealth(false)
-	return d.unit.stop(ctx)
+	return d.stopUnit(ctx)
+}
+
+// stopUnit stops the backend gracefully, or kills it if it is frozen.
+func (d *Daemon) stopUnit(ctx context.Context) error {
+	err := d.unit.stop(ctx, d.isFrozen())
+	if err == nil {
+		d.unfrozen()
+	}
+	return err
+}
+
+// unfrozen records that the backend's processes are gone.
+func (d *Daemon) unfrozen() {
+	d.mu.Lock()
+	d.frozenAt, d.frozenWhy = time.Time{}, ""
+	d.mu.Unlock()
+	d.frozen.Set(0)
 }
 
 // Ready is closed once role events are followed.
@@ -414,19 +458,16 @@ func (d *Daemon) Healthy() error {
 }
 
 // Status is the reply of the status endpoint.
-type Status struct {
-	Unit     string `json:"unit"`
-	State    string `json:"state"`
-	Healthy  bool   `json:"healthy"`
-	Failures int    `json:"failures,omitempty"`
-	Error    string `json:"error,omitempty"`
-}
+type Status = schema.BackendStatus
 
-// Status reports the unit and its health.
+// Status reports the unit, its health and whether it is frozen.
 func (d *Daemon) Status() any {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	st := Status{Unit: d.unit.unit, State: d.state, Healthy: d.healthy, Failures: d.failures}
+	st := Status{Node: d.cfg.NodeID, Unit: d.unit.unit, State: d.state, Healthy: d.healthy, Failures: d.failures, UpdatedAt: time.Now()}
+	if !d.frozenAt.IsZero() {
+		st.Frozen, st.FrozenReason, st.FrozenMs = true, d.frozenWhy, time.Since(d.frozenAt).Milliseconds()
+	}
 	if d.lastErr != nil {
 		st.Error = d.lastErr.Error()
 	}
@@ -436,6 +477,9 @@ func (d *Daemon) Status() any {
 // StatusLine summarises the state for systemctl status.
 func (d *Daemon) StatusLine() string {
 	st := d.Status().(Status)
+	if st.Frozen {
+		return fmt.Sprintf("%s %s, FROZEN for %.1fs: %s", st.Unit, st.State, float64(st.FrozenMs)/1000, st.FrozenReason)
+	}
 	return fmt.Sprintf("%s %s, healthy %v", st.Unit, st.State, st.Healthy)
 }
 

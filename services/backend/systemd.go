@@ -72,8 +72,13 @@ func (s systemctl) start(ctx context.Context) error {
 }
 
 // stop stops the unit gracefully (its KillSignal: SIGINT for the backend,
-// which drains) and waits for it.
-func (s systemctl) stop(ctx context.Context) error {
+// which drains) and waits for it. A frozen backend is killed instead: it
+// could not drain, and thawed it would acknowledge writes that cannot be
+// shipped.
+func (s systemctl) stop(ctx context.Context, frozen bool) error {
+	if frozen {
+		return s.kill(ctx)
+	}
 	_, err := s.run(ctx, "stop", s.unit)
 	return err
 }
@@ -83,16 +88,25 @@ func (s systemctl) stop(ctx context.Context) error {
 // frozen node resumes, systemd is busy with every daemon's watchdog and
 // answered in 600-850 ms), then through it.
 func (s systemctl) kill(ctx context.Context) error {
-	s.killGroup()
+	s.signalGroup(sigKill)
 	if _, err := s.run(ctx, "kill", "--signal=SIGKILL", s.unit); err != nil {
 		return err
 	}
-	return s.stop(ctx)
+	_, err := s.run(ctx, "stop", s.unit)
+	return err
 }
 
-// killGroup sends SIGKILL to every process of the unit's control group
-// (cgroup v2, or v1's systemd hierarchy), as last seen by state.
-func (s systemctl) killGroup() {
+// Signals for signalGroup.
+const (
+	sigKill = syscall.SIGKILL
+	sigStop = syscall.SIGSTOP // freezes: kept with its state, SIGKILL still ends it
+	sigCont = syscall.SIGCONT
+)
+
+// signalGroup sends sig to every process of the unit's control group
+// (cgroup v2, or v1's systemd hierarchy), as last seen by state, without
+// asking systemd. (systemd's own freezer needs cgroup v2.)
+func (s systemctl) signalGroup(sig syscall.Signal) {
 	cg := s.cgroup.Load()
 	if cg == nil || !strings.HasPrefix(filepath.Base(*cg), strings.TrimSuffix(s.unit, ".service")) {
 		return // never a group that is not the unit's own
@@ -104,7 +118,7 @@ func (s systemctl) killGroup() {
 		}
 		for _, f := range strings.Fields(string(procs)) {
 			if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
-				syscall.Kill(pid, syscall.SIGKILL)
+				syscall.Kill(pid, sig)
 			}
 		}
 		return

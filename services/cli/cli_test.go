@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/convex-cluster-manager/ccm/services/cli"
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
@@ -32,6 +34,7 @@ func ccm(t *testing.T, args ...string) (string, int) {
 type fixture struct {
 	nodes []*et.Node
 	conf  map[string]string // node ID -> config file written by ccm init
+	url   string            // the NATS server's
 }
 
 // startCluster writes each node's config with `ccm init` and runs its elector.
@@ -39,7 +42,7 @@ func startCluster(t *testing.T) *fixture {
 	t.Helper()
 	srv := natstest.Server(t)
 	dir := t.TempDir()
-	f := &fixture{conf: map[string]string{}}
+	f := &fixture{conf: map[string]string{}, url: srv.ClientURL()}
 	for _, id := range []string{"n1", "n2", "n3"} {
 		path := filepath.Join(dir, id+".json")
 		if out, code := ccm(t, "init", "--config", path, "--cluster-id", "demo", "--node-id", id,
@@ -97,6 +100,36 @@ func TestStatusJSON(t *testing.T) {
 	out, code := ccm(t, "status", "--config", f.conf["n1"])
 	if code != 0 || !strings.Contains(out, "leader "+leader.ID) || !strings.Contains(out, "NODE") {
 		t.Errorf("table status: %d %q", code, out)
+	}
+}
+
+// TestStatusShowsAFrozenBackend: a backend frozen by ccm-backend (its
+// leader's changes not shipped within wal.maxUnshippedMs) shows in the
+// table and in --json, with the reason, from its node's backend key.
+func TestStatusShowsAFrozenBackend(t *testing.T) {
+	f := startCluster(t)
+	leader := et.Leaders(f.nodes)[0]
+	js, err := jetstream.New(natstest.Connect(t, f.url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(context.Background(), schema.Bucket("demo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	frozen, _ := json.Marshal(schema.BackendStatus{Node: leader.ID, Unit: "convex-backend", State: "active", Frozen: true,
+		FrozenMs: 1500, FrozenReason: "ccm-walship does not answer", UpdatedAt: time.Now()})
+	if _, err := kv.Put(context.Background(), schema.BackendKey(leader.ID), frozen); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range status(t, f.conf["n1"]).Nodes {
+		if n.ID == leader.ID && (n.Backend == nil || !n.Backend.Frozen || n.Backend.FrozenReason != "ccm-walship does not answer") {
+			t.Fatalf("status --json of %s: backend %+v, want frozen with its reason", n.ID, n.Backend)
+		}
+	}
+	out, code := ccm(t, "status", "--config", f.conf["n1"])
+	if code != 0 || !strings.Contains(out, "BACKEND FROZEN 1.5s: ccm-walship does not answer") {
+		t.Errorf("table status does not show the frozen backend: %d %q", code, out)
 	}
 }
 

@@ -42,6 +42,8 @@ type NodeView struct {
 	Apply *schema.ApplyStatus `json:"apply,omitempty"`
 	// Storage replication, from the node's ccm-storage (absent if it does not run).
 	Storage *schema.StorageStatus `json:"storage,omitempty"`
+	// Backend, from the node's ccm-backend (absent if it does not run).
+	Backend *schema.BackendStatus `json:"backend,omitempty"`
 }
 
 func newStatus(stdout, stderr io.Writer) *ffcli.Command {
@@ -123,6 +125,12 @@ func (c *client) status(ctx context.Context) (ClusterStatus, error) {
 				v.Storage = &s
 			}
 		}
+		if ent, err := c.kv.Get(ctx, schema.BackendKey(n.Node)); err == nil {
+			var b schema.BackendStatus
+			if json.Unmarshal(ent.Value(), &b) == nil {
+				v.Backend = &b
+			}
+		}
 		st.Nodes = append(st.Nodes, v)
 	}
 	return st, nil
@@ -157,6 +165,9 @@ func printStatus(w io.Writer, st ClusterStatus) {
 			case !a.Complete && a.StreamSeq > 0:
 				repl += " (no complete database yet)"
 			}
+		}
+		if b := n.Backend; b != nil && b.Frozen {
+			repl = fmt.Sprintf("BACKEND FROZEN %.1fs: %s", float64(b.FrozenMs)/1000, b.FrozenReason)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%.1fs ago\t%s\n", n.ID, n.Role, n.Epoch, txid, lag, repl,
 			storageCell(n.Storage), float64(n.LastSeenMs)/1000, n.Version)

@@ -258,26 +258,8 @@ func (d *Daemon) Healthy() error {
 	return nil
 }
 
-// Status is the reply of the status endpoint.
-type Status struct {
-	Shipping bool   `json:"shipping"`
-	Epoch    uint64 `json:"epoch,omitempty"`
-	TXID     uint64 `json:"txid,omitempty"`
-	Seq      uint64 `json:"seq,omitempty"`
-	Files    int64  `json:"files,omitempty"`
-	Bytes    int64  `json:"bytes,omitempty"`
-	// UnshippedTXIDs were captured from the WAL but are not in the stream
-	// yet; the oldest has waited UnshippedMs.
-	UnshippedTXIDs uint64 `json:"unshippedTxids,omitempty"`
-	UnshippedMs    int64  `json:"unshippedMs,omitempty"`
-	// StorageBarrierDown: ccm-storage's barrier gave up and has not
-	// answered since; files ship without waiting for storage.
-	StorageBarrierDown bool `json:"storageBarrierDown,omitempty"`
-	// RefusedEpoch is an epoch this node will not ship (fenced, or its
-	// database behind the stream); Error says why.
-	RefusedEpoch uint64 `json:"refusedEpoch,omitempty"`
-	Error        string `json:"error,omitempty"`
-}
+// Status is what is being shipped.
+type Status = schema.ShipStatus
 
 // Status reports what is being shipped.
 func (d *Daemon) Status() any {

@@ -82,6 +82,11 @@ type WAL struct {
 	SnapshotKeep int `json:"snapshotKeep"`
 	// CaptureIntervalMs is how often the leader looks for new WAL frames.
 	CaptureIntervalMs int `json:"captureIntervalMs"`
+	// MaxUnshippedMs bounds how long the leader's backend may go on
+	// acknowledging writes while committed changes wait to be appended to
+	// the WAL stream: past it the backend is frozen (not stopped) until
+	// shipping catches up or the lease ends. 0 turns the bound off.
+	MaxUnshippedMs int `json:"maxUnshippedMs"`
 }
 
 // Backend describes the Convex backend unit that the leader runs.
@@ -116,7 +121,7 @@ func Default() Config {
 		NATS:     NATS{Servers: []string{"nats://127.0.0.1:4222"}, Replicas: 1},
 		VIP:      VIP{Netmask: 24, Interface: "eth0", ARPCount: 3, ARPRepeatMs: 2000},
 		Election: Election{LeaderTTLMs: 10000, HeartbeatIntervalMs: 3000, SafetyMarginMs: 1000, MaxLagTXIDs: 500, MaxLagBytes: 64 << 20},
-		WAL:      WAL{StreamRetention: "24h", SnapshotIntervalMs: 3600000, ReplicaPath: "/var/lib/convex/replica", CaptureIntervalMs: 20, SnapshotKeep: 3},
+		WAL:      WAL{StreamRetention: "24h", SnapshotIntervalMs: 3600000, ReplicaPath: "/var/lib/convex/replica", CaptureIntervalMs: 20, SnapshotKeep: 3, MaxUnshippedMs: 1000},
 		Backend: Backend{
 			ServiceName:    "convex-backend",
 			HealthEndpoint: "http://localhost:3210/version",
@@ -167,6 +172,9 @@ func (s Storage) SyncTimeout() time.Duration { return ms(s.SyncTimeoutMs) }
 
 // CaptureInterval is how often the leader looks for new WAL frames.
 func (w WAL) CaptureInterval() time.Duration { return ms(w.CaptureIntervalMs) }
+
+// MaxUnshipped is wal.maxUnshippedMs (0: no bound).
+func (w WAL) MaxUnshipped() time.Duration { return ms(w.MaxUnshippedMs) }
 
 // SnapshotInterval is the time between full snapshots.
 func (w WAL) SnapshotInterval() time.Duration { return ms(w.SnapshotIntervalMs) }

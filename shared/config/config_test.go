@@ -67,6 +67,8 @@ func TestValidate(t *testing.T) {
 		{"health ftp", func(c *Config) { c.Backend.HealthEndpoint = "ftp://h/version" }, "backend.healthEndpoint"},
 		{"capture too fast", func(c *Config) { c.WAL.CaptureIntervalMs = 1 }, "wal.captureIntervalMs"},
 		{"capture too slow", func(c *Config) { c.WAL.CaptureIntervalMs = 5000 }, "wal.captureIntervalMs"},
+		{"unshipped bound too small", func(c *Config) { c.WAL.MaxUnshippedMs = 10 }, "wal.maxUnshippedMs"},
+		{"unshipped bound beyond the lease", func(c *Config) { c.WAL.MaxUnshippedMs = c.Election.LeaderTTLMs + 1 }, "wal.maxUnshippedMs"},
 		{"db file with dir", func(c *Config) { c.Backend.DBFile = "a/db.sqlite3" }, "backend.dbFile"},
 		{"db file empty", func(c *Config) { c.Backend.DBFile = "" }, "backend.dbFile"},
 		{"start grace too short", func(c *Config) { c.Backend.StartGraceMs = 10 }, "backend.startGraceMs"},

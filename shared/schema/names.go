@@ -34,6 +34,9 @@ func ApplyKey(node string) string { return nodeKeyPrefix + node + ".apply" }
 // StorageKey is the KV key of a node's storage mirror status.
 func StorageKey(node string) string { return nodeKeyPrefix + node + ".storage" }
 
+// BackendKey is the KV key of a node's backend status.
+func BackendKey(node string) string { return nodeKeyPrefix + node + ".backend" }
+
 // KeySnapshotLock is held (created, renewed, deleted) by the node taking a
 // snapshot, so that the cluster never takes two at once.
 const KeySnapshotLock = "snapshot.lock"

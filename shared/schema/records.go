@@ -146,6 +146,45 @@ type StorageStatus struct {
 	UpdatedAt time.Time `json:"updatedAt"`
 }
 
+// ShipStatus is ccm-walship's status (its status endpoint's "status").
+type ShipStatus struct {
+	Shipping bool   `json:"shipping"`
+	Epoch    uint64 `json:"epoch,omitempty"`
+	TXID     uint64 `json:"txid,omitempty"`
+	Seq      uint64 `json:"seq,omitempty"`
+	Files    int64  `json:"files,omitempty"`
+	Bytes    int64  `json:"bytes,omitempty"`
+	// UnshippedTXIDs were captured from the WAL but are not in the stream
+	// yet; the oldest has waited UnshippedMs.
+	UnshippedTXIDs uint64 `json:"unshippedTxids,omitempty"`
+	UnshippedMs    int64  `json:"unshippedMs,omitempty"`
+	// StorageBarrierDown: ccm-storage's barrier gave up and has not
+	// answered since; files ship without waiting for storage.
+	StorageBarrierDown bool `json:"storageBarrierDown,omitempty"`
+	// RefusedEpoch is an epoch this node will not ship (fenced, or its
+	// database behind the stream); Error says why.
+	RefusedEpoch uint64 `json:"refusedEpoch,omitempty"`
+	Error        string `json:"error,omitempty"`
+}
+
+// BackendStatus is ccm-backend's status, also the value of its node's
+// BackendKey, written about once a second.
+type BackendStatus struct {
+	Node     string `json:"node"`
+	Unit     string `json:"unit"`
+	State    string `json:"state"`
+	Healthy  bool   `json:"healthy"`
+	Failures int    `json:"failures,omitempty"`
+	// Frozen: the backend's processes are stopped (kept, not killed)
+	// because the leader's changes wait longer than wal.maxUnshippedMs to
+	// be shipped; FrozenReason says what was seen, FrozenMs for how long.
+	Frozen       bool      `json:"frozen,omitempty"`
+	FrozenReason string    `json:"frozenReason,omitempty"`
+	FrozenMs     int64     `json:"frozenMs,omitempty"`
+	Error        string    `json:"error,omitempty"`
+	UpdatedAt    time.Time `json:"updatedAt"`
+}
+
 // DemoteRequest is the body of ccm-elector's demote request.
 type DemoteRequest struct {
 	// To names the node to hand over to; "" lets the cluster elect one.
