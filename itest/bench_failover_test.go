@@ -52,6 +52,8 @@ type run struct {
 	won, promoted time.Duration
 	vip           time.Duration // from the promotion's end to ccm-vip's "VIP acquired"
 	settled       bool          // no stream the failover needs was led by the leader's NATS server
+	acks          int           // acknowledged writes
+	window        time.Duration // from the writer's start to its stop
 }
 
 func (c *Cluster) switchover(t *testing.T) run {
@@ -81,10 +83,19 @@ func (c *Cluster) switchover(t *testing.T) run {
 // once the peers have been current for 15 s).
 func (c *Cluster) fault(t *testing.T, kind string) run {
 	t.Helper()
+	return c.faultWith(t, kind, func() *Writer { return c.StartWriter(t) })
+}
+
+// faultWith is fault with the writer that write starts; kind may also be
+// "natsfreeze" (SIGSTOP of the leader's own nats-server, SIGCONT once
+// another node serves).
+func (c *Cluster) faultWith(t *testing.T, kind string, write func() *Writer) run {
+	t.Helper()
 	c.WaitPassivesCaughtUp(t, 120*time.Second)
 	old := c.Leader(t)
 	settled := c.Settled(t, old, 60*time.Second)
-	w := c.StartWriter(t)
+	began := time.Now()
+	w := write()
 	time.Sleep(2 * time.Second)
 	start := time.Now()
 	switch kind {
@@ -92,6 +103,8 @@ func (c *Cluster) fault(t *testing.T, kind string) run {
 		old.Docker(t, "kill")
 	case "partition":
 		old.Cut(t, c.Net)
+	case "natsfreeze":
+		old.Must(t, "systemctl", "kill", "--signal=SIGSTOP", "nats-server")
 	}
 	var next *Node
 	Eventually(t, 90*time.Second, "VIP on another node", func() bool {
@@ -107,7 +120,9 @@ func (c *Cluster) fault(t *testing.T, kind string) run {
 	c.WaitServing(t, next, 60*time.Second)
 	won, promoted, acquired := promotionTimes(t, next, start)
 	time.Sleep(2 * time.Second)
-	lost, gap := c.Lost(t, w.Stop(t))
+	acks := w.Stop(t)
+	window := time.Since(began)
+	lost, gap := c.Lost(t, acks)
 	// Bring the old leader back; it rejoins as a passive.
 	switch kind {
 	case "kill":
@@ -119,8 +134,12 @@ func (c *Cluster) fault(t *testing.T, kind string) run {
 	case "partition":
 		old.Heal(t, c.Net)
 		c.WaitNATSRoutes(t, 60*time.Second)
+	case "natsfreeze":
+		old.Must(t, "systemctl", "kill", "--signal=SIGCONT", "nats-server")
+		c.WaitNATSRoutes(t, 60*time.Second)
 	}
-	r := run{unavailable: gap, lost: len(lost), toVIP: toVIP, won: won.Sub(start), promoted: promoted, settled: settled}
+	r := run{unavailable: gap, lost: len(lost), toVIP: toVIP, won: won.Sub(start), promoted: promoted, settled: settled,
+		acks: len(acks), window: window}
 	if !acquired.IsZero() {
 		r.vip = acquired.Sub(won.Add(promoted))
 	}

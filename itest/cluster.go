@@ -207,9 +207,23 @@ type Writer struct{ c *Cluster }
 // in the cluster's life (w<writer>-<i>).
 func (c *Cluster) StartWriter(t *testing.T) *Writer {
 	t.Helper()
+	return c.StartWriterAt(t, 1, 20*time.Millisecond)
+}
+
+// StartWriterAt starts loops writers through the VIP, each writing then
+// sleeping pause (a write's own time adds to it); their values are unique
+// in the cluster's life (w<writer>-<i>, w<writer>.<loop>-<i>).
+func (c *Cluster) StartWriterAt(t *testing.T, loops int, pause time.Duration) *Writer {
+	t.Helper()
 	c.writers++
-	w := fmt.Sprintf("w%d-", c.writers)
-	c.Client.Must(t, "sh", "-c", `rm -f /tmp/acks /tmp/writer.stop; nohup sh -c 'i=0; while [ ! -e /tmp/writer.stop ]; do i=$((i+1)); if curl -sf -m 0.5 -XPOST "http://`+c.VIP+`:3210/write?v=`+w+`$i" >/dev/null; then echo "`+w+`$i $(date +%s%N)" >> /tmp/acks; fi; if [ $((i % 5)) = 0 ]; then curl -sf -m 0.5 -XPOST --data-binary "`+w+`$i" "http://`+c.VIP+`:3210/storage?f=writer/`+w+`$i" >/dev/null; fi; sleep 0.02; done' >/dev/null 2>&1 &`)
+	c.Client.Must(t, "sh", "-c", "rm -f /tmp/acks /tmp/writer.stop")
+	for k := range loops {
+		w := fmt.Sprintf("w%d-", c.writers)
+		if loops > 1 {
+			w = fmt.Sprintf("w%d.%d-", c.writers, k)
+		}
+		c.Client.Must(t, "sh", "-c", `nohup sh -c 'i=0; while [ ! -e /tmp/writer.stop ]; do i=$((i+1)); if curl -sf -m 0.5 -XPOST "http://`+c.VIP+`:3210/write?v=`+w+`$i" >/dev/null; then echo "`+w+`$i $(date +%s%N)" >> /tmp/acks; fi; if [ $((i % 5)) = 0 ]; then curl -sf -m 0.5 -XPOST --data-binary "`+w+`$i" "http://`+c.VIP+`:3210/storage?f=writer/`+w+`$i" >/dev/null; fi; sleep `+strconv.FormatFloat(pause.Seconds(), 'f', 3, 64)+`; done' >/dev/null 2>&1 &`)
+	}
 	return &Writer{c: c}
 }
 
