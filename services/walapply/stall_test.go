@@ -21,11 +21,20 @@ import (
 
 // TestDrainOutlivesItsConsumersServer: a passive's consumer of the WAL
 // stream sits on a server that goes away (as when a partition cuts it
-// off) while the stream itself goes on with the others. The consumer
-// would notice only after two missed heartbeats (10 s) and then recreate
-// itself; a promotion's drain must not wait for that (30 s seen in the
-// failover bench): it follows again with a new consumer.
+// off) while the stream itself goes on with the others, and the node then
+// wins the lease. The consumer would notice only after two missed
+// heartbeats (10 s) and then recreate itself; the promotion's drain must
+// not wait for that (30 s seen in the failover bench): it follows again
+// with a new consumer. And it must follow at all: a leader-elect's
+// walapply stopped following, so a drain whose target had not arrived
+// when the node won waited until it timed out (CI, a leader cut from
+// NATS).
 func TestDrainOutlivesItsConsumersServer(t *testing.T) {
+	t.Run("passive", func(t *testing.T) { drainAfterLostServer(t, false) })
+	t.Run("leader-elect", func(t *testing.T) { drainAfterLostServer(t, true) })
+}
+
+func drainAfterLostServer(t *testing.T, wins bool) {
 	srvs := natstest.Cluster(t, 3)
 	dir := t.TempDir()
 	c1 := nodeConfig(t, dir, "n1", srvs[0].ClientURL())
@@ -34,7 +43,7 @@ func TestDrainOutlivesItsConsumersServer(t *testing.T) {
 	createDocs(t, c1.Backend.DBPath())
 	n1 := et.Start(t, c1)
 	et.WaitLeader(t, []*et.Node{n1}, 10*et.TTL)
-	et.Start(t, c2)
+	// n2 runs no elector: the test says when it wins.
 	ws := daemontest.Start[*walship.Daemon](t, walship.Spec(), c1)
 	waitShipping(t, ws, func() bool { return true })
 	w := openDB(t, writerDSN(c1.Backend.DBPath()))
@@ -70,11 +79,21 @@ func TestDrainOutlivesItsConsumersServer(t *testing.T) {
 	victim.Shutdown()
 	workload(t, w, 200, 2)
 	flushed := request[walship.FlushReply](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "flush"))
+	if wins {
+		// n2 wins the lease, as its elector would announce it before draining.
+		won, _ := json.Marshal(schema.RoleEvent{Cluster: "dc", Node: "n2", Role: schema.RoleLeader, Epoch: n1.El.State().Epoch + 1,
+			Deadline: time.Now().Add(time.Minute), At: time.Now()})
+		if err := nc.Publish(schema.RoleSubject("dc"), won); err != nil {
+			t.Fatal(err)
+		}
+		nc.Flush()
+		time.Sleep(100 * time.Millisecond)
+	}
 
 	start := time.Now()
 	msg, err := nc.Request(schema.Endpoint("dc", "n2", schema.ServiceWalapply, "drain"), nil, 8*time.Second)
 	if err != nil {
-		t.Fatalf("drain of n2 without an answer after %s: %v (a consumer on a lost server recovers only after missed heartbeats)", time.Since(start).Round(time.Millisecond), err)
+		t.Fatalf("drain of n2 without an answer after %s: %v (a consumer on a lost server recovers only after missed heartbeats; a leader-elect must follow until drained)", time.Since(start).Round(time.Millisecond), err)
 	}
 	if e := msg.Header.Get("Nats-Service-Error"); e != "" {
 		t.Fatalf("drain of n2: %s", e)

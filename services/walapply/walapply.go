@@ -270,7 +270,10 @@ func (d *Daemon) control(ctx context.Context, roles *rolewatch.Tracker) error {
 			d.rebootstrap(ctx)
 		}
 		d.mu.Lock()
-		want := roles.Settled(time.Now()) && !leading && !d.paused && !d.left && !d.released && d.failed == nil && d.behind == nil && d.applier != nil
+		// A leader-elect follows until its promotion's drain is done: the
+		// drain's target may be beyond what arrived when it won (a lost
+		// leader's last append), and nothing else brings it.
+		want := roles.Settled(time.Now()) && (!leading || d.drainTo > 0) && !d.paused && !d.left && !d.released && d.failed == nil && d.behind == nil && d.applier != nil
 		d.loopAt = time.Now()
 		d.mu.Unlock()
 		if f != nil && f.ended() {
