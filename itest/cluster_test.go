@@ -207,22 +207,28 @@ func TestCluster(t *testing.T) {
 	})
 }
 
-// TestClusterFrozenLeader freezes the whole leader node (docker pause,
-// its NATS server too) longer than the TTL while a writer and a checker
-// run, then resumes it: another node takes over, and the resumed node
-// never holds the VIP beside it and stops its backend within 0.5 s.
-func TestClusterFrozenLeader(t *testing.T) {
-	c := StartCluster(t, ClusterOptions{TTLMs: 3000, HeartbeatMs: 1000, MarginMs: 500})
-	// One fault at a time, on a cluster of its own: after TestCluster's
-	// partition the healed node's NATS server once took minutes to have
-	// every replica current again (and resynced its diverged database);
-	// with it behind and the leader frozen, no majority of current
-	// replicas remained.
+// startSettled starts a cluster of its own for one fault and waits until
+// it is settled: after TestCluster's partition the healed node's NATS
+// server once took minutes to have every replica current again (and
+// resynced its diverged database); with it behind and the leader cut
+// off, no majority of current replicas remained.
+func startSettled(t *testing.T, o ClusterOptions) (*Cluster, *Node) {
+	t.Helper()
+	c := StartCluster(t, o)
 	c.WaitPassivesCaughtUp(t, 2*time.Minute)
 	old := c.Leader(t)
 	if !c.Settled(t, old, 2*time.Minute) {
 		t.Fatal("the NATS cluster did not settle (every replica current, no stream led by the leader's server) within 2 minutes")
 	}
+	return c, old
+}
+
+// TestClusterFrozenLeader freezes the whole leader node (docker pause,
+// its NATS server too) longer than the TTL while a writer and a checker
+// run, then resumes it: another node takes over, and the resumed node
+// never holds the VIP beside it and stops its backend within 100 ms.
+func TestClusterFrozenLeader(t *testing.T) {
+	c, old := startSettled(t, ClusterOptions{TTLMs: 3000, HeartbeatMs: 1000, MarginMs: 500})
 	c.StartChecker(t)
 	w := c.StartWriter(t)
 	time.Sleep(time.Second)
@@ -359,12 +365,7 @@ WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 1024) INS
 //     after the cut. Before the bound, the leader acknowledged writes until
 //     its lease ended: all 44 of a 9 s window were lost (TTL 10 s).
 func TestClusterLeaderCutFromNATS(t *testing.T) {
-	c := StartCluster(t, ClusterOptions{TTLMs: 10000, HeartbeatMs: 3000, MarginMs: 1000})
-	c.WaitPassivesCaughtUp(t, 2*time.Minute)
-	old := c.Leader(t)
-	if !c.Settled(t, old, 2*time.Minute) {
-		t.Fatal("the NATS cluster did not settle (every replica current, no stream led by the leader's server) within 2 minutes")
-	}
+	c, old := startSettled(t, ClusterOptions{TTLMs: 10000, HeartbeatMs: 3000, MarginMs: 1000})
 	invocation := func() string {
 		return strings.TrimSpace(old.Must(t, "systemctl", "show", "--property=InvocationID", "--value", "convex-backend"))
 	}
