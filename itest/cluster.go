@@ -201,30 +201,33 @@ func (c *Cluster) WaitNATSRoutes(t *testing.T, within time.Duration) {
 
 // Writer writes through the VIP from the client container, recording
 // every acknowledged value.
-type Writer struct{ c *Cluster }
+type Writer struct {
+	c     *Cluster
+	rated bool // a StartWriterAt writer: stopped by killing its curl
+}
 
 // StartWriter starts writing every 20 ms; each writer's values are unique
 // in the cluster's life (w<writer>-<i>).
 func (c *Cluster) StartWriter(t *testing.T) *Writer {
 	t.Helper()
-	return c.StartWriterAt(t, 1, 20*time.Millisecond)
+	c.writers++
+	w := fmt.Sprintf("w%d-", c.writers)
+	c.Client.Must(t, "sh", "-c", `rm -f /tmp/acks /tmp/writer.stop; nohup sh -c 'i=0; while [ ! -e /tmp/writer.stop ]; do i=$((i+1)); if curl -sf -m 0.5 -XPOST "http://`+c.VIP+`:3210/write?v=`+w+`$i" >/dev/null; then echo "`+w+`$i $(date +%s%N)" >> /tmp/acks; fi; if [ $((i % 5)) = 0 ]; then curl -sf -m 0.5 -XPOST --data-binary "`+w+`$i" "http://`+c.VIP+`:3210/storage?f=writer/`+w+`$i" >/dev/null; fi; sleep 0.02; done' >/dev/null 2>&1 &`)
+	return &Writer{c: c}
 }
 
-// StartWriterAt starts loops writers through the VIP, each writing then
-// sleeping pause (a write's own time adds to it); their values are unique
-// in the cluster's life (w<writer>-<i>, w<writer>.<loop>-<i>).
-func (c *Cluster) StartWriterAt(t *testing.T, loops int, pause time.Duration) *Writer {
+// StartWriterAt starts writing through the VIP at about perSec writes a
+// second, from one curl process (its --rate; a shell loop spawning a
+// process per write reached 4/s where 10/s were asked), without uploads.
+// Values are unique in the cluster's life (w<writer>-<i>).
+func (c *Cluster) StartWriterAt(t *testing.T, perSec int) *Writer {
 	t.Helper()
 	c.writers++
+	w := fmt.Sprintf("w%d-", c.writers)
 	c.Client.Must(t, "sh", "-c", "rm -f /tmp/acks /tmp/writer.stop")
-	for k := range loops {
-		w := fmt.Sprintf("w%d-", c.writers)
-		if loops > 1 {
-			w = fmt.Sprintf("w%d.%d-", c.writers, k)
-		}
-		c.Client.Must(t, "sh", "-c", `nohup sh -c 'i=0; while [ ! -e /tmp/writer.stop ]; do i=$((i+1)); if curl -sf -m 0.5 -XPOST "http://`+c.VIP+`:3210/write?v=`+w+`$i" >/dev/null; then echo "`+w+`$i $(date +%s%N)" >> /tmp/acks; fi; if [ $((i % 5)) = 0 ]; then curl -sf -m 0.5 -XPOST --data-binary "`+w+`$i" "http://`+c.VIP+`:3210/storage?f=writer/`+w+`$i" >/dev/null; fi; sleep `+strconv.FormatFloat(pause.Seconds(), 'f', 3, 64)+`; done' >/dev/null 2>&1 &`)
-	}
-	return &Writer{c: c}
+	c.Client.Must(t, "sh", "-c", fmt.Sprintf(`nohup bash -c 'stdbuf -oL curl -s -o /dev/null -m 0.5 --rate %d/s -XPOST "http://%s:3210/write?v=%s[1-100000000]" -w "%%{url_effective} %%{http_code}
+" | while read -r u code; do if [[ $code == 200 ]]; then echo "${u##*v=} ${EPOCHREALTIME/./}000"; fi; done >> /tmp/acks' >/dev/null 2>&1 &`, perSec, c.VIP, w))
+	return &Writer{c: c, rated: true}
 }
 
 // AssertUploadsServed fails unless the backend on the VIP serves the file
@@ -245,6 +248,9 @@ func (c *Cluster) AssertUploadsServed(t *testing.T) {
 func (w *Writer) Stop(t *testing.T) map[string]time.Time {
 	t.Helper()
 	w.c.Client.Must(t, "touch", "/tmp/writer.stop")
+	if w.rated {
+		w.c.Client.Exec(t, "pkill", "-f", "curl -s -o /dev/null -m 0.5 --rate")
+	}
 	time.Sleep(1500 * time.Millisecond)
 	acks := map[string]time.Time{}
 	for _, line := range strings.Split(w.c.Client.Must(t, "cat", "/tmp/acks"), "\n") {
