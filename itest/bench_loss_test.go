@@ -4,7 +4,9 @@ package itest
 
 import (
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -19,7 +21,15 @@ func TestBenchLoss(t *testing.T) {
 	o := ClusterOptions{TTLMs: 10000, HeartbeatMs: 3000, MarginMs: 1000}
 	c := StartCluster(t, o)
 	rates := []int{10, 200}
-	for _, bound := range []int{0, 1000} {
+	bounds := []int{0, 1000}
+	if b := os.Getenv("BENCH_LOSS_BOUND"); b != "" { // one of them
+		n, err := strconv.Atoi(b)
+		if err != nil {
+			t.Fatalf("BENCH_LOSS_BOUND=%q: want milliseconds", b)
+		}
+		bounds = []int{n}
+	}
+	for _, bound := range bounds {
 		c.setMaxUnshipped(t, bound)
 		for _, kind := range []string{"natsfreeze", "partition"} {
 			for _, rate := range rates {

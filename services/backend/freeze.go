@@ -28,6 +28,10 @@ func (d *Daemon) guard(ctx context.Context) {
 	if bound == 0 {
 		return
 	}
+	// Frozen early enough that no write acknowledged more than the bound
+	// before the freeze is unshipped: a change waits up to a capture
+	// interval before walship sees it, and the freeze up to a tick.
+	limit := max(bound-guardEvery-d.cfg.WAL.CaptureInterval(), bound/2)
 	t := time.NewTicker(guardEvery)
 	defer t.Stop()
 	var current time.Time // until when every committed change was shipped, as last learned
@@ -53,9 +57,9 @@ func (d *Daemon) guard(ctx context.Context) {
 		}
 		behind := time.Since(current)
 		switch frozen := d.isFrozen(); {
-		case behind > bound && !frozen:
+		case behind > limit && !frozen:
 			d.freeze(fmt.Sprintf("%s (%s behind, bound %s)", why, behind.Round(time.Millisecond), bound))
-		case behind <= bound && (frozen || !thawed):
+		case behind <= limit && (frozen || !thawed):
 			d.thaw(frozen, behind)
 			thawed = true
 		}
