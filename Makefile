@@ -29,8 +29,8 @@ lint: ## go vet and a gofmt check
 bench: build ## replication lag vs Litestream, ccm join throughput, storage mirroring (needs nats-server, litestream on PATH)
 	$(GO) run ./itest/bench/lag -bin bin $(BENCH_FLAGS)
 
-bench-failover: images ## five switchovers and five leader kills at TTL 10 s and 3 s; prints figures
-	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -count=1 -timeout 60m -tags 'integration bench' -run TestBenchFailover -v ./itest/ | grep '^BENCH'
+bench-failover: images ## five switchovers and five leader kills at TTL 10 s and 3 s, then the loss runs of bench-loss; prints figures
+	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -count=1 -timeout 120m -tags 'integration bench' -run 'TestBenchFailover|TestBenchLoss' -v ./itest/ | grep '^BENCH'
 
 bench-loss: images ## acknowledged writes lost when the leader is cut off (frozen NATS, partition) at 10 and 200 writes/s, with wal.maxUnshippedMs 0 and 1000 (BENCH_LOSS_BOUND=1000: one of them)
 	set -o pipefail; BENCH_LOSS_BOUND='$(BENCH_LOSS_BOUND)' TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -count=1 -timeout 60m -tags 'integration bench' -run TestBenchLoss -v ./itest/ | tee bench-loss.log | grep -E '^(BENCH|--- FAIL|FAIL)'
