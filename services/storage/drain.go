@@ -62,7 +62,8 @@ func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
 	seen, moved, stall := uint64(0), time.Now(), drainStall
 	for {
 		d.mu.Lock()
-		st, m, running := d.status, d.mode, d.running
+		st = d.status // the reply's and the log's: the status that passed
+		m, running := d.mode, d.running
 		if m == modeMirror && running && st.State == schema.StorageSynced && st.Revision >= target {
 			d.released = true // the control loop stops the mirror
 			d.mu.Unlock()

@@ -1,7 +1,6 @@
 package walapply_test
 
 import (
-	"context"
 	"encoding/json"
 	"testing"
 	"time"
@@ -67,7 +66,7 @@ func drainAfterLostServer(t *testing.T, wins bool) {
 			ap2.Stop()
 		}
 		ap2 = daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
-		host = consumerServer(t, js, walstream.Stream("dc"))
+		host = natstest.ConsumerServer(t, js, walstream.Stream("dc"))
 	}
 	var victim *server.Server
 	for _, s := range srvs {
@@ -106,30 +105,4 @@ func drainAfterLostServer(t *testing.T, wins bool) {
 	if pos.Epoch != flushed.Epoch || uint64(pos.TXID) != flushed.TXID {
 		t.Fatalf("drained to epoch %d TXID %d, leader flushed epoch %d TXID %d", pos.Epoch, pos.TXID, flushed.Epoch, flushed.TXID)
 	}
-}
-
-// consumerServer waits for the one consumer of stream and returns the
-// server it is placed on.
-func consumerServer(t *testing.T, js jetstream.JetStream, stream string) string {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		s, err := js.Stream(ctx, stream)
-		if err != nil {
-			cancel()
-			continue
-		}
-		var hosts []string
-		for ci := range s.ListConsumers(ctx).Info() {
-			if ci.Cluster != nil && ci.Cluster.Leader != "" {
-				hosts = append(hosts, ci.Cluster.Leader)
-			}
-		}
-		cancel()
-		if len(hosts) == 1 {
-			return hosts[0]
-		}
-	}
-	t.Fatalf("not one placed consumer on %s after 10 s", stream)
-	return ""
 }

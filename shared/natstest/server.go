@@ -102,3 +102,29 @@ func Cluster(t testing.TB, n int) []*server.Server {
 		}
 	}
 }
+
+// ConsumerServer waits for the one consumer of stream and returns the
+// name of the server it is placed on.
+func ConsumerServer(t testing.TB, js jetstream.JetStream, stream string) string {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		s, err := js.Stream(ctx, stream)
+		if err != nil {
+			cancel()
+			continue
+		}
+		var hosts []string
+		for ci := range s.ListConsumers(ctx).Info() {
+			if ci.Cluster != nil && ci.Cluster.Leader != "" {
+				hosts = append(hosts, ci.Cluster.Leader)
+			}
+		}
+		cancel()
+		if len(hosts) == 1 {
+			return hosts[0]
+		}
+	}
+	t.Fatalf("not one placed consumer on %s after 10 s", stream)
+	return ""
+}
