@@ -32,8 +32,8 @@ bench: build ## replication lag vs Litestream, ccm join throughput, storage mirr
 bench-failover: images ## five switchovers and five leader kills at TTL 10 s and 3 s, then the loss runs of bench-loss; prints figures
 	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -count=1 -timeout 120m -tags 'integration bench' -run 'TestBenchFailover|TestBenchLoss' -v ./itest/ | grep '^BENCH'
 
-bench-loss: images ## acknowledged writes lost when the leader is cut off (frozen NATS, partition) at 10 and 200 writes/s, with wal.maxUnshippedMs 0 and 1000 (BENCH_LOSS_BOUND=1000: one of them)
-	set -o pipefail; BENCH_LOSS_BOUND='$(BENCH_LOSS_BOUND)' TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -count=1 -timeout 60m -tags 'integration bench' -run TestBenchLoss -v ./itest/ | tee bench-loss.log | grep -E '^(BENCH|--- FAIL|FAIL)'
+bench-loss: images ## acknowledged writes lost when the leader is cut off (frozen NATS, partition) at 10 and 200 writes/s, with wal.maxUnshippedMs 0 and 1000 (BENCH_LOSS_BOUND, BENCH_LOSS_FAULT: one of them; BENCH_LOSS_RUNS, default 3)
+	set -o pipefail; BENCH_LOSS_BOUND='$(BENCH_LOSS_BOUND)' BENCH_LOSS_FAULT='$(BENCH_LOSS_FAULT)' BENCH_LOSS_RUNS='$(BENCH_LOSS_RUNS)' TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -count=1 -timeout 60m -tags 'integration bench' -run TestBenchLoss -v ./itest/ | tee bench-loss.log | grep -E '^(BENCH|--- FAIL|FAIL)'
 
 bench-scale: images ## leader changes, walship kills and a 1 GiB transaction with a 10 MiB and a 1 GiB database (BENCH_SCALE=db=1024MiB: one size; BENCH_SCALE=bigtx: the transaction alone); full log in bench-scale.log
 	set -o pipefail; BENCH_SCALE='$(BENCH_SCALE)' TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -count=1 -timeout 120m -tags 'integration bench' -run 'TestBenchScale/$(BENCH_SCALE)' -v ./itest/ | tee bench-scale.log | grep -E '^(BENCH|--- FAIL|FAIL)'

@@ -51,7 +51,10 @@ func (d *Daemon) guard(ctx context.Context) {
 		if current.IsZero() {
 			current = asked // serving just began: the bound counts from here
 		}
-		shipped, why := d.askShipped(ctx, epoch, asked)
+		// A request that goes unanswered (NATS cut off) ends when the
+		// limit is reached, so the freeze comes then, not a timeout later.
+		wait := min(3*guardEvery, max(limit-asked.Sub(current), 10*time.Millisecond))
+		shipped, why := d.askShipped(ctx, epoch, asked, wait)
 		if shipped.After(current) {
 			current = shipped
 		}
@@ -66,11 +69,11 @@ func (d *Daemon) guard(ctx context.Context) {
 	}
 }
 
-// askShipped asks ccm-walship until when every committed change was
-// shipped (asked, less how long its oldest unshipped change waited), or
-// says why it cannot tell.
-func (d *Daemon) askShipped(ctx context.Context, epoch uint64, asked time.Time) (time.Time, string) {
-	rctx, cancel := context.WithTimeout(ctx, 3*guardEvery)
+// askShipped asks ccm-walship, waiting at most wait, until when every
+// committed change was shipped (asked, less how long its oldest unshipped
+// change waited), or says why it cannot tell.
+func (d *Daemon) askShipped(ctx context.Context, epoch uint64, asked time.Time, wait time.Duration) (time.Time, string) {
+	rctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	msg, err := d.nc.RequestWithContext(rctx, schema.Endpoint(d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalship, "status"), nil)
 	if err == nil && msg.Header.Get(micro.ErrorHeader) != "" {
