@@ -12,6 +12,8 @@ import (
 	"github.com/benbjohnson/litestream"
 	"github.com/superfly/ltx"
 	"modernc.org/sqlite"
+
+	"github.com/convex-cluster-manager/ccm/shared/fsutil"
 )
 
 // seed makes Litestream's local state say that TXID txid is the database
@@ -76,30 +78,24 @@ func seed(ctx context.Context, db *litestream.DB, txid ltx.TXID, pages uint32) (
 		return nil, err
 	}
 	path := db.LTXPath(0, txid, txid)
-	f, err := os.OpenFile(path+".tmp", os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
+	err = fsutil.WriteAtomic(path, 0o640, func(f *os.File) error {
+		enc, err := ltx.NewEncoder(f)
+		if err != nil {
+			return err
+		}
+		if err := enc.EncodeHeader(ltx.Header{
+			Version: ltx.Version, Flags: ltx.HeaderFlagNoChecksum, PageSize: pageSize, Commit: pages,
+			MinTXID: txid, MaxTXID: txid, Timestamp: time.Now().UnixMilli(),
+			WALOffset: litestream.WALHeaderSize, WALSalt1: binary.BigEndian.Uint32(hdr[16:]), WALSalt2: binary.BigEndian.Uint32(hdr[20:]),
+		}); err != nil {
+			return fmt.Errorf("encode seed LTX: %w", err)
+		}
+		if err := enc.Close(); err != nil {
+			return fmt.Errorf("encode seed LTX: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(path + ".tmp")
-	defer f.Close()
-	enc, err := ltx.NewEncoder(f)
-	if err != nil {
-		return nil, err
-	}
-	if err := enc.EncodeHeader(ltx.Header{
-		Version: ltx.Version, Flags: ltx.HeaderFlagNoChecksum, PageSize: pageSize, Commit: pages,
-		MinTXID: txid, MaxTXID: txid, Timestamp: time.Now().UnixMilli(),
-		WALOffset: litestream.WALHeaderSize, WALSalt1: binary.BigEndian.Uint32(hdr[16:]), WALSalt2: binary.BigEndian.Uint32(hdr[20:]),
-	}); err != nil {
-		return nil, fmt.Errorf("encode seed LTX: %w", err)
-	}
-	if err := enc.Close(); err != nil {
-		return nil, fmt.Errorf("encode seed LTX: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(path+".tmp", path); err != nil {
 		return nil, err
 	}
 	ok = true

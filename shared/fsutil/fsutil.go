@@ -1,8 +1,10 @@
 // Package fsutil holds the durable file operations that ccm's installs and
-// mirrors share: a synced copy and a directory sync.
+// mirrors share: a synced copy, a directory sync and the one atomic,
+// durable replacement of a file (WriteAtomic).
 package fsutil
 
 import (
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -41,21 +43,29 @@ func SyncDir(dir string) error {
 	return d.Sync()
 }
 
-// WriteFileSync replaces path with data durably: a temporary file beside
-// it (path + ".tmp"), fsync, rename, then a sync of the directory.
-func WriteFileSync(path string, data []byte, perm fs.FileMode) error {
+// WriteAtomic replaces path durably with what write writes to a
+// temporary file beside it (path + ".tmp"): the file is fsynced, renamed
+// over path, then its directory synced. On any error path is left as it
+// was and the temporary file removed.
+func WriteAtomic(path string, perm fs.FileMode, write func(f *os.File) error) error {
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, perm)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(data); err != nil {
+	defer os.Remove(tmp) // after the rename: nothing there
+	// The mode asked, not narrowed by the umask nor left from an earlier try.
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if err := write(f); err != nil {
 		f.Close()
 		return err
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return err
+		return fmt.Errorf("sync %s: %w", tmp, err)
 	}
 	if err := f.Close(); err != nil {
 		return err
@@ -64,4 +74,12 @@ func WriteFileSync(path string, data []byte, perm fs.FileMode) error {
 		return err
 	}
 	return SyncDir(filepath.Dir(path))
+}
+
+// WriteFileSync replaces path with data durably (WriteAtomic).
+func WriteFileSync(path string, data []byte, perm fs.FileMode) error {
+	return WriteAtomic(path, perm, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
 }

@@ -17,6 +17,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/superfly/ltx"
+
+	"github.com/convex-cluster-manager/ccm/shared/fsutil"
 )
 
 // Bucket is the Object Store bucket of a cluster's snapshots.
@@ -215,8 +217,7 @@ func (st *Store) prune(ctx context.Context, keep int) error {
 	return nil
 }
 
-// Download writes snapshot s to path (through a temporary file, fsynced,
-// then renamed) and verifies it: the object's SHA-256 digest, its size and
+// Download writes snapshot s to path (fsutil.WriteAtomic) and verifies it: the object's SHA-256 digest, its size and
 // its rolling LTX checksum must all match, or the file is removed and
 // ErrCorrupt returned. progress, if set, is called with bytes written.
 func (st *Store) Download(ctx context.Context, s Snapshot, path string, progress func(int64)) error {
@@ -228,33 +229,23 @@ func (st *Store) Download(ctx context.Context, s Snapshot, path string, progress
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return err
 	}
-	tmp := path + ".download"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
-	if err != nil {
-		return fmt.Errorf("create %s: %w", tmp, err)
-	}
-	defer os.Remove(tmp)
-	defer f.Close()
-	sum, n, err := copyChecksum(f, obj, s.PageSize, progress)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrDigestMismatch) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return fmt.Errorf("%w: %s: %w", ErrCorrupt, s.Name, err)
+	err = fsutil.WriteAtomic(path, 0o640, func(f *os.File) error {
+		sum, n, err := copyChecksum(f, obj, s.PageSize, progress)
+		if err != nil {
+			if errors.Is(err, jetstream.ErrDigestMismatch) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return fmt.Errorf("%w: %s: %w", ErrCorrupt, s.Name, err)
+			}
+			return fmt.Errorf("download snapshot %s: %w", s.Name, err)
 		}
-		return fmt.Errorf("download snapshot %s: %w", s.Name, err)
-	}
-	if n != s.Size {
-		return fmt.Errorf("%w: %s: got %d bytes, want %d", ErrCorrupt, s.Name, n, s.Size)
-	}
-	if sum != s.Checksum {
-		return fmt.Errorf("%w: %s: database checksum %s, recorded %s", ErrCorrupt, s.Name, sum, s.Checksum)
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+		if n != s.Size {
+			return fmt.Errorf("%w: %s: got %d bytes, want %d", ErrCorrupt, s.Name, n, s.Size)
+		}
+		if sum != s.Checksum {
+			return fmt.Errorf("%w: %s: database checksum %s, recorded %s", ErrCorrupt, s.Name, sum, s.Checksum)
+		}
+		return nil
+	})
+	return err
 }
 
 // Checksum computes the rolling LTX checksum of a database image read from
