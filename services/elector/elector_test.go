@@ -196,7 +196,8 @@ func TestCutOffLeaderFencesItselfFirst(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for time.Now().Before(time.Now().Add(3 * testTTL)) {
+		// Bounded: a fencing regression fails here instead of hanging.
+		for end := time.Now().Add(3 * testTTL); time.Now().Before(end); {
 			now := time.Now()
 			mu.Lock()
 			if fencedAt.IsZero() && cut.El.State().Role != schema.RoleLeader {
