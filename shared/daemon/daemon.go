@@ -133,6 +133,7 @@ func Run(ctx context.Context, spec Spec, cfg config.Config, log *slog.Logger, me
 	eg, ctx := errgroup.WithContext(ctx)
 	eg.Go(func() error { return d.Run(ctx) })
 	eg.Go(func() error { return supervise(ctx, d, log) })
+	eg.Go(func() error { return natsconn.ReturnHome(ctx, nc, cfg.NATS, log) })
 	if metricsAddr != "" {
 		eg.Go(func() error { return serveMetrics(ctx, metricsAddr, reg, d, log) })
 	}
