@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -84,6 +85,20 @@ func TestSingleNodeCluster(t *testing.T) {
 	}
 	if f.TXID < 2 {
 		t.Fatalf("flushed TXID %d: the writes did not reach the stream", f.TXID)
+	}
+	// Every daemon unit has the shared settings of ccm-.service.d/ and
+	// its own capabilities.
+	caps := map[string]string{"ccm-vip": "cap_net_admin cap_net_raw", "ccm-backend": "cap_chown cap_dac_override cap_fowner cap_kill"}
+	for _, d := range []string{"ccm-elector", "ccm-walship", "ccm-walapply", "ccm-snapshot", "ccm-vip", "ccm-backend", "ccm-storage"} {
+		out := n.Must(t, "systemctl", "show", d, "-p", "Type,NotifyAccess,Restart,RestartUSec,WatchdogUSec,TimeoutStopUSec,PartOf,NoNewPrivileges,ProtectSystem,PrivateTmp,StartLimitIntervalUSec,CapabilityBoundingSet,DropInPaths")
+		want := []string{"Type=notify", "NotifyAccess=main", "Restart=on-failure", "RestartUSec=1s", "WatchdogUSec=10s", "TimeoutStopUSec=15s",
+			"PartOf=ccm.target", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "StartLimitIntervalUSec=0", "CapabilityBoundingSet=" + caps[d],
+			"DropInPaths=/etc/systemd/system/ccm-.service.d/10-ccm.conf"}
+		for _, w := range want {
+			if !slices.Contains(strings.Split(strings.TrimSpace(out), "\n"), w) {
+				t.Errorf("%s: want %s in:\n%s", d, w, out)
+			}
+		}
 	}
 }
 

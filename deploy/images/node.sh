@@ -12,7 +12,7 @@ mkdir -p "$ctx/bin" "$ctx/units"
 cp bin/* "$ctx/bin/"
 CGO_ENABLED=0 go build -trimpath -o "$ctx/bin/standin" ./itest/standin
 GOBIN="$ctx/bin" CGO_ENABLED=0 go install "github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION"
-cp systemd/*.service systemd/ccm.target "$ctx/units/"
+cp -r systemd/*.service systemd/ccm.target systemd/ccm-.service.d "$ctx/units/"
 rm "$ctx/units/convex-backend.service"
 cp deploy/images/standin-backend.service "$ctx/units/convex-backend.service"
 cp deploy/images/nats-server.service "$ctx/units/"
