@@ -48,6 +48,7 @@ var ErrNotLeader = rolewatch.ErrNotLeading
 // Daemon controls the backend unit of one node.
 type Daemon struct {
 	cfg    config.Config
+	env    daemon.Env
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	log    *slog.Logger
@@ -73,19 +74,16 @@ type Daemon struct {
 	frozenAt  time.Time // the guard froze the backend then (zero: not frozen)
 	frozenWhy string
 	lastErr   error
-	loopAt    time.Time
+	live      daemon.Loop
 }
 
 var _ daemon.Daemon = (*Daemon)(nil)
 
 // New returns the backend daemon for env.
 func New(env daemon.Env) (*Daemon, error) {
-	js, err := jetstream.New(env.NC)
-	if err != nil {
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	d := &Daemon{cfg: env.Config, nc: env.NC, js: js, log: env.Log, unit: newSystemctl(env.Config.Backend.ServiceName),
-		http: &http.Client{Timeout: 2 * time.Second}, ready: make(chan struct{}), loopAt: time.Now(),
+	js := env.JS
+	d := &Daemon{cfg: env.Config, env: env, nc: env.NC, js: js, log: env.Log, unit: newSystemctl(env.Config.Backend.ServiceName),
+		http: &http.Client{Timeout: 2 * time.Second}, ready: make(chan struct{}),
 		health: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_backend_healthy", Help: "1 while the backend answers its health check here."}),
 		frozen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_backend_frozen",
 			Help: "1 while the backend is frozen because the leader's committed changes wait longer than wal.maxUnshippedMs to be shipped."}),
@@ -94,12 +92,13 @@ func New(env daemon.Env) (*Daemon, error) {
 	if env.Metrics != nil {
 		env.Metrics.MustRegister(d.health, d.frozen, d.freezes)
 	}
+	d.live.Beat() // started: the loop's first round is due
 	return d, nil
 }
 
 // Run follows the node's role and keeps the unit stopped unless the node leads.
 func (d *Daemon) Run(ctx context.Context) error {
-	roles, err := rolewatch.Subscribe(d.nc, d.cfg.ClusterID, d.cfg.NodeID, d.cfg.Election.LeaderTTL(), d.log)
+	roles, err := d.env.Roles()
 	if err != nil {
 		return err
 	}
@@ -153,7 +152,8 @@ func (d *Daemon) reconcile(ctx context.Context) {
 	// next look).
 	d.enforceLease(ctx)
 	d.mu.Lock()
-	d.loopAt, d.state, d.lastErr = time.Now(), st, err
+	d.live.Beat()
+	d.state, d.lastErr = st, err
 	d.mu.Unlock()
 	if err != nil {
 		d.log.Error("unit state", "err", err)
@@ -451,8 +451,8 @@ func (d *Daemon) Healthy() error {
 	if d.lastErr != nil {
 		return d.lastErr
 	}
-	if time.Since(d.loopAt) > time.Minute {
-		return fmt.Errorf("reconcile loop stalled since %s", d.loopAt.Format(time.RFC3339))
+	if err := d.live.Stalled("reconcile", time.Minute); err != nil {
+		return err
 	}
 	return nil
 }

@@ -84,10 +84,7 @@ var _ daemon.Daemon = (*Elector)(nil)
 
 // New returns an elector for the node configured in env.
 func New(env daemon.Env) (*Elector, error) {
-	js, err := jetstream.New(env.NC)
-	if err != nil {
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
+	js := env.JS
 	c := env.Config
 	e := &Elector{
 		cluster:     c.ClusterID,

@@ -50,6 +50,7 @@ var (
 // Daemon takes snapshots on a passive node.
 type Daemon struct {
 	cfg   config.Config
+	env   daemon.Env
 	nc    *nats.Conn
 	js    jetstream.JetStream
 	log   *slog.Logger
@@ -63,7 +64,7 @@ type Daemon struct {
 	mu      sync.Mutex
 	last    snapstore.Snapshot
 	lastErr error
-	loopAt  time.Time
+	live    daemon.Loop
 
 	duration prometheus.Gauge
 	failures prometheus.Counter
@@ -73,11 +74,8 @@ var _ daemon.Daemon = (*Daemon)(nil)
 
 // New returns the snapshot daemon for env.
 func New(env daemon.Env) (*Daemon, error) {
-	js, err := jetstream.New(env.NC)
-	if err != nil {
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	d := &Daemon{cfg: env.Config, nc: env.NC, js: js, log: env.Log, ready: make(chan struct{}), loopAt: time.Now(),
+	js := env.JS
+	d := &Daemon{cfg: env.Config, env: env, nc: env.NC, js: js, log: env.Log, ready: make(chan struct{}),
 		duration: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_snapshot_duration_seconds", Help: "Duration of the last snapshot taken here."}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "ccm_snapshot_failures_total", Help: "Snapshots attempted here that failed."}),
 	}
@@ -88,6 +86,7 @@ func New(env daemon.Env) (*Daemon, error) {
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ccm_snapshot_last_bytes", Help: "Size of the last snapshot taken here."},
 				func() float64 { d.mu.Lock(); defer d.mu.Unlock(); return float64(d.last.Size) }))
 	}
+	d.live.Beat() // started: the loop's first round is due
 	return d, nil
 }
 
@@ -97,7 +96,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := daemon.Retry(ctx, d.log, "the snapshot and cluster buckets", d.open); err != nil {
 		return err
 	}
-	roles, err := rolewatch.Subscribe(d.nc, d.cfg.ClusterID, d.cfg.NodeID, d.cfg.Election.LeaderTTL(), d.log)
+	roles, err := d.env.Roles()
 	if err != nil {
 		return err
 	}
@@ -107,7 +106,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	every := min(d.cfg.WAL.SnapshotInterval()/4, 30*time.Second)
 	for {
 		d.mu.Lock()
-		d.loopAt = time.Now()
+		d.live.Beat()
 		d.mu.Unlock()
 		if due, err := d.due(ctx, every); err != nil {
 			d.log.Debug("check snapshot age", "err", err)
@@ -279,8 +278,8 @@ func (d *Daemon) Ready() <-chan struct{} { return d.ready }
 func (d *Daemon) Healthy() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if limit := d.cfg.WAL.SnapshotInterval()/2 + 30*time.Minute; time.Since(d.loopAt) > limit {
-		return fmt.Errorf("schedule loop stalled since %s", d.loopAt.Format(time.RFC3339))
+	if err := d.live.Stalled("schedule", d.cfg.WAL.SnapshotInterval()/2+30*time.Minute); err != nil {
+		return err
 	}
 	return nil
 }

@@ -11,7 +11,6 @@ package storage
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -53,6 +52,7 @@ const (
 // Daemon replicates one node's storage directory.
 type Daemon struct {
 	cfg      config.Config
+	env      daemon.Env
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	log      *slog.Logger
@@ -72,7 +72,7 @@ type Daemon struct {
 	remirror bool // a drain saw the manifest watch stall: mirror afresh
 	left     bool // ccm leave: do nothing until restarted
 	leading  bool
-	loopAt   time.Time
+	live     daemon.Loop
 
 	metrics metrics
 }
@@ -81,15 +81,13 @@ var _ daemon.Daemon = (*Daemon)(nil)
 
 // New returns the storage daemon for env.
 func New(env daemon.Env) (*Daemon, error) {
-	js, err := jetstream.New(env.NC)
-	if err != nil {
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	d := &Daemon{cfg: env.Config, nc: env.NC, js: js, log: env.Log, ready: make(chan struct{}), wake: make(chan struct{}, 1), flushes: make(chan chan error), barriers: make(chan chan error),
-		loopAt: time.Now(), status: schema.StorageStatus{State: schema.StorageIdle}, metrics: newMetrics()}
+	js := env.JS
+	d := &Daemon{cfg: env.Config, env: env, nc: env.NC, js: js, log: env.Log, ready: make(chan struct{}), wake: make(chan struct{}, 1), flushes: make(chan chan error), barriers: make(chan chan error),
+		status: schema.StorageStatus{State: schema.StorageIdle}, metrics: newMetrics()}
 	if env.Metrics != nil {
 		d.metrics.register(env.Metrics, d)
 	}
+	d.live.Beat() // started: the loop's first round is due
 	return d, nil
 }
 
@@ -98,7 +96,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := daemon.Retry(ctx, d.log, "the storage buckets", d.open); err != nil {
 		return err
 	}
-	roles, err := rolewatch.Subscribe(d.nc, d.cfg.ClusterID, d.cfg.NodeID, d.cfg.Election.LeaderTTL(), d.log)
+	roles, err := d.env.Roles()
 	if err != nil {
 		return err
 	}
@@ -120,7 +118,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	for {
 		want, epoch := d.wanted(time.Now())
 		d.mu.Lock()
-		d.loopAt = time.Now()
+		d.live.Beat()
 		running, remirror := d.running, d.remirror
 		d.remirror = false
 		d.mu.Unlock()
@@ -268,8 +266,8 @@ func (d *Daemon) Ready() <-chan struct{} { return d.ready }
 func (d *Daemon) Healthy() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if time.Since(d.loopAt) > 30*time.Second {
-		return fmt.Errorf("control loop stalled since %s", d.loopAt.Format(time.RFC3339))
+	if err := d.live.Stalled("control", 30*time.Second); err != nil {
+		return err
 	}
 	return nil
 }

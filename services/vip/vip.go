@@ -18,7 +18,6 @@ import (
 
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
-	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -70,7 +69,7 @@ type Daemon struct {
 	held    bool
 	since   time.Time
 	lastErr error
-	loopAt  time.Time
+	live    daemon.Loop
 	changes prometheus.Counter
 }
 
@@ -85,7 +84,7 @@ func New(env daemon.Env) (*Daemon, error) {
 func newDaemon(env daemon.Env, prefix []string) (*Daemon, error) {
 	c := env.Config.VIP
 	d := &Daemon{cfg: c, cidr: fmt.Sprintf("%s/%d", c.Address, c.Netmask), nc: env.NC, env: env, log: env.Log,
-		ip: iproute{prefix: prefix}, ready: make(chan struct{}), arp: make(chan struct{}, 1), loopAt: time.Now(),
+		ip: iproute{prefix: prefix}, ready: make(chan struct{}), arp: make(chan struct{}, 1),
 		changes: prometheus.NewCounter(prometheus.CounterOpts{Name: "ccm_vip_changes_total", Help: "VIP additions and removals by this node."})}
 	if env.Metrics != nil {
 		env.Metrics.MustRegister(d.changes, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -98,6 +97,7 @@ func newDaemon(env daemon.Env, prefix []string) (*Daemon, error) {
 			return 0
 		}))
 	}
+	d.live.Beat() // started: the loop's first round is due
 	return d, nil
 }
 
@@ -114,7 +114,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := d.ip.checkInterface(ctx, d.cfg.Interface); err != nil {
 		d.fail(err)
 	}
-	roles, err := rolewatch.Subscribe(d.nc, d.env.Config.ClusterID, d.env.Config.NodeID, d.env.Config.Election.LeaderTTL(), d.log)
+	roles, err := d.env.Roles()
 	if err != nil {
 		return err
 	}
@@ -174,7 +174,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 // no longer holds it beside the new leader.
 func (d *Daemon) reconcile(ctx context.Context, want bool, deadline time.Time) bool {
 	d.mu.Lock()
-	d.loopAt = time.Now()
+	d.live.Beat()
 	d.mu.Unlock()
 	has, err := d.ip.has(ctx, d.cfg.Interface, d.cidr)
 	if err != nil {
@@ -274,8 +274,10 @@ func (d *Daemon) Healthy() error {
 	if d.lastErr != nil {
 		return d.lastErr
 	}
-	if time.Since(d.loopAt) > 30*time.Second && d.cfg.Address != "" {
-		return fmt.Errorf("reconcile loop stalled since %s", d.loopAt.Format(time.RFC3339))
+	if d.cfg.Address != "" {
+		if err := d.live.Stalled("reconcile", 30*time.Second); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -77,20 +77,18 @@ type Daemon struct {
 	released       bool      // the shadow was handed to ccm-backend on promotion
 	leading        bool      // the node led at the last look
 	status         schema.ApplyStatus
-	loopAt         time.Time
+	live           daemon.Loop
 }
 
 var _ daemon.Daemon = (*Daemon)(nil)
 
 // New returns the walapply daemon for env.
 func New(env daemon.Env) (*Daemon, error) {
-	js, err := jetstream.New(env.NC)
-	if err != nil {
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
+	js := env.JS
 	d := &Daemon{cfg: env.Config, env: env, js: js, log: env.Log, ready: make(chan struct{}),
-		wake: make(chan struct{}, 1), loopAt: time.Now()}
+		wake: make(chan struct{}, 1)}
 	d.metrics = newMetrics(env.Metrics, d)
+	d.live.Beat() // started: the loop's first round is due
 	return d, nil
 }
 
@@ -114,7 +112,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.fail(err)
 	}
 	defer d.close()
-	roles, err := rolewatch.Subscribe(d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, d.cfg.Election.LeaderTTL(), d.log)
+	roles, err := d.env.Roles()
 	if err != nil {
 		return err
 	}
@@ -274,7 +272,7 @@ func (d *Daemon) control(ctx context.Context, roles *rolewatch.Tracker) error {
 		// drain's target may be beyond what arrived when it won (a lost
 		// leader's last append), and nothing else brings it.
 		want := roles.Settled(time.Now()) && (!leading || d.drainTo > 0) && !d.paused && !d.left && !d.released && d.failed == nil && d.behind == nil && d.applier != nil
-		d.loopAt = time.Now()
+		d.live.Beat()
 		d.mu.Unlock()
 		if f != nil && f.ended() {
 			f = nil
@@ -639,8 +637,8 @@ func (d *Daemon) Healthy() error {
 	if d.failed != nil {
 		return d.failed
 	}
-	if time.Since(d.loopAt) > time.Minute {
-		return fmt.Errorf("control loop stalled since %s", d.loopAt.Format(time.RFC3339))
+	if err := d.live.Stalled("control", time.Minute); err != nil {
+		return err
 	}
 	return nil
 }

@@ -65,18 +65,15 @@ type Daemon struct {
 	ship     *Shipper
 	fencedAt uint64 // epoch whose appends were refused: never retried
 	lastErr  error
-	loopAt   time.Time
+	live     daemon.Loop
 }
 
 var _ daemon.Daemon = (*Daemon)(nil)
 
 // New returns the walship daemon for env.
 func New(env daemon.Env) (*Daemon, error) {
-	js, err := jetstream.New(env.NC)
-	if err != nil {
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	d := &Daemon{cfg: env.Config, env: env, js: js, log: env.Log, ready: make(chan struct{}), loopAt: time.Now()}
+	js := env.JS
+	d := &Daemon{cfg: env.Config, env: env, js: js, log: env.Log, ready: make(chan struct{})}
 	if env.Metrics != nil {
 		env.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ccm_walship_shipped_txid", Help: "Highest TXID appended to the WAL stream in the current epoch.",
@@ -109,6 +106,7 @@ func New(env daemon.Env) (*Daemon, error) {
 			return 0
 		}))
 	}
+	d.live.Beat() // started: the loop's first round is due
 	return d, nil
 }
 
@@ -126,7 +124,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	roles, err := rolewatch.Subscribe(d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, d.cfg.Election.LeaderTTL(), d.log)
+	roles, err := d.env.Roles()
 	if err != nil {
 		return err
 	}
@@ -156,7 +154,7 @@ func (d *Daemon) loop(ctx context.Context, roles *rolewatch.Tracker, g *errgroup
 			wait = min(wait, time.Until(deadline)) // dead-man switch
 		}
 		d.mu.Lock()
-		d.loopAt = time.Now()
+		d.live.Beat()
 		d.mu.Unlock()
 		select {
 		case <-ctx.Done():
@@ -252,8 +250,8 @@ func (d *Daemon) Ready() <-chan struct{} { return d.ready }
 func (d *Daemon) Healthy() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if time.Since(d.loopAt) > time.Minute {
-		return fmt.Errorf("control loop stalled since %s", d.loopAt.Format(time.RFC3339))
+	if err := d.live.Stalled("control", time.Minute); err != nil {
+		return err
 	}
 	return nil
 }

@@ -1,5 +1,6 @@
 // Package daemon is the service runtime shared by every ccm daemon: flags and
-// configuration, logging, the NATS connection, the micro service with its
+// configuration, logging, the NATS connection (and JetStream on it, and the
+// node's role events), the micro service with its
 // status endpoint, sd_notify readiness and watchdog, and Prometheus metrics,
 // all owned by one errgroup.
 package daemon
@@ -13,12 +14,14 @@ import (
 	"log/slog"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/natsconn"
+	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -45,7 +48,14 @@ type Env struct {
 	Config  config.Config
 	Log     *slog.Logger
 	NC      *nats.Conn
+	JS      jetstream.JetStream // on NC
 	Metrics prometheus.Registerer
+}
+
+// Roles subscribes to the cluster's role events for this node; the caller
+// closes the tracker.
+func (e Env) Roles() (*rolewatch.Tracker, error) {
+	return rolewatch.Subscribe(e.NC, e.Config.ClusterID, e.Config.NodeID, e.Config.Election.LeaderTTL(), e.Log)
 }
 
 // Spec describes a daemon binary.
@@ -103,9 +113,13 @@ func Run(ctx context.Context, spec Spec, cfg config.Config, log *slog.Logger, me
 	}
 	defer nc.Close()
 
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
 	reg := prometheus.NewRegistry()
 	registerProcessMetrics(reg, spec.Name, version)
-	d, err := spec.New(Env{Name: spec.Name, Version: version, Config: cfg, Log: log, NC: nc, Metrics: reg})
+	d, err := spec.New(Env{Name: spec.Name, Version: version, Config: cfg, Log: log, NC: nc, JS: js, Metrics: reg})
 	if err != nil {
 		return fmt.Errorf("init %s: %w", spec.Name, err)
 	}
