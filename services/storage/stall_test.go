@@ -52,6 +52,7 @@ func TestDrainOutlivesItsWatchsServer(t *testing.T) {
 		}
 		if s2 != nil {
 			s2.Stop()
+			natstest.DeleteConsumers(t, js, manifest)
 		}
 		s2 = daemontest.Start[*storage.Daemon](t, storage.Spec(), c2)
 		waitState(t, s2.D, schema.StorageSynced, 20*time.Second)

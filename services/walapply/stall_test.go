@@ -64,6 +64,7 @@ func drainAfterLostServer(t *testing.T, wins bool) {
 		}
 		if ap2 != nil {
 			ap2.Stop()
+			natstest.DeleteConsumers(t, js, walstream.Stream("dc"))
 		}
 		ap2 = daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
 		host = natstest.ConsumerServer(t, js, walstream.Stream("dc"))

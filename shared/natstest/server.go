@@ -4,6 +4,7 @@ package natstest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -107,6 +108,7 @@ func Cluster(t testing.TB, n int) []*server.Server {
 // name of the server it is placed on.
 func ConsumerServer(t testing.TB, js jetstream.JetStream, stream string) string {
 	t.Helper()
+	var hosts []string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		s, err := js.Stream(ctx, stream)
@@ -114,7 +116,7 @@ func ConsumerServer(t testing.TB, js jetstream.JetStream, stream string) string 
 			cancel()
 			continue
 		}
-		var hosts []string
+		hosts = hosts[:0]
 		for ci := range s.ListConsumers(ctx).Info() {
 			if ci.Cluster != nil && ci.Cluster.Leader != "" {
 				hosts = append(hosts, ci.Cluster.Leader)
@@ -125,6 +127,23 @@ func ConsumerServer(t testing.TB, js jetstream.JetStream, stream string) string 
 			return hosts[0]
 		}
 	}
-	t.Fatalf("not one placed consumer on %s after 10 s", stream)
+	t.Fatalf("not one placed consumer on %s after 10 s: on %v", stream, hosts)
 	return ""
+}
+
+// DeleteConsumers deletes every consumer of stream: a stopped client's
+// ephemeral consumer lingers until its inactivity threshold.
+func DeleteConsumers(t testing.TB, js jetstream.JetStream, stream string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	for name := range s.ListConsumers(ctx).Info() {
+		if err := s.DeleteConsumer(ctx, name.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			t.Fatalf("delete consumer %s of %s: %v", name.Name, stream, err)
+		}
+	}
 }
