@@ -5,7 +5,6 @@ package elector
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
-	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -298,47 +296,6 @@ func (e *Elector) onEntry(ctx context.Context, ent jetstream.KeyValueEntry) {
 	}
 }
 
-// sync settles the starting role from the leader key: a key that names this
-// node is resumed with compare-and-set (the elector restarted), anything
-// else makes the node passive.
-func (e *Elector) sync(ctx context.Context) {
-	defer e.markReady()
-	if e.State().Role != schema.RoleStarting {
-		return
-	}
-	ent, err := e.kv.Get(ctx, schema.KeyLeader)
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
-		e.apply(Event{Kind: Synced})
-		e.campaign(ctx)
-		return
-	case err != nil:
-		e.log.Warn("read leader key", "err", err)
-		return // stay starting; the next tick retries
-	}
-	rec, derr := decodeLeader(ent)
-	if derr != nil {
-		e.log.Error("ignoring invalid leader record", "err", derr)
-		e.apply(Event{Kind: Synced})
-		return
-	}
-	epoch := rec.EpochAt(ent.Revision())
-	e.gate.Admit(epoch)
-	if rec.Node == e.node && rec.Serving() {
-		e.rev, e.since, e.resumeReady = ent.Revision(), rec.Since, rec.Ready
-		if e.renewAt(ctx, epoch, rec.Since) == nil {
-			e.log.Info("resumed leadership after restart", "epoch", epoch)
-			return
-		}
-	}
-	if rec.HandoverTo == e.node {
-		e.apply(Event{Kind: Synced})
-		e.take(ctx, ent.Revision(), rec)
-		return
-	}
-	e.apply(Event{Kind: Synced, Node: leaderOf(rec), Epoch: epoch})
-}
-
 func leaderOf(r schema.LeaderRecord) string {
 	if r.Serving() {
 		return r.Node
@@ -381,72 +338,6 @@ func (e *Elector) tick(ctx context.Context, retry *time.Timer) {
 	e.writeStatus(ctx)
 }
 
-// verify re-reads the leader key on a passive: a vacant key starts a
-// campaign; a key naming this node although it is passive (left over from
-// before it fenced itself) is released so that others can campaign.
-func (e *Elector) verify(ctx context.Context) {
-	octx, cancel := context.WithTimeout(ctx, e.heartbeat/2)
-	defer cancel()
-	ent, err := e.kv.Get(octx, schema.KeyLeader)
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
-		e.apply(Event{Kind: Vacated})
-		e.campaign(ctx)
-	case err != nil:
-		e.log.Debug("read leader key", "err", err)
-	default:
-		rec, derr := decodeLeader(ent)
-		if derr != nil {
-			return
-		}
-		if rec.Node == e.node && rec.Serving() {
-			if err := e.kv.Delete(octx, schema.KeyLeader, jetstream.LastRevision(ent.Revision())); err != nil {
-				e.log.Warn("release stale leader key", "err", err)
-			} else {
-				e.log.Info("released stale leader key left from before self-fencing", "revision", ent.Revision())
-			}
-		}
-	}
-}
-
-// campaign tries to create the leader key if this node may lead: it must be
-// passive, not holding off after a demotion, and caught up (eligible); the
-// more it lags, the longer it waits before trying.
-func (e *Elector) campaign(ctx context.Context) {
-	if e.State().Role != schema.RolePassive || time.Now().Before(e.holdOff) || e.left {
-		return
-	}
-	delay, err := e.eligible(ctx)
-	if err != nil {
-		e.setIneligible(err)
-		return
-	}
-	e.setIneligible(nil)
-	if delay > 0 {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
-	}
-	octx, cancel := context.WithTimeout(ctx, e.heartbeat)
-	defer cancel()
-	now := time.Now()
-	rec := schema.LeaderRecord{Node: e.node, Since: now, RenewedAt: now, LeaderTTLMs: e.ttl.Milliseconds()}
-	e.metrics.campaigns.Inc()
-	rev, err := e.kv.Create(octx, schema.KeyLeader, encode(rec))
-	if err != nil {
-		if !isConflict(err) {
-			e.log.Warn("campaign", "err", err)
-		}
-		return
-	}
-	e.rev, e.since = rev, now
-	e.gate.Admit(rev)
-	e.apply(Event{Kind: Won, Epoch: rev, At: now})
-	e.renewAt(ctx, rev, now) // record the epoch in the key
-}
-
 // setIneligible records why this node may not campaign (nil: it may).
 func (e *Elector) setIneligible(err error) {
 	e.mu.Lock()
@@ -459,151 +350,6 @@ func (e *Elector) setIneligible(err error) {
 		}
 	}
 	e.ineligible = err
-}
-
-// take completes a handover addressed to this node with a compare-and-set
-// on the handover record's revision.
-// A node that is not eligible (not replicating, or too far behind)
-// refuses it and releases the key, so that the others campaign.
-func (e *Elector) take(ctx context.Context, rev uint64, from schema.LeaderRecord) {
-	octx, cancel := context.WithTimeout(ctx, e.heartbeat)
-	defer cancel()
-	if _, err := e.eligible(octx); err != nil {
-		e.log.Warn("refusing the handover: not eligible; releasing the leader key", "from", from.Node, "reason", err)
-		if derr := e.kv.Delete(octx, schema.KeyLeader, jetstream.LastRevision(rev)); derr != nil {
-			e.log.Warn("release the handed-over leader key (it expires by itself)", "err", derr)
-		}
-		e.apply(Event{Kind: Vacated})
-		return
-	}
-	now := time.Now()
-	rec := schema.LeaderRecord{Node: e.node, Since: now, RenewedAt: now, LeaderTTLMs: e.ttl.Milliseconds()}
-	newRev, err := e.kv.Update(octx, schema.KeyLeader, encode(rec), rev)
-	if err != nil {
-		e.log.Warn("take over from handover", "from", from.Node, "err", err)
-		return
-	}
-	e.rev, e.since = newRev, now
-	e.gate.Admit(newRev)
-	e.apply(Event{Kind: Won, Epoch: newRev, At: now, Reason: "handover from " + from.Node})
-	e.renewAt(ctx, newRev, now)
-}
-
-// renewAt renews the lease of epoch with compare-and-set on the last
-// revision written. A conflict means the leadership is lost.
-func (e *Elector) renewAt(ctx context.Context, epoch uint64, since time.Time) error {
-	now := time.Now()
-	deadline := now.Add(e.heartbeat)
-	if s := e.State(); s.Role == schema.RoleLeader && s.Deadline.Before(deadline) {
-		deadline = s.Deadline
-	}
-	octx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	rec := schema.LeaderRecord{Node: e.node, Epoch: epoch, Since: since, RenewedAt: now, LeaderTTLMs: e.ttl.Milliseconds(), Ready: e.State().Ready}
-	if e.State().Role == schema.RoleStarting {
-		rec.Ready = e.resumeReady
-	}
-	rev, err := e.kv.Update(octx, schema.KeyLeader, encode(rec), e.rev)
-	if err != nil {
-		e.metrics.renewFailures.Inc()
-		if isConflict(err) {
-			e.apply(Event{Kind: Lost, Reason: fmt.Sprintf("renewal compare-and-set failed: %v", err)})
-		} else {
-			e.log.Warn("lease renewal failed; retrying", "err", err, "deadline", e.State().Deadline)
-		}
-		return err
-	}
-	e.rev = rev
-	e.metrics.renewals.Inc()
-	if e.State().Role == schema.RoleStarting {
-		e.apply(Event{Kind: Won, Epoch: epoch, At: now, Reason: "resumed after restart", Ready: e.resumeReady})
-	} else {
-		e.apply(Event{Kind: Renewed, At: now})
-	}
-	e.mu.Lock()
-	e.renewed = now
-	e.mu.Unlock()
-	e.publish(e.State())
-	return nil
-}
-
-// onRoleEvent applies another node's role event. Events from epochs older
-// than the newest seen are ignored.
-func (e *Elector) onRoleEvent(m *nats.Msg) {
-	var ev schema.RoleEvent
-	if err := json.Unmarshal(m.Data, &ev); err != nil {
-		e.log.Warn("ignoring invalid role event", "data", string(m.Data), "err", err)
-		return
-	}
-	if ev.Node == e.node || ev.Role != schema.RoleLeader {
-		return
-	}
-	if !e.gate.Admit(ev.Epoch) {
-		e.metrics.staleEvents.Inc()
-		e.log.Debug("ignoring role event from an older epoch", "from", ev.Node, "epoch", ev.Epoch, "newest", e.gate.Newest())
-		return
-	}
-	e.apply(Event{Kind: Observed, Node: ev.Node, Epoch: ev.Epoch})
-}
-
-// apply moves the state machine and announces a role change.
-func (e *Elector) apply(ev Event) {
-	e.mu.Lock()
-	old := e.state
-	next := Next(old, ev, e.node, e.lease)
-	e.state = next
-	if next != old {
-		close(e.changed)
-		e.changed = make(chan struct{})
-	}
-	e.mu.Unlock()
-	if next.Role != old.Role || next.Leader != old.Leader || next.Epoch != old.Epoch {
-		e.dirty = true
-	}
-	lame := func(s State) bool { return s.Role == schema.RoleLeader && !s.Ready }
-	switch {
-	case !lame(next):
-		e.servingBy = time.Time{}
-	case !lame(old) || old.Epoch != next.Epoch:
-		bound := e.promotionBound()
-		if ev.Kind == Draining {
-			bound = e.drainBound()
-		}
-		e.servingBy = time.Now().Add(bound)
-	}
-	if next.Role == old.Role {
-		return
-	}
-	e.metrics.roleChanges.WithLabelValues(string(next.Role)).Inc()
-	e.log.Info("role changed", "from", old.Role, "to", next.Role, "epoch", next.Epoch, "reason", next.Reason)
-	e.publish(next)
-	e.markReady()
-	switch {
-	case next.Role == schema.RoleLeader && next.Ready:
-		// Restarted while serving: the node's daemons kept serving until
-		// the deadline and converge on this event; promoting again would
-		// restart the backend. ccm-backend's health checks hand over if
-		// the backend does not serve.
-		e.log.Info("resumed serving after restart", "epoch", next.Epoch)
-	case next.Role == schema.RoleLeader:
-		// Also after a restart of the elector mid-promotion: every step is idempotent.
-		e.startPromotion(next.Epoch)
-	}
-}
-
-// publish sends the node's role event.
-func (e *Elector) publish(s State) {
-	ev := schema.RoleEvent{
-		Cluster: e.cluster, Node: e.node, Role: s.Role, Epoch: s.Epoch,
-		Leader: s.Leader, Reason: s.Reason, At: time.Now(),
-	}
-	if s.Role == schema.RoleLeader {
-		ev.Deadline, ev.Prepared, ev.Ready = s.Deadline, s.Prepared, s.Ready
-		ev.DeadlineBoot = int64(rolewatch.BootTime() + time.Until(s.Deadline))
-	}
-	if err := e.nc.Publish(schema.RoleSubject(e.cluster), encode(ev)); err != nil {
-		e.log.Warn("publish role event", "err", err)
-	}
 }
 
 // writeStatus records this node's status under nodes.<node>.

@@ -1,9 +1,13 @@
 package elector
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -165,4 +169,83 @@ func reasonOr(ev Event, def string) string {
 		return ev.Reason
 	}
 	return def
+}
+
+// onRoleEvent applies another node's role event. Events from epochs older
+// than the newest seen are ignored.
+func (e *Elector) onRoleEvent(m *nats.Msg) {
+	var ev schema.RoleEvent
+	if err := json.Unmarshal(m.Data, &ev); err != nil {
+		e.log.Warn("ignoring invalid role event", "data", string(m.Data), "err", err)
+		return
+	}
+	if ev.Node == e.node || ev.Role != schema.RoleLeader {
+		return
+	}
+	if !e.gate.Admit(ev.Epoch) {
+		e.metrics.staleEvents.Inc()
+		e.log.Debug("ignoring role event from an older epoch", "from", ev.Node, "epoch", ev.Epoch, "newest", e.gate.Newest())
+		return
+	}
+	e.apply(Event{Kind: Observed, Node: ev.Node, Epoch: ev.Epoch})
+}
+
+// apply moves the state machine and announces a role change.
+func (e *Elector) apply(ev Event) {
+	e.mu.Lock()
+	old := e.state
+	next := Next(old, ev, e.node, e.lease)
+	e.state = next
+	if next != old {
+		close(e.changed)
+		e.changed = make(chan struct{})
+	}
+	e.mu.Unlock()
+	if next.Role != old.Role || next.Leader != old.Leader || next.Epoch != old.Epoch {
+		e.dirty = true
+	}
+	lame := func(s State) bool { return s.Role == schema.RoleLeader && !s.Ready }
+	switch {
+	case !lame(next):
+		e.servingBy = time.Time{}
+	case !lame(old) || old.Epoch != next.Epoch:
+		bound := e.promotionBound()
+		if ev.Kind == Draining {
+			bound = e.drainBound()
+		}
+		e.servingBy = time.Now().Add(bound)
+	}
+	if next.Role == old.Role {
+		return
+	}
+	e.metrics.roleChanges.WithLabelValues(string(next.Role)).Inc()
+	e.log.Info("role changed", "from", old.Role, "to", next.Role, "epoch", next.Epoch, "reason", next.Reason)
+	e.publish(next)
+	e.markReady()
+	switch {
+	case next.Role == schema.RoleLeader && next.Ready:
+		// Restarted while serving: the node's daemons kept serving until
+		// the deadline and converge on this event; promoting again would
+		// restart the backend. ccm-backend's health checks hand over if
+		// the backend does not serve.
+		e.log.Info("resumed serving after restart", "epoch", next.Epoch)
+	case next.Role == schema.RoleLeader:
+		// Also after a restart of the elector mid-promotion: every step is idempotent.
+		e.startPromotion(next.Epoch)
+	}
+}
+
+// publish sends the node's role event.
+func (e *Elector) publish(s State) {
+	ev := schema.RoleEvent{
+		Cluster: e.cluster, Node: e.node, Role: s.Role, Epoch: s.Epoch,
+		Leader: s.Leader, Reason: s.Reason, At: time.Now(),
+	}
+	if s.Role == schema.RoleLeader {
+		ev.Deadline, ev.Prepared, ev.Ready = s.Deadline, s.Prepared, s.Ready
+		ev.DeadlineBoot = int64(rolewatch.BootTime() + time.Until(s.Deadline))
+	}
+	if err := e.nc.Publish(schema.RoleSubject(e.cluster), encode(ev)); err != nil {
+		e.log.Warn("publish role event", "err", err)
+	}
 }
