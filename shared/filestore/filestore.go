@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
 // FilesBucket is the KV bucket of a cluster's storage manifest.
@@ -30,9 +32,8 @@ const ManifestKey = "manifest"
 // filePrefix prefixes the key of each file's Entry.
 const filePrefix = "f."
 
-// chunkSize is the object chunk size, as for snapshots: below the NATS
-// default max_payload, large enough to stream fast.
-const chunkSize = 512 << 10
+// chunkSize is the object chunk size.
+const chunkSize = schema.MaxChunk
 
 // Entry is one file of the storage tree.
 type Entry struct {

@@ -72,3 +72,8 @@ func shortName(daemon string) string {
 	}
 	return daemon
 }
+
+// MaxChunk is the largest payload ccm publishes in one message (a WAL
+// chunk, an Object Store chunk of a snapshot or a storage file): large
+// enough to stream fast, below the NATS default max_payload of 1 MiB.
+const MaxChunk = 512 << 10

@@ -19,6 +19,7 @@ import (
 	"github.com/superfly/ltx"
 
 	"github.com/convex-cluster-manager/ccm/shared/fsutil"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
 // Bucket is the Object Store bucket of a cluster's snapshots.
@@ -27,9 +28,8 @@ func Bucket(cluster string) string { return "ccm_snap_" + cluster }
 // DefaultKeep is how many snapshots are kept when a new one is stored.
 const DefaultKeep = 3
 
-// chunkSize is the object chunk size: large chunks upload faster, and stay
-// below the NATS default max_payload of 1 MiB.
-const chunkSize = 512 << 10
+// chunkSize is the object chunk size.
+const chunkSize = schema.MaxChunk
 
 // Snapshot describes one stored snapshot.
 type Snapshot struct {

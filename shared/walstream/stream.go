@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
 // Stream is the JetStream stream name of a cluster's WAL.
@@ -20,8 +22,8 @@ func Stream(cluster string) string { return "CCM_WAL_" + cluster }
 func Subject(cluster string) string { return fmt.Sprintf("ccm.%s.wal", cluster) }
 
 // ChunkSize is the largest payload of one message; LTX files are split
-// into chunks of this size (the NATS default max_payload is 1 MiB).
-const ChunkSize = 512 << 10
+// into chunks of this size.
+const ChunkSize = schema.MaxChunk
 
 // Ensure creates the cluster's WAL stream with retention keep and the
 // given replica count, or updates it when its settings differ. Only
