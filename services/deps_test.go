@@ -79,3 +79,25 @@ func TestCommandsLinkOneService(t *testing.T) {
 		}
 	}
 }
+
+// TestCLILinksNoDaemonRuntime keeps the ccm command a NATS client: it links
+// neither the daemon runtime nor what only daemons need (sd_notify, the
+// Prometheus client, Litestream).
+func TestCLILinksNoDaemonRuntime(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "../cmd/ccm").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 10 {
+		t.Fatalf("go list reported %d dependencies of cmd/ccm; the check would prove nothing", len(deps))
+	}
+	forbidden := []string{module + "shared/daemon", "github.com/coreos/go-systemd", "github.com/prometheus/client_golang", "github.com/benbjohnson/litestream"}
+	for _, dep := range deps {
+		for _, f := range forbidden {
+			if dep == f || strings.HasPrefix(dep, f+"/") {
+				t.Errorf("cmd/ccm links %s: the CLI talks to the daemons over NATS and links none of their runtime", dep)
+			}
+		}
+	}
+}
