@@ -237,53 +237,31 @@ func CopyLocal(src string, e Entry, dst string) error {
 }
 
 // writeVerified writes r to dst, never visibly partial: into a temporary
-// file beside it, checked against e's size and SHA-256, synced, given e's
-// mode and mtime, then renamed over dst and the directory synced.
+// file beside it (named with TempPrefix), checked against e's size and
+// SHA-256, synced, given e's mode and mtime, then renamed over dst and the
+// directory synced.
 func writeVerified(e Entry, dst string, r io.Reader, progress func(int64)) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(dst), TempPrefix)
-	if err != nil {
-		return err
-	}
-	done := false
-	defer func() {
-		if !done {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	h := sha256.New()
-	var w io.Writer = io.MultiWriter(tmp, h)
-	if progress != nil {
-		w = io.MultiWriter(w, progressWriter(progress))
-	}
-	n, err := io.CopyBuffer(w, r, make([]byte, 256<<10))
-	if err != nil {
-		return fmt.Errorf("%s: copy: %w", e.Path, err)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); n != e.Size || got != e.SHA256 {
-		return fmt.Errorf("%s: got %d bytes with SHA-256 %s, want %d bytes with %s: %w", e.Path, n, got, e.Size, e.SHA256, ErrCorrupt)
-	}
-	if err := tmp.Chmod(fs.FileMode(e.Mode) & fs.ModePerm); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
 	mtime := time.Unix(0, e.MtimeNs)
-	if err := os.Chtimes(tmp.Name(), mtime, mtime); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
-		return err
-	}
-	done = true
-	return fsutil.SyncDir(filepath.Dir(dst))
+	o := fsutil.ReplaceOptions{Perm: fs.FileMode(e.Mode) & fs.ModePerm, TempPrefix: TempPrefix,
+		Finish: func(tmp string) error { return os.Chtimes(tmp, mtime, mtime) }}
+	return fsutil.Replace(dst, o, func(f *os.File) error {
+		h := sha256.New()
+		var w io.Writer = io.MultiWriter(f, h)
+		if progress != nil {
+			w = io.MultiWriter(w, progressWriter(progress))
+		}
+		n, err := io.CopyBuffer(w, r, make([]byte, 256<<10))
+		if err != nil {
+			return fmt.Errorf("%s: copy: %w", e.Path, err)
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); n != e.Size || got != e.SHA256 {
+			return fmt.Errorf("%s: got %d bytes with SHA-256 %s, want %d bytes with %s: %w", e.Path, n, got, e.Size, e.SHA256, ErrCorrupt)
+		}
+		return nil
+	})
 }
 
 type progressWriter func(int64)

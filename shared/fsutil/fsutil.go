@@ -44,18 +44,41 @@ func SyncDir(dir string) error {
 }
 
 // WriteAtomic replaces path durably with what write writes to a
-// temporary file beside it (path + ".tmp"): the file is fsynced, renamed
-// over path, then its directory synced. On any error path is left as it
-// was and the temporary file removed.
+// temporary file beside it (path + ".tmp"): the file gets mode perm, is
+// fsynced, renamed over path, then its directory synced. On any error
+// path is left as it was and the temporary file removed.
 func WriteAtomic(path string, perm fs.FileMode, write func(f *os.File) error) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, perm)
+	return Replace(path, ReplaceOptions{Perm: perm}, write)
+}
+
+// ReplaceOptions adjust WriteAtomic.
+type ReplaceOptions struct {
+	Perm fs.FileMode
+	// TempPrefix, if set, names the temporary file os.CreateTemp-style
+	// (for trees whose readers skip files so named); otherwise it is
+	// path + ".tmp".
+	TempPrefix string
+	// Finish, if set, runs on the temporary file after it is synced and
+	// closed, before the rename (to set its times, say).
+	Finish func(tmp string) error
+}
+
+// Replace is WriteAtomic with options.
+func Replace(path string, o ReplaceOptions, write func(f *os.File) error) error {
+	var f *os.File
+	var err error
+	if o.TempPrefix != "" {
+		f, err = os.CreateTemp(filepath.Dir(path), o.TempPrefix)
+	} else {
+		f, err = os.OpenFile(path+".tmp", os.O_RDWR|os.O_CREATE|os.O_TRUNC, o.Perm)
+	}
 	if err != nil {
 		return err
 	}
+	tmp := f.Name()
 	defer os.Remove(tmp) // after the rename: nothing there
 	// The mode asked, not narrowed by the umask nor left from an earlier try.
-	if err := f.Chmod(perm); err != nil {
+	if err := f.Chmod(o.Perm); err != nil {
 		f.Close()
 		return err
 	}
@@ -69,6 +92,11 @@ func WriteAtomic(path string, perm fs.FileMode, write func(f *os.File) error) er
 	}
 	if err := f.Close(); err != nil {
 		return err
+	}
+	if o.Finish != nil {
+		if err := o.Finish(tmp); err != nil {
+			return err
+		}
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return err
