@@ -5,6 +5,7 @@
 package snapstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -183,8 +184,8 @@ func (st *Store) List(ctx context.Context) ([]Snapshot, error) {
 		}
 	}
 	slices.SortFunc(out, func(a, b Snapshot) int {
-		if a.Seq != b.Seq {
-			return int(a.Seq) - int(b.Seq)
+		if c := cmp.Compare(a.Seq, b.Seq); c != 0 {
+			return c
 		}
 		return a.Created.Compare(b.Created)
 	})
@@ -219,7 +220,8 @@ func (st *Store) prune(ctx context.Context, keep int) error {
 
 // Download writes snapshot s to path (fsutil.WriteAtomic) and verifies it: the object's SHA-256 digest, its size and
 // its rolling LTX checksum must all match, or the file is removed and
-// ErrCorrupt returned. progress, if set, is called with bytes written.
+// ErrCorrupt returned. progress, if set, is called with the bytes written so
+// far (a running total, ending with the whole).
 func (st *Store) Download(ctx context.Context, s Snapshot, path string, progress func(int64)) error {
 	obj, err := st.obs.Get(ctx, s.Name)
 	if err != nil {
@@ -264,6 +266,9 @@ func copyChecksum(w io.Writer, r io.Reader, pageSize uint32, progress func(int64
 	for pgno := uint32(1); ; pgno++ {
 		k, err := io.ReadFull(r, buf)
 		if errors.Is(err, io.EOF) {
+			if progress != nil {
+				progress(n) // the whole, whatever the page count
+			}
 			return sum, n, nil
 		}
 		if err != nil {
