@@ -4,7 +4,8 @@ GO ?= go
 VERSION ?= 0.1.0-dev
 LDFLAGS := -s -w -X github.com/convex-cluster-manager/ccm/shared/daemon.version=$(VERSION)
 BINARIES := $(notdir $(wildcard cmd/*))
-GOTEST_FLAGS ?= -count=1 -timeout 20m
+GOTEST_FLAGS ?= -count=1 -timeout 30m
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .PHONY: help build test unit-test lint bench bench-failover bench-loss bench-scale bench-bigtx images demo demo-down clean
 help: ## list targets
@@ -14,17 +15,20 @@ build: ## build every binary under cmd/ (static) into bin/
 	@mkdir -p bin
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ $(addprefix ./cmd/,$(BINARIES))
 
-test: images ## all tests: package tests (embedded NATS) and node tests (systemd containers)
-	$(GO) test $(GOTEST_FLAGS) ./...
+test: lint images ## all tests: lint, package tests (embedded NATS) with the race detector, node and cluster tests (systemd containers)
+	$(GO) test $(GOTEST_FLAGS) -race ./...
 	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test $(GOTEST_FLAGS) -tags integration ./itest/...
 
 unit-test: ## package tests only: real embedded NATS, no Docker
 	$(GO) test $(GOTEST_FLAGS) ./...
 
-lint: ## go vet and a gofmt check
+lint: ## go vet (every build tag), a gofmt check, staticcheck
 	$(GO) vet ./...
+	$(GO) vet -tags 'integration bench' ./itest/...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) run $(STATICCHECK) ./...
+	$(GO) run $(STATICCHECK) -tags 'integration bench' ./itest/...
 
 bench: build ## replication lag vs Litestream, ccm join throughput, storage mirroring (needs nats-server, litestream on PATH)
 	$(GO) run ./itest/bench/lag -bin bin $(BENCH_FLAGS)

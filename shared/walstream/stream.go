@@ -78,14 +78,3 @@ func Lookup(ctx context.Context, js jetstream.JetStream, cluster string) (jetstr
 // ErrFenced means an append was refused because the stream moved on: a
 // newer epoch was opened or someone else appended. The writer must stop.
 var ErrFenced = errors.New("fenced: the WAL stream moved on")
-
-// isWrongLastSequence reports whether err is JetStream's optimistic
-// concurrency failure.
-func isWrongLastSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) {
-		return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
-	}
-	return false
-}

@@ -71,20 +71,17 @@ func run(ctx context.Context, args []string) error {
 	if o.natsSync != "" {
 		fmt.Printf("# nats-server jetstream sync_interval: %s\n", o.natsSync)
 	}
-	var results []result
 	for _, rate := range o.rates {
 		r, err := measureCCM(ctx, o, rate)
 		if err != nil {
 			return fmt.Errorf("ccm at %d/s: %w", rate, err)
 		}
-		results = append(results, r)
 		r.print()
 		if o.litestream != "" {
 			b, err := measureLitestream(ctx, o, rate)
 			if err != nil {
 				return fmt.Errorf("litestream at %d/s: %w", rate, err)
 			}
-			results = append(results, b)
 			b.print()
 			fmt.Printf("  ratio litestream/ccm: p50 %.0fx, p99 %.0fx\n", ratio(b.p(50), r.p(50)), ratio(b.p(99), r.p(99)))
 		}

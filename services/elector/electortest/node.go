@@ -13,11 +13,13 @@ import (
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
-// Lease timings for tests: short, but with the same proportions as the defaults.
+// Lease timings for tests: short, but with the same proportions as the
+// defaults; longer (Scale) under the race detector, which slows everything
+// several times on a loaded machine.
 const (
-	TTL       = 2000 * time.Millisecond
-	Heartbeat = 500 * time.Millisecond
-	Margin    = 500 * time.Millisecond
+	TTL       = 2000 * time.Millisecond * Scale
+	Heartbeat = 500 * time.Millisecond * Scale
+	Margin    = 500 * time.Millisecond * Scale
 )
 
 // Node is one elector running in-process.
