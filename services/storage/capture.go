@@ -181,8 +181,7 @@ func (c *capturer) loop(ctx context.Context, n *notifier, ev *pending) error {
 			}
 			c.barriers[name] = reply
 		case reply := <-c.d.flushes:
-			c.full = true
-			reply <- c.flush(ctx)
+			reply <- c.flushAll(ctx)
 		case <-full.C:
 			c.full = true
 		case <-batch:
@@ -305,6 +304,30 @@ func (c *capturer) flush(ctx context.Context) error {
 		return nil
 	}
 	return c.publishManifest(ctx, dbSeq)
+}
+
+// flushRetry is how long a flush asked for retries the files that failed
+// (a stream without a leader for a moment) before it reports them.
+const flushRetry = 10 * time.Second
+
+// flushAll publishes the whole tree for Flush: it succeeds only when every
+// file is published. (It answered success with files that had failed to
+// upload, and a demotion handed over without them.)
+func (c *capturer) flushAll(ctx context.Context) error {
+	c.full = true
+	err := c.flush(ctx)
+	for end := time.Now().Add(flushRetry); err == nil && c.failed != nil && time.Now().Before(end); {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+		err = c.flush(ctx)
+	}
+	if err == nil && c.failed != nil {
+		err = fmt.Errorf("storage flush: files not published: %w", c.failed)
+	}
+	return err
 }
 
 // ensureObject uploads the contents sum of the file at abs unless they are

@@ -1,6 +1,7 @@
 package storage_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
+	"github.com/convex-cluster-manager/ccm/shared/filestore"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
@@ -69,4 +71,27 @@ func TestDemotionWithStuckStorageIsNoLameDuck(t *testing.T) {
 	if got, err := os.ReadFile(filepath.Join(c2.StorageDir(), "modules/late.js")); !strings.Contains(string(got), "cut off") {
 		t.Fatalf("the file written while storage was cut off, on the new leader: %q %v", got, err)
 	}
+}
+
+// TestFlushFailsWhileFilesCannotBePublished: a flush (a demotion's step
+// before handing over) must not report success while a file written
+// before it could not be uploaded: it answered nil, and the handover went
+// on without the file (seen under the race detector, with a stream
+// re-electing its leader).
+func TestFlushFailsWhileFilesCannotBePublished(t *testing.T) {
+	c := start(t)
+	write(t, c.c1.StorageDir(), "modules/a.js", []byte("a"))
+	waitSame(t, c.c1.StorageDir(), c.c2.ShadowStorageDir(), 10*time.Second)
+	// The contents store goes away: no upload can succeed.
+	if err := c.js.DeleteObjectStore(context.Background(), filestore.BlobsBucket("dc")); err != nil {
+		t.Fatal(err)
+	}
+	write(t, c.c1.StorageDir(), "modules/b.js", []byte("written when nothing can be uploaded"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := c.s1.D.Flush(ctx)
+	if err == nil {
+		t.Fatal("flush reported success with a file it could not upload")
+	}
+	t.Logf("flush: %v", err)
 }
