@@ -65,7 +65,7 @@ func openDB(t testing.TB, path string) *sql.DB {
 
 // writerDSN opens the leader database as a writer that waits for
 // Litestream's short checkpoint locks instead of failing with SQLITE_BUSY.
-func writerDSN(path string) string { return "file:" + path + "?_pragma=busy_timeout(5000)" }
+func writerDSN(path string) string { return "file:" + path + "?_pragma=busy_timeout(30000)" }
 
 func mustExec(t testing.TB, db *sql.DB, q string, args ...any) {
 	t.Helper()
