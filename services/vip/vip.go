@@ -194,10 +194,12 @@ func (d *Daemon) reconcile(ctx context.Context, want bool, deadline time.Time) b
 		if time.Now().After(deadline) {
 			// The lease ended during the call (a frozen node resumed):
 			// the lifetime given was measured before.
-			if err := d.ip.del(ctx, d.cfg.Interface, d.cidr); err != nil {
+			err := d.ip.del(ctx, d.cfg.Interface, d.cidr)
+			if err != nil {
 				d.fail(err)
 			}
 			d.set(false)
+			d.log.Warn("VIP removed: the lease ended while it was being renewed (the node was frozen during the call)", "vip", d.cidr, "deadline", deadline, "err", err)
 			return true
 		}
 		d.heldUntil = deadline
