@@ -16,8 +16,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/convex-cluster-manager/ccm/services/elector"
-	"github.com/convex-cluster-manager/ccm/services/walship"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
@@ -68,7 +66,7 @@ func TestSingleNodeCluster(t *testing.T) {
 	if err != nil || msg.Header.Get("Nats-Service-Error") != "" {
 		t.Fatalf("flush: %v %s", err, msg.Header.Get("Nats-Service-Error"))
 	}
-	var f walship.FlushReply
+	var f schema.FlushReply
 	json.Unmarshal(msg.Data, &f)
 	js, _ := jetstream.New(nc)
 	s, err := js.Stream(context.Background(), walstream.Stream("one"))
@@ -111,7 +109,7 @@ func TestBackendControlWithSystemd(t *testing.T) {
 	defer nc.Close()
 	st := n.Status(t)
 	call := func(verb string) error {
-		body, _ := json.Marshal(elector.PrepareRequest{Epoch: st.Leader.Epoch})
+		body, _ := json.Marshal(schema.EpochRequest{Epoch: st.Leader.Epoch})
 		msg, err := nc.Request(schema.Endpoint("one", "n1", schema.ServiceBackend, verb), body, time.Minute)
 		if err != nil {
 			return err

@@ -24,6 +24,7 @@ import (
 
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
@@ -259,11 +260,7 @@ func (d *Daemon) check(ctx context.Context, epoch uint64) {
 		defer d.wg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		msg, err := d.nc.RequestWithContext(ctx, schema.Endpoint(d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceElector, "demote"), nil)
-		if err == nil && msg.Header.Get(micro.ErrorHeader) != "" {
-			err = errors.New(msg.Header.Get(micro.ErrorHeader))
-		}
-		if err != nil {
+		if _, err := natsconn.Call(ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceElector, "demote", nil, 2*time.Minute); err != nil {
 			d.log.Error("hand over", "err", err)
 		}
 	}()
@@ -358,18 +355,14 @@ func (d *Daemon) Prepare(ctx context.Context, epoch uint64) error {
 // release asks the local ccm-walapply to hand over its drained shadow; a
 // node without walapply has nobody writing the shadow.
 func (d *Daemon) release(ctx context.Context) (replica.Position, error) {
-	var pos replica.Position
-	msg, err := d.nc.RequestWithContext(ctx, schema.Endpoint(d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, "release"), nil)
-	if errors.Is(err, nats.ErrNoResponders) {
-		return pos, nil
+	pos, err := natsconn.CallJSON[replica.Position](ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, "release", nil, time.Hour)
+	if errors.Is(err, natsconn.ErrNotRunning) {
+		return replica.Position{}, nil
 	}
 	if err != nil {
 		return pos, fmt.Errorf("release the shadow database: %w", err)
 	}
-	if e := msg.Header.Get(micro.ErrorHeader); e != "" {
-		return pos, fmt.Errorf("release the shadow database: %s", e)
-	}
-	return pos, json.Unmarshal(msg.Data, &pos)
+	return pos, nil
 }
 
 // Start starts the unit for epoch and waits until the health check passes
@@ -495,15 +488,15 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 				Epoch uint64 `json:"epoch"`
 			}
 			if err := json.Unmarshal(req.Data(), &r); err != nil && len(req.Data()) > 0 {
-				req.Error("400", fmt.Sprintf("invalid request %q: %v", req.Data(), err), nil)
+				req.Error(natsconn.CodeBadRequest, fmt.Sprintf("invalid request %q: %v", req.Data(), err), nil)
 				return
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
 			if err := fn(ctx, r.Epoch); err != nil {
-				code := "500"
+				code := natsconn.CodeFailed
 				if errors.Is(err, ErrNotLeader) {
-					code = "409"
+					code = natsconn.CodeRefused
 				}
 				req.Error(code, err.Error(), nil)
 				return

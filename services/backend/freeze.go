@@ -2,13 +2,10 @@ package backend
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go/micro"
-
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -73,20 +70,11 @@ func (d *Daemon) guard(ctx context.Context) {
 // committed change was shipped (asked, less how long its oldest unshipped
 // change waited), or says why it cannot tell.
 func (d *Daemon) askShipped(ctx context.Context, epoch uint64, asked time.Time, wait time.Duration) (time.Time, string) {
-	rctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	msg, err := d.nc.RequestWithContext(rctx, schema.Endpoint(d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalship, "status"), nil)
-	if err == nil && msg.Header.Get(micro.ErrorHeader) != "" {
-		err = errors.New(msg.Header.Get(micro.ErrorHeader))
-	}
+	reply, err := natsconn.CallJSON[struct {
+		Status schema.ShipStatus `json:"status"`
+	}](ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalship, "status", nil, wait)
 	if err != nil {
 		return time.Time{}, "ccm-walship does not answer: " + err.Error()
-	}
-	var reply struct {
-		Status schema.ShipStatus `json:"status"`
-	}
-	if err := json.Unmarshal(msg.Data, &reply); err != nil {
-		return time.Time{}, fmt.Sprintf("ccm-walship status %q: %v", msg.Data, err)
 	}
 	st := reply.Status
 	switch {

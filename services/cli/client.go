@@ -11,7 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/natsconn"
@@ -136,28 +135,23 @@ func (c *client) requireNode(ctx context.Context, id string) error {
 
 // request calls a daemon endpoint and decodes its JSON reply into out.
 func (c *client) request(ctx context.Context, node, daemon, verb string, body, out any) error {
-	subj := schema.Endpoint(c.cfg.ClusterID, node, daemon, verb)
-	var data []byte
-	if body != nil {
-		data, _ = json.Marshal(body)
-	}
-	msg, err := c.nc.RequestWithContext(ctx, subj, data)
-	if errors.Is(err, nats.ErrNoResponders) {
-		return fmt.Errorf("%w: %s on node %s (no responders on %s)", errNotRunning, daemon, node, subj)
-	}
-	if err != nil {
-		return fmt.Errorf("%s %s on node %s: %w", daemon, verb, node, err)
-	}
-	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-		err := fmt.Errorf("%s %s on node %s: %s", daemon, verb, node, msg.Header.Get(micro.ErrorHeader))
-		if code == "404" {
+	data, err := natsconn.Call(ctx, c.nc, c.cfg.ClusterID, node, daemon, verb, body, time.Hour)
+	var refused *natsconn.CallError
+	switch {
+	case errors.Is(err, natsconn.ErrNotRunning):
+		return fmt.Errorf("%w: %s on node %s (no responders on %s)", errNotRunning, daemon, node, schema.Endpoint(c.cfg.ClusterID, node, daemon, verb))
+	case errors.As(err, &refused):
+		err := fmt.Errorf("%s %s on node %s: %s", daemon, verb, node, refused.Description)
+		if refused.Code == natsconn.CodeNotFound {
 			err = fmt.Errorf("%w: %w", ErrUnknownNode, err)
 		}
 		return err
+	case err != nil:
+		return fmt.Errorf("%s %s on node %s: %w", daemon, verb, node, errors.Unwrap(err))
 	}
 	if out != nil {
-		if err := json.Unmarshal(msg.Data, out); err != nil {
-			return fmt.Errorf("%s %s on node %s: invalid reply %q: %w", daemon, verb, node, msg.Data, err)
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("%s %s on node %s: invalid reply %q: %w", daemon, verb, node, data, err)
 		}
 	}
 	return nil

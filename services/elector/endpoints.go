@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -101,7 +102,7 @@ func (e *Elector) handleDemote(req micro.Request) {
 	var r schema.DemoteRequest
 	if len(req.Data()) > 0 {
 		if err := json.Unmarshal(req.Data(), &r); err != nil {
-			req.Error("400", fmt.Sprintf("invalid demote request %q: %v", req.Data(), err), nil)
+			req.Error(natsconn.CodeBadRequest, fmt.Sprintf("invalid demote request %q: %v", req.Data(), err), nil)
 			return
 		}
 	}
@@ -112,14 +113,14 @@ func (e *Elector) handleDemote(req micro.Request) {
 
 func (e *Elector) respond(req micro.Request, err error) {
 	if err != nil {
-		code := "500"
+		code := natsconn.CodeFailed
 		switch {
 		case errors.Is(err, ErrNotLeader):
-			code = "409"
+			code = natsconn.CodeRefused
 		case errors.Is(err, ErrUnknownNode):
-			code = "404"
+			code = natsconn.CodeNotFound
 		case errors.Is(err, ErrNotReady), errors.Is(err, ErrNotEligible):
-			code = "503"
+			code = natsconn.CodeNotReady
 		}
 		req.Error(code, err.Error(), nil)
 		return

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
@@ -30,11 +29,6 @@ type promotionStep struct {
 	epoch uint64
 	kind  EventKind // Prepared or Ready; 0 with err when the promotion failed
 	err   error
-}
-
-// PrepareRequest is the body of ccm-backend's prepare and start requests.
-type PrepareRequest struct {
-	Epoch uint64 `json:"epoch"`
 }
 
 // Bounds of the promotion's steps that do not depend on the configuration.
@@ -125,11 +119,11 @@ func (e *Elector) bringUp(ctx context.Context, epoch uint64, report func(promoti
 		json.Unmarshal(drained, &shadow)
 	}
 	step("storage drain")
-	if _, err := e.callStorage(ctx, "drain", PrepareRequest{Epoch: epoch}, e.storageSync+time.Minute); err != nil && !errors.Is(err, errSkipped) {
+	if _, err := e.callStorage(ctx, "drain", schema.EpochRequest{Epoch: epoch}, e.storageSync+time.Minute); err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("bring the storage directory in sync: %w", err)
 	}
 	step("backend prepare")
-	_, err = e.call(ctx, schema.ServiceBackend, "prepare", PrepareRequest{Epoch: epoch}, prepareTimeout)
+	_, err = e.call(ctx, schema.ServiceBackend, "prepare", schema.EpochRequest{Epoch: epoch}, prepareTimeout)
 	switch {
 	case errors.Is(err, errSkipped) && shadow.PageSize != 0:
 		// Shipping the data path's database instead would go back in time.
@@ -143,7 +137,7 @@ func (e *Elector) bringUp(ctx context.Context, epoch uint64, report func(promoti
 		return fmt.Errorf("open the epoch on the WAL stream: %w", err)
 	}
 	step("backend start")
-	if _, err := e.call(ctx, schema.ServiceBackend, "start", PrepareRequest{Epoch: epoch}, e.startTimeout); err != nil && !errors.Is(err, errSkipped) {
+	if _, err := e.call(ctx, schema.ServiceBackend, "start", schema.EpochRequest{Epoch: epoch}, e.startTimeout); err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("start the backend: %w", err)
 	}
 	report(promotionStep{epoch: epoch, kind: Ready})
@@ -265,13 +259,13 @@ func (e *Elector) Promote(ctx context.Context) error {
 	if err != nil || current == "" {
 		return err
 	}
-	body, _ := json.Marshal(schema.DemoteRequest{To: e.node})
-	msg, err := e.nc.RequestWithContext(ctx, schema.Endpoint(e.cluster, current, schema.ServiceElector, "demote"), body)
+	_, err = natsconn.Call(ctx, e.nc, e.cluster, current, schema.ServiceElector, "demote", schema.DemoteRequest{To: e.node}, time.Hour)
+	var refused *natsconn.CallError
+	if errors.As(err, &refused) {
+		return fmt.Errorf("leader %s refused to hand over: %s %s", current, refused.Code, refused.Description)
+	}
 	if err != nil {
 		return fmt.Errorf("ask leader %s to hand over: %w", current, err)
-	}
-	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return fmt.Errorf("leader %s refused to hand over: %s %s", current, code, msg.Header.Get(micro.ErrorHeader))
 	}
 	return e.waitRole(ctx, schema.RoleLeader)
 }
@@ -334,14 +328,14 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 	// backendStopTimeout); the flushes after it share one TTL.
 	bctx, bcancel := context.WithTimeout(context.WithoutCancel(ctx), backendStopTimeout)
 	defer bcancel()
-	if _, err := e.call(bctx, schema.ServiceBackend, "stop", PrepareRequest{Epoch: epoch}, backendStopTimeout); err != nil && !errors.Is(err, errSkipped) {
+	if _, err := e.call(bctx, schema.ServiceBackend, "stop", schema.EpochRequest{Epoch: epoch}, backendStopTimeout); err != nil && !errors.Is(err, errSkipped) {
 		return e.undrain(epoch, "stopping the backend", err)
 	}
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.ttl)
 	defer cancel()
 	var lost error // the leader's changes cannot be shipped at all
 	if _, err := e.call(dctx, schema.ServiceWalship, "flush", nil, e.ttl); err != nil && !errors.Is(err, errSkipped) {
-		if !natsconn.HasCode(err, "409") {
+		if !natsconn.HasCode(err, natsconn.CodeRefused) {
 			return e.undrain(epoch, "the final WAL flush", err)
 		}
 		// Not shipping (its appends were fenced): serving on would only
@@ -378,7 +372,7 @@ func (e *Elector) undrain(epoch uint64, step string, cause error) error {
 	e.log.Error("demote: "+step+" failed: serving again", "err", cause)
 	ctx, cancel := context.WithTimeout(e.runCtx, e.startTimeout+e.ttl)
 	defer cancel()
-	_, err := e.call(ctx, schema.ServiceBackend, "start", PrepareRequest{Epoch: epoch}, e.startTimeout)
+	_, err := e.call(ctx, schema.ServiceBackend, "start", schema.EpochRequest{Epoch: epoch}, e.startTimeout)
 	if err != nil && !errors.Is(err, errSkipped) {
 		e.log.Error("demote: the backend does not start again: stepping down", "err", err)
 		e.do(ctx, func(ctx context.Context) error {

@@ -46,15 +46,15 @@ func TestPassiveBehindRetentionRebootstraps(t *testing.T) {
 	w := openDB(t, "file:"+c1.Backend.DBPath()+"?_pragma=busy_timeout(5000)")
 	defer w.Close()
 	nc := natstest.Connect(t, srv.ClientURL())
-	flush := func() walship.FlushReply {
+	flush := func() schema.FlushReply {
 		t.Helper()
-		f, err := request[walship.FlushReply](t, nc, schema.Endpoint("sc", "n1", schema.ServiceWalship, "flush"))
+		f, err := request[schema.FlushReply](t, nc, schema.Endpoint("sc", "n1", schema.ServiceWalship, "flush"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		return f
 	}
-	applied := func(node string, f walship.FlushReply) schema.ApplyStatus {
+	applied := func(node string, f schema.FlushReply) schema.ApplyStatus {
 		t.Helper()
 		deadline := time.Now().Add(60 * time.Second)
 		for {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
@@ -236,19 +237,11 @@ func (d *Daemon) take(ctx context.Context) (snapstore.Snapshot, error) {
 // stream (the file's directory is the caller's to remove, in that case).
 func (d *Daemon) source(ctx context.Context) (string, replica.Position, error) {
 	if _, _, leading := d.roles.Leading(time.Now()); !leading {
-		var cp replica.Checkpoint
-		msg, err := d.nc.RequestWithContext(ctx, schema.Endpoint(d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, "checkpoint"), nil)
-		switch {
-		case err != nil:
-			d.log.Info("no checkpoint from ccm-walapply; building the snapshot from the stream", "err", err)
-		case msg.Header.Get(micro.ErrorHeader) != "":
-			d.log.Info("no checkpoint from ccm-walapply; building the snapshot from the stream", "err", msg.Header.Get(micro.ErrorHeader))
-		default:
-			if err := json.Unmarshal(msg.Data, &cp); err != nil {
-				return "", replica.Position{}, fmt.Errorf("checkpoint reply %q: %w", msg.Data, err)
-			}
+		cp, err := natsconn.CallJSON[replica.Checkpoint](ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, "checkpoint", nil, time.Hour)
+		if err == nil {
 			return cp.Path, cp.Position, nil
 		}
+		d.log.Info("no checkpoint from ccm-walapply; building the snapshot from the stream", "err", err)
 	}
 	dir, err := os.MkdirTemp(filepath.Dir(filepath.Clean(d.cfg.WAL.ReplicaPath)), ".ccm-snapshot-")
 	if err != nil {
@@ -323,9 +316,9 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 		s, err := d.Take(ctx, true)
 		switch {
 		case errors.Is(err, ErrLeader), errors.Is(err, ErrBusy):
-			req.Error("409", err.Error(), nil)
+			req.Error(natsconn.CodeRefused, err.Error(), nil)
 		case err != nil:
-			req.Error("500", err.Error(), nil)
+			req.Error(natsconn.CodeFailed, err.Error(), nil)
 		default:
 			req.RespondJSON(s)
 		}

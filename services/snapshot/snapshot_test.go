@@ -136,8 +136,8 @@ func TestSnapshotJoinAndLeave(t *testing.T) {
 	write(t, w, 0, 500)
 
 	nc := natstest.Connect(t, srv.ClientURL())
-	flush := func() walship.FlushReply {
-		f, err := request[walship.FlushReply](t, nc, schema.Endpoint("sc", "n1", schema.ServiceWalship, "flush"))
+	flush := func() schema.FlushReply {
+		f, err := request[schema.FlushReply](t, nc, schema.Endpoint("sc", "n1", schema.ServiceWalship, "flush"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -307,7 +307,7 @@ func TestLeaderBuildsSnapshotFromStream(t *testing.T) {
 	defer w.Close()
 	write(t, w, 0, 300)
 	nc := natstest.Connect(t, srv.ClientURL())
-	if _, err := request[walship.FlushReply](t, nc, schema.Endpoint("sc", "n1", schema.ServiceWalship, "flush")); err != nil {
+	if _, err := request[schema.FlushReply](t, nc, schema.Endpoint("sc", "n1", schema.ServiceWalship, "flush")); err != nil {
 		t.Fatal(err)
 	}
 	s, err := snap1.D.Take(context.Background(), false) // no passive: the leader builds it
@@ -321,7 +321,7 @@ func TestLeaderBuildsSnapshotFromStream(t *testing.T) {
 	}
 	et.Start(t, c2)
 	daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
-	f, err := request[walship.FlushReply](t, nc, schema.Endpoint("sc", "n1", schema.ServiceWalship, "flush"))
+	f, err := request[schema.FlushReply](t, nc, schema.Endpoint("sc", "n1", schema.ServiceWalship, "flush"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,21 +14,9 @@ import (
 
 	"github.com/convex-cluster-manager/ccm/shared/filestore"
 	"github.com/convex-cluster-manager/ccm/shared/fsutil"
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
-
-// DrainRequest is the body of the drain endpoint.
-type DrainRequest struct {
-	Epoch uint64 `json:"epoch"`
-}
-
-// Drained is the reply of the drain endpoint.
-type Drained struct {
-	Files    int    `json:"files"`
-	Bytes    int64  `json:"bytes"`
-	Revision uint64 `json:"revision"`
-	SetAside string `json:"setAside,omitempty"`
-}
 
 // drainStall is how long a drain first waits for the manifest watch to
 // deliver the next revision before it mirrors afresh (doubled at each try).
@@ -38,26 +26,26 @@ const drainStall = time.Second
 // (at most storage.syncTimeoutMs), stops it and moves the mirrored tree
 // into the data path for epoch; a tree already there is set aside, not
 // merged. Called by ccm-elector while promoting this node.
-func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
+func (d *Daemon) Drain(ctx context.Context, epoch uint64) (schema.StorageDrained, error) {
 	select {
 	case <-d.ready:
 	case <-ctx.Done():
-		return Drained{}, fmt.Errorf("drain: still starting: %w", ctx.Err())
+		return schema.StorageDrained{}, fmt.Errorf("drain: still starting: %w", ctx.Err())
 	}
 	if err := d.roles.WaitLeading(ctx, epoch, 3*time.Second); err != nil {
-		return Drained{}, fmt.Errorf("%w: %w", ErrNotLeader, err)
+		return schema.StorageDrained{}, fmt.Errorf("%w: %w", ErrNotLeader, err)
 	}
 	d.mu.Lock()
 	released, st := d.released || d.mode == modeCapture, d.status
 	d.mu.Unlock()
 	if released {
-		return Drained{Files: st.Files, Bytes: st.Bytes, Revision: st.Revision}, nil // already installed
+		return schema.StorageDrained{Files: st.Files, Bytes: st.Bytes, Revision: st.Revision}, nil // already installed
 	}
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.Storage.SyncTimeout())
 	defer cancel()
 	target, err := d.lastRevision(ctx)
 	if err != nil {
-		return Drained{}, err
+		return schema.StorageDrained{}, err
 	}
 	seen, moved, stall := uint64(0), time.Now(), drainStall
 	for {
@@ -86,13 +74,13 @@ func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return Drained{}, fmt.Errorf("storage mirror not in sync with manifest revision %d after %s (state %s, revision %d, %d/%d files, error %q): %w",
+			return schema.StorageDrained{}, fmt.Errorf("storage mirror not in sync with manifest revision %d after %s (state %s, revision %d, %d/%d files, error %q): %w",
 				target, d.cfg.Storage.SyncTimeout(), st.State, st.Revision, st.Files, st.ManifestFiles, st.Error, ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	if err := d.waitStopped(ctx); err != nil {
-		return Drained{}, fmt.Errorf("storage mirror did not stop: %w", err)
+		return schema.StorageDrained{}, fmt.Errorf("storage mirror did not stop: %w", err)
 	}
 	aside, err := installTree(d.cfg.ShadowStorageDir(), d.cfg.StorageDir(), filepath.Join(d.cfg.Backend.SetAsideDir(epoch, time.Now()), "storage"))
 	if err != nil {
@@ -100,13 +88,13 @@ func (d *Daemon) Drain(ctx context.Context, epoch uint64) (Drained, error) {
 		d.released = false // mirror again; the promotion fails
 		d.mu.Unlock()
 		d.poke()
-		return Drained{}, fmt.Errorf("install the storage tree: %w", err)
+		return schema.StorageDrained{}, fmt.Errorf("install the storage tree: %w", err)
 	}
 	d.log.Info("storage tree installed for promotion", "epoch", epoch, "files", st.Files, "bytes", st.Bytes, "revision", st.Revision, "path", d.cfg.StorageDir())
 	if aside != "" {
 		d.log.Warn("previous storage tree set aside, not merged: it may hold files that never reached the cluster", "dir", aside)
 	}
-	return Drained{Files: st.Files, Bytes: st.Bytes, Revision: st.Revision, SetAside: aside}, nil
+	return schema.StorageDrained{Files: st.Files, Bytes: st.Bytes, Revision: st.Revision, SetAside: aside}, nil
 }
 
 // lastRevision asks for the manifest's last revision, each try bounded:
@@ -235,7 +223,7 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := d.Leave(ctx); err != nil {
-			req.Error("500", err.Error(), nil)
+			req.Error(natsconn.CodeFailed, err.Error(), nil)
 			return
 		}
 		req.Respond([]byte("{}"))
@@ -246,7 +234,7 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 		ctx, cancel := context.WithTimeout(context.Background(), BarrierTimeout)
 		defer cancel()
 		if err := d.Barrier(ctx); err != nil {
-			req.Error("500", err.Error(), nil)
+			req.Error(natsconn.CodeFailed, err.Error(), nil)
 			return
 		}
 		req.Respond([]byte("{}"))
@@ -257,33 +245,33 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		if err := d.Flush(ctx); err != nil {
-			req.Error("500", err.Error(), nil)
+			req.Error(natsconn.CodeFailed, err.Error(), nil)
 			return
 		}
 		st := d.Status().(schema.StorageStatus)
-		req.RespondJSON(Drained{Files: st.Files, Bytes: st.Bytes})
+		req.RespondJSON(schema.StorageDrained{Files: st.Files, Bytes: st.Bytes})
 	})); err != nil {
 		return err
 	}
 	return g.AddEndpoint("drain", micro.HandlerFunc(func(req micro.Request) {
-		var r DrainRequest
+		var r schema.EpochRequest
 		if err := json.Unmarshal(req.Data(), &r); err != nil || r.Epoch == 0 {
-			req.Error("400", fmt.Sprintf("drain wants {\"epoch\": N} with N > 0, got %q", req.Data()), nil)
+			req.Error(natsconn.CodeBadRequest, fmt.Sprintf("drain wants {\"epoch\": N} with N > 0, got %q", req.Data()), nil)
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Storage.SyncTimeout()+time.Minute)
 		defer cancel()
 		res, err := d.Drain(ctx, r.Epoch)
 		if errors.Is(err, ErrNotLeader) {
-			req.Error("409", err.Error(), nil)
+			req.Error(natsconn.CodeRefused, err.Error(), nil)
 			return
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
-			req.Error("504", err.Error(), nil)
+			req.Error(natsconn.CodeTimeout, err.Error(), nil)
 			return
 		}
 		if err != nil {
-			req.Error("500", err.Error(), nil)
+			req.Error(natsconn.CodeFailed, err.Error(), nil)
 			return
 		}
 		req.RespondJSON(res)

@@ -95,7 +95,7 @@ func TestDrainOutlivesItsWatchsServer(t *testing.T) {
 		t.Fatalf("drain of n2: %s", e)
 	}
 	t.Logf("drained in %s: %s", time.Since(start).Round(time.Millisecond), msg.Data)
-	var res storage.Drained
+	var res schema.StorageDrained
 	if err := json.Unmarshal(msg.Data, &res); err != nil || res.Files != len(want) {
 		t.Fatalf("drain of n2 reports %s (%v), want %d files", msg.Data, err, len(want))
 	}

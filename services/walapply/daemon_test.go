@@ -110,7 +110,7 @@ func TestDaemonsReplicateDrainAndResume(t *testing.T) {
 	ap2 = daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
 	workload(t, w, 400, 9)
 
-	flushed := request[walship.FlushReply](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "flush"))
+	flushed := request[schema.FlushReply](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "flush"))
 	pos := request[replica.Position](t, nc, schema.Endpoint("dc", "n2", schema.ServiceWalapply, "drain"))
 	if pos.Epoch != flushed.Epoch || uint64(pos.TXID) != flushed.TXID {
 		t.Fatalf("drained to epoch %d TXID %d, leader flushed epoch %d TXID %d", pos.Epoch, pos.TXID, flushed.Epoch, flushed.TXID)

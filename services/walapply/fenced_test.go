@@ -35,7 +35,7 @@ func TestFencedLeaderStepsDown(t *testing.T) {
 	w := openDB(t, writerDSN(c1.Backend.DBPath()))
 	defer w.Close()
 	mustExec(t, w, `INSERT INTO docs (body) VALUES ('shipped')`)
-	request[walship.FlushReply](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "flush"))
+	request[schema.FlushReply](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "flush"))
 
 	js, err := jetstream.New(nc)
 	if err != nil {

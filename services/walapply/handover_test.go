@@ -44,7 +44,7 @@ func TestNoHandoverToANodeBehindTheStream(t *testing.T) {
 	workload(t, w, 205, 2)
 	w.Close()
 	nc := natstest.Connect(t, srv.ClientURL())
-	request[walship.FlushReply](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "flush"))
+	request[schema.FlushReply](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "flush"))
 	epoch := n1.El.State().Epoch
 
 	body, _ := json.Marshal(schema.DemoteRequest{To: "n3"})

@@ -78,7 +78,7 @@ func drainAfterLostServer(t *testing.T, wins bool) {
 	t.Logf("n2's consumer is on %s: shutting it down", host)
 	victim.Shutdown()
 	workload(t, w, 200, 2)
-	flushed := request[walship.FlushReply](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "flush"))
+	flushed := request[schema.FlushReply](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "flush"))
 	if wins {
 		// n2 wins the lease, as its elector would announce it before draining.
 		won, _ := json.Marshal(schema.RoleEvent{Cluster: "dc", Node: "n2", Role: schema.RoleLeader, Epoch: n1.El.State().Epoch + 1,

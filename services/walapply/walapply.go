@@ -18,6 +18,7 @@ import (
 
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
@@ -659,7 +660,7 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 		defer cancel()
 		pos, err := d.Drain(ctx)
 		if err != nil {
-			req.Error("500", err.Error(), nil)
+			req.Error(natsconn.CodeFailed, err.Error(), nil)
 			return
 		}
 		req.RespondJSON(pos)
@@ -675,7 +676,7 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 	if err := g.AddEndpoint("release", micro.HandlerFunc(func(req micro.Request) {
 		pos, err := d.Release()
 		if err != nil {
-			req.Error("409", err.Error(), nil)
+			req.Error(natsconn.CodeRefused, err.Error(), nil)
 			return
 		}
 		req.RespondJSON(pos)
@@ -685,7 +686,7 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 	if err := g.AddEndpoint("checkpoint", micro.HandlerFunc(func(req micro.Request) {
 		cp, err := d.Checkpoint()
 		if err != nil {
-			req.Error("409", err.Error(), nil)
+			req.Error(natsconn.CodeRefused, err.Error(), nil)
 			return
 		}
 		req.RespondJSON(cp)
@@ -696,7 +697,7 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := d.Leave(ctx); err != nil {
-			req.Error("500", err.Error(), nil)
+			req.Error(natsconn.CodeFailed, err.Error(), nil)
 			return
 		}
 		req.RespondJSON(d.Status())

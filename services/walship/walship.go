@@ -290,29 +290,22 @@ func (d *Daemon) StatusLine() string {
 	return "idle (not leader)"
 }
 
-// FlushReply is the reply of the flush endpoint.
-type FlushReply struct {
-	Epoch uint64 `json:"epoch"`
-	TXID  uint64 `json:"txid"`
-	Seq   uint64 `json:"seq"`
-}
-
 // AddEndpoints adds flush.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
 	return g.AddEndpoint("flush", micro.HandlerFunc(func(req micro.Request) {
 		s := d.shipper()
 		if s == nil {
-			req.Error("409", "not shipping: this node is not the leader", nil)
+			req.Error(natsconn.CodeRefused, "not shipping: this node is not the leader", nil)
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		txid, err := s.Flush(ctx)
 		if err != nil {
-			req.Error("500", "flush: "+err.Error(), nil)
+			req.Error(natsconn.CodeFailed, "flush: "+err.Error(), nil)
 			return
 		}
-		req.RespondJSON(FlushReply{Epoch: s.Epoch(), TXID: uint64(txid), Seq: s.client.app.LastSeq()})
+		req.RespondJSON(schema.FlushReply{Epoch: s.Epoch(), TXID: uint64(txid), Seq: s.client.app.LastSeq()})
 	}))
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -25,7 +26,7 @@ func statusHandler(d Daemon) micro.HandlerFunc {
 		}
 		b, err := json.Marshal(reply)
 		if err != nil {
-			req.Error("500", "encode status: "+err.Error(), nil)
+			req.Error(natsconn.CodeFailed, "encode status: "+err.Error(), nil)
 			return
 		}
 		req.Respond(b)

@@ -18,6 +18,17 @@ import (
 // on that node (or not yet).
 var ErrNotRunning = errors.New("daemon not running")
 
+// Error codes of endpoint replies (the micro error header), the one list
+// both sides use.
+const (
+	CodeBadRequest = "400" // the request cannot be read
+	CodeNotFound   = "404" // it names something that does not exist
+	CodeRefused    = "409" // not now: the daemon's state refuses it (not the leader, fenced, busy)
+	CodeFailed     = "500" // it was tried and failed
+	CodeNotReady   = "503" // this node cannot do it now (not ready, not eligible)
+	CodeTimeout    = "504" // it did not finish in time
+)
+
 // CallError is an endpoint's error reply: its code ("409", "500", …) and
 // description.
 type CallError struct {
@@ -81,4 +92,17 @@ func CheckAway(ctx context.Context, js jetstream.JetStream, cluster, key string,
 		return err
 	}
 	return fmt.Errorf("%w (%s): %v", ErrAway, key, err)
+}
+
+// CallJSON is Call with the reply decoded into a T.
+func CallJSON[T any](ctx context.Context, nc *nats.Conn, cluster, node, daemon, verb string, body any, timeout time.Duration) (T, error) {
+	var out T
+	b, err := Call(ctx, nc, cluster, node, daemon, verb, body, timeout)
+	if err != nil {
+		return out, err
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		return out, fmt.Errorf("%s %s: invalid reply %q: %w", daemon, verb, b, err)
+	}
+	return out, nil
 }

@@ -198,3 +198,26 @@ type RoleReply struct {
 	Epoch  uint64 `json:"epoch"`
 	Leader string `json:"leader,omitempty"`
 }
+
+// EpochRequest is the body of the requests that act for one epoch:
+// ccm-backend's prepare, start and stop, ccm-storage's drain.
+type EpochRequest struct {
+	Epoch uint64 `json:"epoch"`
+}
+
+// FlushReply is the reply of ccm-walship's flush: everything committed so
+// far is in the stream, up to this TXID at this sequence.
+type FlushReply struct {
+	Epoch uint64 `json:"epoch"`
+	TXID  uint64 `json:"txid"`
+	Seq   uint64 `json:"seq"`
+}
+
+// StorageDrained is the reply of ccm-storage's drain (the mirrored tree
+// installed for a promotion) and flush (the tree published).
+type StorageDrained struct {
+	Files    int    `json:"files"`
+	Bytes    int64  `json:"bytes"`
+	Revision uint64 `json:"revision"`
+	SetAside string `json:"setAside,omitempty"`
+}
