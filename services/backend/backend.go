@@ -260,7 +260,7 @@ func (d *Daemon) check(ctx context.Context, epoch uint64) {
 		defer d.wg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		if _, err := natsconn.Call(ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceElector, "demote", nil, 2*time.Minute); err != nil {
+		if _, err := natsconn.Call(ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceElector, schema.VerbDemote, nil, 2*time.Minute); err != nil {
 			d.log.Error("hand over", "err", err)
 		}
 	}()
@@ -355,7 +355,7 @@ func (d *Daemon) Prepare(ctx context.Context, epoch uint64) error {
 // release asks the local ccm-walapply to hand over its drained shadow; a
 // node without walapply has nobody writing the shadow.
 func (d *Daemon) release(ctx context.Context) (replica.Position, error) {
-	pos, err := natsconn.CallJSON[replica.Position](ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, "release", nil, time.Hour)
+	pos, err := natsconn.CallJSON[replica.Position](ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, schema.VerbRelease, nil, time.Hour)
 	if errors.Is(err, natsconn.ErrNotRunning) {
 		return replica.Position{}, nil
 	}

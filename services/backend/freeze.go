@@ -72,7 +72,7 @@ func (d *Daemon) guard(ctx context.Context) {
 func (d *Daemon) askShipped(ctx context.Context, epoch uint64, asked time.Time, wait time.Duration) (time.Time, string) {
 	reply, err := natsconn.CallJSON[struct {
 		Status schema.ShipStatus `json:"status"`
-	}](ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalship, "status", nil, wait)
+	}](ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalship, schema.VerbStatus, nil, wait)
 	if err != nil {
 		return time.Time{}, "ccm-walship does not answer: " + err.Error()
 	}

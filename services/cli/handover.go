@@ -93,7 +93,7 @@ func (c *client) promote(ctx context.Context, w io.Writer, target string) error 
 	}
 	defer stop()
 	start := time.Now()
-	if err := c.request(ctx, target, schema.ServiceElector, "promote", nil, nil); err != nil {
+	if err := c.request(ctx, target, schema.ServiceElector, schema.VerbPromote, nil, nil); err != nil {
 		return timeoutOr(err)
 	}
 	l, err := c.waitLeader(ctx, func(l *leaderEntry) bool { return l.Node == target })
@@ -166,7 +166,7 @@ func (c *client) demote(ctx context.Context, w io.Writer, to string) error {
 	defer stop()
 	start := time.Now()
 	var reply schema.RoleReply
-	if err := c.request(ctx, l.Node, schema.ServiceElector, "demote", schema.DemoteRequest{To: to}, &reply); err != nil {
+	if err := c.request(ctx, l.Node, schema.ServiceElector, schema.VerbDemote, schema.DemoteRequest{To: to}, &reply); err != nil {
 		return timeoutOr(err)
 	}
 	fmt.Fprintf(w, "%s stepped down from epoch %d\n", l.Node, l.Epoch)

@@ -47,7 +47,7 @@ func newJoin(stdout, stderr io.Writer) *ffcli.Command {
 
 func (c *client) join(ctx context.Context, w io.Writer, force bool) error {
 	node, path := c.cfg.NodeID, c.cfg.ShadowPath()
-	if err := c.request(ctx, node, schema.ServiceWalapply, "status", nil, nil); !errors.Is(err, errNotRunning) {
+	if err := c.request(ctx, node, schema.ServiceWalapply, schema.VerbStatus, nil, nil); !errors.Is(err, errNotRunning) {
 		return fmt.Errorf("%w: ccm-walapply is running on %s: stop it first (systemctl stop ccm-walapply)", ErrUsage, node)
 	}
 	if replica.Exists(path) && !force {
@@ -178,7 +178,7 @@ func (c *client) joinFromStream(ctx context.Context, w io.Writer, js jetstream.J
 		}
 		if m, err := walstream.ParseMeta(first.Header); err != nil || m.Kind != walstream.KindMarker {
 			return fmt.Errorf("no snapshot is stored and the WAL stream no longer starts at an epoch (first sequence %d): take one on a caught-up passive with `nats req %s ''` and join again",
-				info.State.FirstSeq, schema.Endpoint(c.cfg.ClusterID, "<passive>", schema.ServiceSnapshot, "now"))
+				info.State.FirstSeq, schema.Endpoint(c.cfg.ClusterID, "<passive>", schema.ServiceSnapshot, schema.VerbNow))
 		}
 	}
 	if err := replica.Reset(path); err != nil {

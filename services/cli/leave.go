@@ -43,14 +43,14 @@ func (c *client) leave(ctx context.Context, w io.Writer) error {
 			return fmt.Errorf("hand over before leaving: %w", err)
 		}
 	}
-	if err := c.request(ctx, node, schema.ServiceElector, "leave", nil, nil); err != nil {
+	if err := c.request(ctx, node, schema.ServiceElector, schema.VerbLeave, nil, nil); err != nil {
 		return err
 	}
 	// Replication stops too, if it runs here.
-	if err := c.request(ctx, node, schema.ServiceWalapply, "leave", nil, nil); err != nil && !errors.Is(err, errNotRunning) {
+	if err := c.request(ctx, node, schema.ServiceWalapply, schema.VerbLeave, nil, nil); err != nil && !errors.Is(err, errNotRunning) {
 		return err
 	}
-	if err := c.request(ctx, node, schema.ServiceStorage, "leave", nil, nil); err != nil && !errors.Is(err, errNotRunning) {
+	if err := c.request(ctx, node, schema.ServiceStorage, schema.VerbLeave, nil, nil); err != nil && !errors.Is(err, errNotRunning) {
 		return err
 	}
 	c.kv.Delete(ctx, schema.ApplyKey(node))

@@ -35,7 +35,7 @@ func (e *Elector) eligible(ctx context.Context) (time.Duration, error) {
 func (e *Elector) eligibleNode(ctx context.Context, node string) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, max(e.heartbeat/4, 100*time.Millisecond))
 	defer cancel()
-	b, err := natsconn.Call(ctx, e.nc, e.cluster, node, schema.ServiceWalapply, "position", nil, time.Minute)
+	b, err := natsconn.Call(ctx, e.nc, e.cluster, node, schema.ServiceWalapply, schema.VerbPosition, nil, time.Minute)
 	if errors.Is(err, natsconn.ErrNotRunning) {
 		held, serr := e.streamHeldData(ctx)
 		if serr != nil {

@@ -58,13 +58,13 @@ func (e *Elector) Status() any {
 
 // AddEndpoints adds promote, demote and leave.
 func (e *Elector) AddEndpoints(g micro.Group) error {
-	if err := g.AddEndpoint("promote", micro.HandlerFunc(e.handlePromote)); err != nil {
+	if err := g.AddEndpoint(schema.VerbPromote, micro.HandlerFunc(e.handlePromote)); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint("demote", micro.HandlerFunc(e.handleDemote)); err != nil {
+	if err := g.AddEndpoint(schema.VerbDemote, micro.HandlerFunc(e.handleDemote)); err != nil {
 		return err
 	}
-	return g.AddEndpoint("leave", micro.HandlerFunc(func(req micro.Request) {
+	return g.AddEndpoint(schema.VerbLeave, micro.HandlerFunc(func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), e.ttl)
 		defer cancel()
 		e.respond(req, e.Leave(ctx))

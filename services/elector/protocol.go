@@ -99,7 +99,7 @@ func (e *Elector) bringUp(ctx context.Context, epoch uint64, report func(promoti
 		e.log.Info("promotion step", "epoch", epoch, "step", what, "after", time.Since(start).Round(time.Millisecond))
 	}
 	step("walapply drain")
-	drained, err := e.call(ctx, schema.ServiceWalapply, "drain", nil, 3*e.ttl)
+	drained, err := e.call(ctx, schema.ServiceWalapply, schema.VerbDrain, nil, 3*e.ttl)
 	if err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("drain the WAL stream: %w", err)
 	}
@@ -119,11 +119,11 @@ func (e *Elector) bringUp(ctx context.Context, epoch uint64, report func(promoti
 		json.Unmarshal(drained, &shadow)
 	}
 	step("storage drain")
-	if _, err := e.callStorage(ctx, "drain", schema.EpochRequest{Epoch: epoch}, e.storageSync+time.Minute); err != nil && !errors.Is(err, errSkipped) {
+	if _, err := e.callStorage(ctx, schema.VerbDrain, schema.EpochRequest{Epoch: epoch}, e.storageSync+time.Minute); err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("bring the storage directory in sync: %w", err)
 	}
 	step("backend prepare")
-	_, err = e.call(ctx, schema.ServiceBackend, "prepare", schema.EpochRequest{Epoch: epoch}, prepareTimeout)
+	_, err = e.call(ctx, schema.ServiceBackend, schema.VerbPrepare, schema.EpochRequest{Epoch: epoch}, prepareTimeout)
 	switch {
 	case errors.Is(err, errSkipped) && shadow.PageSize != 0:
 		// Shipping the data path's database instead would go back in time.
@@ -137,7 +137,7 @@ func (e *Elector) bringUp(ctx context.Context, epoch uint64, report func(promoti
 		return fmt.Errorf("open the epoch on the WAL stream: %w", err)
 	}
 	step("backend start")
-	if _, err := e.call(ctx, schema.ServiceBackend, "start", schema.EpochRequest{Epoch: epoch}, e.startTimeout); err != nil && !errors.Is(err, errSkipped) {
+	if _, err := e.call(ctx, schema.ServiceBackend, schema.VerbStart, schema.EpochRequest{Epoch: epoch}, e.startTimeout); err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("start the backend: %w", err)
 	}
 	report(promotionStep{epoch: epoch, kind: Ready})
@@ -150,7 +150,7 @@ func (e *Elector) waitShipping(ctx context.Context, epoch uint64) error {
 	ctx, cancel := context.WithTimeout(ctx, shipTimeout)
 	defer cancel()
 	for {
-		b, err := e.call(ctx, schema.ServiceWalship, "status", nil, time.Second)
+		b, err := e.call(ctx, schema.ServiceWalship, schema.VerbStatus, nil, time.Second)
 		if err != nil && (errors.Is(err, errSkipped) || ctx.Err() != nil) {
 			return err
 		}
@@ -259,7 +259,7 @@ func (e *Elector) Promote(ctx context.Context) error {
 	if err != nil || current == "" {
 		return err
 	}
-	_, err = natsconn.Call(ctx, e.nc, e.cluster, current, schema.ServiceElector, "demote", schema.DemoteRequest{To: e.node}, time.Hour)
+	_, err = natsconn.Call(ctx, e.nc, e.cluster, current, schema.ServiceElector, schema.VerbDemote, schema.DemoteRequest{To: e.node}, time.Hour)
 	var refused *natsconn.CallError
 	if errors.As(err, &refused) {
 		return fmt.Errorf("leader %s refused to hand over: %s %s", current, refused.Code, refused.Description)
@@ -309,7 +309,7 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := e.callStorage(ctx, "flush", nil, storageFlushTimeout); err != nil && !errors.Is(err, errSkipped) {
+	if _, err := e.callStorage(ctx, schema.VerbFlush, nil, storageFlushTimeout); err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("demotion aborted before it stopped serving: the storage flush failed: %w", err)
 	}
 	err = e.do(ctx, func(ctx context.Context) error {
@@ -328,13 +328,13 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 	// backendStopTimeout); the flushes after it share one TTL.
 	bctx, bcancel := context.WithTimeout(context.WithoutCancel(ctx), backendStopTimeout)
 	defer bcancel()
-	if _, err := e.call(bctx, schema.ServiceBackend, "stop", schema.EpochRequest{Epoch: epoch}, backendStopTimeout); err != nil && !errors.Is(err, errSkipped) {
+	if _, err := e.call(bctx, schema.ServiceBackend, schema.VerbStop, schema.EpochRequest{Epoch: epoch}, backendStopTimeout); err != nil && !errors.Is(err, errSkipped) {
 		return e.undrain(epoch, "stopping the backend", err)
 	}
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.ttl)
 	defer cancel()
 	var lost error // the leader's changes cannot be shipped at all
-	if _, err := e.call(dctx, schema.ServiceWalship, "flush", nil, e.ttl); err != nil && !errors.Is(err, errSkipped) {
+	if _, err := e.call(dctx, schema.ServiceWalship, schema.VerbFlush, nil, e.ttl); err != nil && !errors.Is(err, errSkipped) {
 		if !natsconn.HasCode(err, natsconn.CodeRefused) {
 			return e.undrain(epoch, "the final WAL flush", err)
 		}
@@ -342,7 +342,7 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 		// add writes that no other node will have.
 		lost = err
 	}
-	if _, err := e.callStorage(dctx, "flush", nil, e.ttl); err != nil && !errors.Is(err, errSkipped) {
+	if _, err := e.callStorage(dctx, schema.VerbFlush, nil, e.ttl); err != nil && !errors.Is(err, errSkipped) {
 		return e.undrain(epoch, "the final storage flush", err)
 	}
 	reason := "demoted"
@@ -372,7 +372,7 @@ func (e *Elector) undrain(epoch uint64, step string, cause error) error {
 	e.log.Error("demote: "+step+" failed: serving again", "err", cause)
 	ctx, cancel := context.WithTimeout(e.runCtx, e.startTimeout+e.ttl)
 	defer cancel()
-	_, err := e.call(ctx, schema.ServiceBackend, "start", schema.EpochRequest{Epoch: epoch}, e.startTimeout)
+	_, err := e.call(ctx, schema.ServiceBackend, schema.VerbStart, schema.EpochRequest{Epoch: epoch}, e.startTimeout)
 	if err != nil && !errors.Is(err, errSkipped) {
 		e.log.Error("demote: the backend does not start again: stepping down", "err", err)
 		e.do(ctx, func(ctx context.Context) error {

@@ -237,7 +237,7 @@ func (d *Daemon) take(ctx context.Context) (snapstore.Snapshot, error) {
 // stream (the file's directory is the caller's to remove, in that case).
 func (d *Daemon) source(ctx context.Context) (string, replica.Position, error) {
 	if _, _, leading := d.roles.Leading(time.Now()); !leading {
-		cp, err := natsconn.CallJSON[replica.Checkpoint](ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, "checkpoint", nil, time.Hour)
+		cp, err := natsconn.CallJSON[replica.Checkpoint](ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, schema.VerbCheckpoint, nil, time.Hour)
 		if err == nil {
 			return cp.Path, cp.Position, nil
 		}
@@ -310,7 +310,7 @@ func (d *Daemon) StatusLine() string {
 
 // AddEndpoints adds now.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
-	return g.AddEndpoint("now", micro.HandlerFunc(func(req micro.Request) {
+	return g.AddEndpoint(schema.VerbNow, micro.HandlerFunc(func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		defer cancel()
 		s, err := d.Take(ctx, true)

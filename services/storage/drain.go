@@ -219,7 +219,7 @@ const BarrierTimeout = 4 * time.Second
 
 // AddEndpoints adds drain, flush, barrier and leave.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
-	if err := g.AddEndpoint("leave", micro.HandlerFunc(func(req micro.Request) {
+	if err := g.AddEndpoint(schema.VerbLeave, micro.HandlerFunc(func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := d.Leave(ctx); err != nil {
@@ -230,7 +230,7 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 	})); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint("barrier", micro.HandlerFunc(func(req micro.Request) {
+	if err := g.AddEndpoint(schema.VerbBarrier, micro.HandlerFunc(func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), BarrierTimeout)
 		defer cancel()
 		if err := d.Barrier(ctx); err != nil {
@@ -241,7 +241,7 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 	})); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint("flush", micro.HandlerFunc(func(req micro.Request) {
+	if err := g.AddEndpoint(schema.VerbFlush, micro.HandlerFunc(func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		if err := d.Flush(ctx); err != nil {
@@ -253,7 +253,7 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 	})); err != nil {
 		return err
 	}
-	return g.AddEndpoint("drain", micro.HandlerFunc(func(req micro.Request) {
+	return g.AddEndpoint(schema.VerbDrain, micro.HandlerFunc(func(req micro.Request) {
 		var r schema.EpochRequest
 		if err := json.Unmarshal(req.Data(), &r); err != nil || r.Epoch == 0 {
 			req.Error(natsconn.CodeBadRequest, fmt.Sprintf("drain wants {\"epoch\": N} with N > 0, got %q", req.Data()), nil)

@@ -435,7 +435,7 @@ func (d *Daemon) askSnapshot(ctx context.Context) string {
 			!st.Complete || st.LagTXIDs != 0 {
 			continue
 		}
-		if d.env.NC.Publish(schema.Endpoint(d.cfg.ClusterID, st.Node, schema.ServiceSnapshot, "now"), nil) == nil {
+		if d.env.NC.Publish(schema.Endpoint(d.cfg.ClusterID, st.Node, schema.ServiceSnapshot, schema.VerbNow), nil) == nil {
 			lister.Stop()
 			return st.Node
 		}
@@ -655,7 +655,7 @@ func (d *Daemon) StatusLine() string {
 
 // AddEndpoints adds drain, resume, release, checkpoint, leave and position.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
-	if err := g.AddEndpoint("drain", micro.HandlerFunc(func(req micro.Request) {
+	if err := g.AddEndpoint(schema.VerbDrain, micro.HandlerFunc(func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		pos, err := d.Drain(ctx)
@@ -667,13 +667,13 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 	})); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint("resume", micro.HandlerFunc(func(req micro.Request) {
+	if err := g.AddEndpoint(schema.VerbResume, micro.HandlerFunc(func(req micro.Request) {
 		d.Resume()
 		req.RespondJSON(d.Status())
 	})); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint("release", micro.HandlerFunc(func(req micro.Request) {
+	if err := g.AddEndpoint(schema.VerbRelease, micro.HandlerFunc(func(req micro.Request) {
 		pos, err := d.Release()
 		if err != nil {
 			req.Error(natsconn.CodeRefused, err.Error(), nil)
@@ -683,7 +683,7 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 	})); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint("checkpoint", micro.HandlerFunc(func(req micro.Request) {
+	if err := g.AddEndpoint(schema.VerbCheckpoint, micro.HandlerFunc(func(req micro.Request) {
 		cp, err := d.Checkpoint()
 		if err != nil {
 			req.Error(natsconn.CodeRefused, err.Error(), nil)
@@ -693,7 +693,7 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 	})); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint("leave", micro.HandlerFunc(func(req micro.Request) {
+	if err := g.AddEndpoint(schema.VerbLeave, micro.HandlerFunc(func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := d.Leave(ctx); err != nil {
@@ -705,7 +705,7 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 		return err
 	}
 	// position measures the lag afresh: the elector asks it before campaigning.
-	return g.AddEndpoint("position", micro.HandlerFunc(func(req micro.Request) {
+	return g.AddEndpoint(schema.VerbPosition, micro.HandlerFunc(func(req micro.Request) {
 		d.refreshLag(context.Background())
 		req.RespondJSON(d.Status())
 	}))

@@ -171,7 +171,7 @@ func (d *Daemon) loop(ctx context.Context, roles *rolewatch.Tracker, g *errgroup
 // from now on would be lost at the next leader change.
 func (d *Daemon) resign(ctx context.Context, epoch uint64, cause error) {
 	d.log.Error("cannot ship this epoch's changes: asking the elector to step down", "epoch", epoch, "err", cause)
-	if _, err := natsconn.Call(ctx, d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceElector, "demote",
+	if _, err := natsconn.Call(ctx, d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceElector, schema.VerbDemote,
 		schema.DemoteRequest{}, 3*time.Minute); err != nil {
 		d.log.Error("stepping down failed: the lease ends by itself", "epoch", epoch, "err", err)
 	}
@@ -292,7 +292,7 @@ func (d *Daemon) StatusLine() string {
 
 // AddEndpoints adds flush.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
-	return g.AddEndpoint("flush", micro.HandlerFunc(func(req micro.Request) {
+	return g.AddEndpoint(schema.VerbFlush, micro.HandlerFunc(func(req micro.Request) {
 		s := d.shipper()
 		if s == nil {
 			req.Error(natsconn.CodeRefused, "not shipping: this node is not the leader", nil)
@@ -391,7 +391,7 @@ func (d *Daemon) storageBarrier(ctx context.Context, captured time.Time) error {
 // succeeds).
 func (d *Daemon) askBarrier(ctx context.Context, within time.Duration) (time.Time, error) {
 	asked := time.Now()
-	_, err := natsconn.Call(ctx, d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceStorage, "barrier", nil, within)
+	_, err := natsconn.Call(ctx, d.env.NC, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceStorage, schema.VerbBarrier, nil, within)
 	return asked, natsconn.CheckAway(ctx, d.js, d.cfg.ClusterID, schema.StorageKey(d.cfg.NodeID), err)
 }
 

@@ -135,7 +135,7 @@ func Run(ctx context.Context, spec Spec, cfg config.Config, log *slog.Logger, me
 	}
 	defer svc.Stop()
 	g := svc.AddGroup(schema.EndpointGroup(cfg.ClusterID, cfg.NodeID, spec.Name))
-	if err := g.AddEndpoint("status", statusHandler(d)); err != nil {
+	if err := g.AddEndpoint(schema.VerbStatus, statusHandler(d)); err != nil {
 		return fmt.Errorf("add status endpoint: %w", err)
 	}
 	if err := d.AddEndpoints(g); err != nil {

@@ -77,3 +77,22 @@ func shortName(daemon string) string {
 // chunk, an Object Store chunk of a snapshot or a storage file): large
 // enough to stream fast, below the NATS default max_payload of 1 MiB.
 const MaxChunk = 512 << 10
+
+// Endpoint verbs: the last token of an endpoint subject (Endpoint).
+const (
+	VerbStatus     = "status"     // every daemon: its status record
+	VerbPromote    = "promote"    // ccm-elector: ask the leader to hand over to this node
+	VerbDemote     = "demote"     // ccm-elector: step down (DemoteRequest)
+	VerbLeave      = "leave"      // ccm-elector, ccm-walapply, ccm-storage: leave the cluster
+	VerbFlush      = "flush"      // ccm-walship: FlushReply; ccm-storage: StorageDrained
+	VerbDrain      = "drain"      // ccm-walapply: Position; ccm-storage (EpochRequest): StorageDrained
+	VerbBarrier    = "barrier"    // ccm-storage: every file written so far is published
+	VerbRelease    = "release"    // ccm-walapply: hand the drained shadow over
+	VerbResume     = "resume"     // ccm-walapply: follow again after a release
+	VerbPosition   = "position"   // ccm-walapply: the applied position
+	VerbCheckpoint = "checkpoint" // ccm-walapply: a copy of the shadow at its position
+	VerbPrepare    = "prepare"    // ccm-backend (EpochRequest): install the shadow
+	VerbStart      = "start"      // ccm-backend (EpochRequest): start and health-check
+	VerbStop       = "stop"       // ccm-backend (EpochRequest): stop the backend
+	VerbNow        = "now"        // ccm-snapshot: take a snapshot now
+)
