@@ -48,9 +48,13 @@ func (d *Daemon) guard(ctx context.Context) {
 		if current.IsZero() {
 			current = asked // serving just began: the bound counts from here
 		}
-		// A request that goes unanswered (NATS cut off) ends when the
-		// limit is reached, so the freeze comes then, not a timeout later.
-		wait := min(3*guardEvery, max(limit-asked.Sub(current), 10*time.Millisecond))
+		// Before a freeze, a request that goes unanswered (NATS cut off)
+		// ends when the limit is reached, so the freeze comes then, not a
+		// timeout later; once frozen, a slow answer must still thaw it.
+		wait := 3 * guardEvery
+		if !d.isFrozen() {
+			wait = min(wait, max(limit-asked.Sub(current), 10*time.Millisecond))
+		}
 		shipped, why := d.askShipped(ctx, epoch, asked, wait)
 		if shipped.After(current) {
 			current = shipped

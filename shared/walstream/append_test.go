@@ -166,7 +166,7 @@ func TestForeignMessageFences(t *testing.T) {
 // Every file must be in the stream exactly once, in order, whole.
 func TestAppendSurvivesConnectionFaults(t *testing.T) {
 	defer func(d time.Duration) { ackWait = d }(ackWait)
-	ackWait = 300 * time.Millisecond
+	ackWait = 300 * time.Millisecond * slow
 	addr, js := stream(t)
 	proxy := natstest.NewProxy(t, addr)
 	nc, err := nats.Connect(proxy.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
@@ -182,7 +182,7 @@ func TestAppendSurvivesConnectionFaults(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 1))
 	t.Logf("seed %d", seed)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute*slow)
 	defer cancel()
 	a, err := Open(ctx, pjs, testCluster, "n1", 1, "test")
 	if err != nil {
@@ -198,7 +198,7 @@ func TestAppendSurvivesConnectionFaults(t *testing.T) {
 			select {
 			case <-stop:
 				return
-			case <-time.After(time.Duration(100+frng.IntN(400)) * time.Millisecond):
+			case <-time.After(time.Duration(100+frng.IntN(400)) * time.Millisecond * slow):
 			}
 			faults++
 			if frng.IntN(2) == 0 {
