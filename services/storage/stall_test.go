@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
@@ -59,14 +58,8 @@ func TestDrainOutlivesItsWatchsServer(t *testing.T) {
 		host = natstest.ConsumerServer(t, js, manifest)
 	}
 	waitSame(t, c1.StorageDir(), c2.ShadowStorageDir(), 10*time.Second)
-	var victim *server.Server
-	for _, s := range srvs {
-		if s.Name() == host {
-			victim = s
-		}
-	}
 	t.Logf("n2's manifest watch is on %s: shutting it down", host)
-	victim.Shutdown()
+	natstest.Shutdown(t, srvs, host)
 	for i := range 20 {
 		write(t, c1.StorageDir(), fmt.Sprintf("files/%02d", i), []byte(fmt.Sprintf("written after %s went away: %d", host, i)))
 	}

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
@@ -69,14 +68,8 @@ func drainAfterLostServer(t *testing.T, wins bool) {
 		ap2 = daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
 		host = natstest.ConsumerServer(t, js, walstream.Stream("dc"))
 	}
-	var victim *server.Server
-	for _, s := range srvs {
-		if s.Name() == host {
-			victim = s
-		}
-	}
 	t.Logf("n2's consumer is on %s: shutting it down", host)
-	victim.Shutdown()
+	natstest.Shutdown(t, srvs, host)
 	workload(t, w, 200, 2)
 	flushed := request[schema.FlushReply](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "flush"))
 	if wins {

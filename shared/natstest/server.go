@@ -147,3 +147,16 @@ func DeleteConsumers(t testing.TB, js jetstream.JetStream, stream string) {
 		}
 	}
 }
+
+// Shutdown stops the server of srvs named name (a server lost to a
+// partition or a crash), failing the test if there is none.
+func Shutdown(t testing.TB, srvs []*server.Server, name string) {
+	t.Helper()
+	for _, s := range srvs {
+		if s.Name() == name {
+			s.Shutdown()
+			return
+		}
+	}
+	t.Fatalf("no server named %q", name)
+}
