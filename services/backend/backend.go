@@ -9,7 +9,6 @@ package backend
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -482,27 +481,18 @@ func (d *Daemon) StatusLine() string {
 
 // AddEndpoints adds prepare, start and stop.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
+	codes := natsconn.Codes{ErrNotLeader: natsconn.CodeRefused}
 	op := func(fn func(context.Context, uint64) error, timeout time.Duration) micro.HandlerFunc {
-		return func(req micro.Request) {
-			var r struct {
-				Epoch uint64 `json:"epoch"`
+		return natsconn.Handle(timeout, codes, func(ctx context.Context, req micro.Request) (any, error) {
+			var r schema.EpochRequest
+			if err := natsconn.Decode(req, &r); err != nil {
+				return nil, err
 			}
-			if err := json.Unmarshal(req.Data(), &r); err != nil && len(req.Data()) > 0 {
-				req.Error(natsconn.CodeBadRequest, fmt.Sprintf("invalid request %q: %v", req.Data(), err), nil)
-				return
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			defer cancel()
 			if err := fn(ctx, r.Epoch); err != nil {
-				code := natsconn.CodeFailed
-				if errors.Is(err, ErrNotLeader) {
-					code = natsconn.CodeRefused
-				}
-				req.Error(code, err.Error(), nil)
-				return
+				return nil, err
 			}
-			req.RespondJSON(d.Status())
-		}
+			return d.Status(), nil
+		})
 	}
 	grace := d.cfg.Backend.StartGrace() + 10*time.Second
 	for name, h := range map[string]micro.HandlerFunc{

@@ -2,7 +2,6 @@ package elector
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -58,17 +57,39 @@ func (e *Elector) Status() any {
 
 // AddEndpoints adds promote, demote and leave.
 func (e *Elector) AddEndpoints(g micro.Group) error {
-	if err := g.AddEndpoint(schema.VerbPromote, micro.HandlerFunc(e.handlePromote)); err != nil {
+	codes := natsconn.Codes{
+		ErrNotLeader:   natsconn.CodeRefused,
+		ErrUnknownNode: natsconn.CodeNotFound,
+		ErrNotReady:    natsconn.CodeNotReady,
+		ErrNotEligible: natsconn.CodeNotReady,
+	}
+	if err := g.AddEndpoint(schema.VerbPromote, natsconn.Handle(handoverTimeout+e.ttl, codes, func(ctx context.Context, _ micro.Request) (any, error) {
+		return e.roleReply(e.Promote(ctx))
+	})); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint(schema.VerbDemote, micro.HandlerFunc(e.handleDemote)); err != nil {
+	if err := g.AddEndpoint(schema.VerbDemote, natsconn.Handle(handoverTimeout, codes, func(ctx context.Context, req micro.Request) (any, error) {
+		var r schema.DemoteRequest
+		if err := natsconn.Decode(req, &r); err != nil {
+			return nil, err
+		}
+		return e.roleReply(e.Demote(ctx, r.To))
+	})); err != nil {
 		return err
 	}
-	return g.AddEndpoint(schema.VerbLeave, micro.HandlerFunc(func(req micro.Request) {
-		ctx, cancel := context.WithTimeout(context.Background(), e.ttl)
-		defer cancel()
-		e.respond(req, e.Leave(ctx))
+	return g.AddEndpoint(schema.VerbLeave, natsconn.Handle(e.ttl, codes, func(ctx context.Context, _ micro.Request) (any, error) {
+		return e.roleReply(e.Leave(ctx))
 	}))
+}
+
+// roleReply is an endpoint's reply after a step that ended with err: this
+// node's role, or the error.
+func (e *Elector) roleReply(err error) (any, error) {
+	if err != nil {
+		return nil, err
+	}
+	s := e.State()
+	return schema.RoleReply{Node: e.node, Role: s.Role, Epoch: s.Epoch, Leader: s.Leader}, nil
 }
 
 // Leave takes this passive node out of the cluster until the elector
@@ -91,43 +112,6 @@ func (e *Elector) Leave(ctx context.Context) error {
 // handoverTimeout bounds a graceful demotion: the backend may take tens of
 // seconds to drain before the WAL flush and the handover.
 const handoverTimeout = 2 * time.Minute
-
-func (e *Elector) handlePromote(req micro.Request) {
-	ctx, cancel := context.WithTimeout(context.Background(), handoverTimeout+e.ttl)
-	defer cancel()
-	e.respond(req, e.Promote(ctx))
-}
-
-func (e *Elector) handleDemote(req micro.Request) {
-	var r schema.DemoteRequest
-	if len(req.Data()) > 0 {
-		if err := json.Unmarshal(req.Data(), &r); err != nil {
-			req.Error(natsconn.CodeBadRequest, fmt.Sprintf("invalid demote request %q: %v", req.Data(), err), nil)
-			return
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), handoverTimeout)
-	defer cancel()
-	e.respond(req, e.Demote(ctx, r.To))
-}
-
-func (e *Elector) respond(req micro.Request, err error) {
-	if err != nil {
-		code := natsconn.CodeFailed
-		switch {
-		case errors.Is(err, ErrNotLeader):
-			code = natsconn.CodeRefused
-		case errors.Is(err, ErrUnknownNode):
-			code = natsconn.CodeNotFound
-		case errors.Is(err, ErrNotReady), errors.Is(err, ErrNotEligible):
-			code = natsconn.CodeNotReady
-		}
-		req.Error(code, err.Error(), nil)
-		return
-	}
-	s := e.State()
-	req.RespondJSON(schema.RoleReply{Node: e.node, Role: s.Role, Epoch: s.Epoch, Leader: s.Leader})
-}
 
 // command is work for the election loop, which owns the KV state.
 type command struct {

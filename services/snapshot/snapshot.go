@@ -310,17 +310,8 @@ func (d *Daemon) StatusLine() string {
 
 // AddEndpoints adds now.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
-	return g.AddEndpoint(schema.VerbNow, micro.HandlerFunc(func(req micro.Request) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-		defer cancel()
-		s, err := d.Take(ctx, true)
-		switch {
-		case errors.Is(err, ErrLeader), errors.Is(err, ErrBusy):
-			req.Error(natsconn.CodeRefused, err.Error(), nil)
-		case err != nil:
-			req.Error(natsconn.CodeFailed, err.Error(), nil)
-		default:
-			req.RespondJSON(s)
-		}
+	codes := natsconn.Codes{ErrLeader: natsconn.CodeRefused, ErrBusy: natsconn.CodeRefused}
+	return g.AddEndpoint(schema.VerbNow, natsconn.Handle(30*time.Minute, codes, func(ctx context.Context, _ micro.Request) (any, error) {
+		return d.Take(ctx, true)
 	}))
 }

@@ -3,7 +3,6 @@ package storage
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -219,61 +218,31 @@ const BarrierTimeout = 4 * time.Second
 
 // AddEndpoints adds drain, flush, barrier and leave.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
-	if err := g.AddEndpoint(schema.VerbLeave, micro.HandlerFunc(func(req micro.Request) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := d.Leave(ctx); err != nil {
-			req.Error(natsconn.CodeFailed, err.Error(), nil)
-			return
-		}
-		req.Respond([]byte("{}"))
+	if err := g.AddEndpoint(schema.VerbLeave, natsconn.Handle(30*time.Second, nil, func(ctx context.Context, _ micro.Request) (any, error) {
+		return nil, d.Leave(ctx)
 	})); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint(schema.VerbBarrier, micro.HandlerFunc(func(req micro.Request) {
-		ctx, cancel := context.WithTimeout(context.Background(), BarrierTimeout)
-		defer cancel()
-		if err := d.Barrier(ctx); err != nil {
-			req.Error(natsconn.CodeFailed, err.Error(), nil)
-			return
-		}
-		req.Respond([]byte("{}"))
+	if err := g.AddEndpoint(schema.VerbBarrier, natsconn.Handle(BarrierTimeout, nil, func(ctx context.Context, _ micro.Request) (any, error) {
+		return nil, d.Barrier(ctx)
 	})); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint(schema.VerbFlush, micro.HandlerFunc(func(req micro.Request) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
+	if err := g.AddEndpoint(schema.VerbFlush, natsconn.Handle(5*time.Minute, nil, func(ctx context.Context, _ micro.Request) (any, error) {
 		if err := d.Flush(ctx); err != nil {
-			req.Error(natsconn.CodeFailed, err.Error(), nil)
-			return
+			return nil, err
 		}
 		st := d.Status().(schema.StorageStatus)
-		req.RespondJSON(schema.StorageDrained{Files: st.Files, Bytes: st.Bytes})
+		return schema.StorageDrained{Files: st.Files, Bytes: st.Bytes}, nil
 	})); err != nil {
 		return err
 	}
-	return g.AddEndpoint(schema.VerbDrain, micro.HandlerFunc(func(req micro.Request) {
+	codes := natsconn.Codes{ErrNotLeader: natsconn.CodeRefused, context.DeadlineExceeded: natsconn.CodeTimeout}
+	return g.AddEndpoint(schema.VerbDrain, natsconn.Handle(d.cfg.Storage.SyncTimeout()+time.Minute, codes, func(ctx context.Context, req micro.Request) (any, error) {
 		var r schema.EpochRequest
 		if err := json.Unmarshal(req.Data(), &r); err != nil || r.Epoch == 0 {
-			req.Error(natsconn.CodeBadRequest, fmt.Sprintf("drain wants {\"epoch\": N} with N > 0, got %q", req.Data()), nil)
-			return
+			return nil, natsconn.WithCode(natsconn.CodeBadRequest, fmt.Errorf("drain wants {\"epoch\": N} with N > 0, got %q", req.Data()))
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Storage.SyncTimeout()+time.Minute)
-		defer cancel()
-		res, err := d.Drain(ctx, r.Epoch)
-		if errors.Is(err, ErrNotLeader) {
-			req.Error(natsconn.CodeRefused, err.Error(), nil)
-			return
-		}
-		if errors.Is(err, context.DeadlineExceeded) {
-			req.Error(natsconn.CodeTimeout, err.Error(), nil)
-			return
-		}
-		if err != nil {
-			req.Error(natsconn.CodeFailed, err.Error(), nil)
-			return
-		}
-		req.RespondJSON(res)
+		return d.Drain(ctx, r.Epoch)
 	}))
 }

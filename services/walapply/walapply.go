@@ -655,58 +655,46 @@ func (d *Daemon) StatusLine() string {
 
 // AddEndpoints adds drain, resume, release, checkpoint, leave and position.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
-	if err := g.AddEndpoint(schema.VerbDrain, micro.HandlerFunc(func(req micro.Request) {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		pos, err := d.Drain(ctx)
-		if err != nil {
-			req.Error(natsconn.CodeFailed, err.Error(), nil)
-			return
-		}
-		req.RespondJSON(pos)
+	if err := g.AddEndpoint(schema.VerbDrain, natsconn.Handle(60*time.Second, nil, func(ctx context.Context, _ micro.Request) (any, error) {
+		return d.Drain(ctx)
 	})); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint(schema.VerbResume, micro.HandlerFunc(func(req micro.Request) {
+	if err := g.AddEndpoint(schema.VerbResume, natsconn.Handle(0, nil, func(context.Context, micro.Request) (any, error) {
 		d.Resume()
-		req.RespondJSON(d.Status())
+		return d.Status(), nil
 	})); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint(schema.VerbRelease, micro.HandlerFunc(func(req micro.Request) {
+	if err := g.AddEndpoint(schema.VerbRelease, natsconn.Handle(0, nil, func(context.Context, micro.Request) (any, error) {
 		pos, err := d.Release()
 		if err != nil {
-			req.Error(natsconn.CodeRefused, err.Error(), nil)
-			return
+			return nil, natsconn.WithCode(natsconn.CodeRefused, err)
 		}
-		req.RespondJSON(pos)
+		return pos, nil
 	})); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint(schema.VerbCheckpoint, micro.HandlerFunc(func(req micro.Request) {
+	if err := g.AddEndpoint(schema.VerbCheckpoint, natsconn.Handle(0, nil, func(context.Context, micro.Request) (any, error) {
 		cp, err := d.Checkpoint()
 		if err != nil {
-			req.Error(natsconn.CodeRefused, err.Error(), nil)
-			return
+			return nil, natsconn.WithCode(natsconn.CodeRefused, err)
 		}
-		req.RespondJSON(cp)
+		return cp, nil
 	})); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint(schema.VerbLeave, micro.HandlerFunc(func(req micro.Request) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
+	if err := g.AddEndpoint(schema.VerbLeave, natsconn.Handle(10*time.Second, nil, func(ctx context.Context, _ micro.Request) (any, error) {
 		if err := d.Leave(ctx); err != nil {
-			req.Error(natsconn.CodeFailed, err.Error(), nil)
-			return
+			return nil, err
 		}
-		req.RespondJSON(d.Status())
+		return d.Status(), nil
 	})); err != nil {
 		return err
 	}
 	// position measures the lag afresh: the elector asks it before campaigning.
-	return g.AddEndpoint(schema.VerbPosition, micro.HandlerFunc(func(req micro.Request) {
-		d.refreshLag(context.Background())
-		req.RespondJSON(d.Status())
+	return g.AddEndpoint(schema.VerbPosition, natsconn.Handle(0, nil, func(ctx context.Context, _ micro.Request) (any, error) {
+		d.refreshLag(ctx)
+		return d.Status(), nil
 	}))
 }

@@ -292,20 +292,16 @@ func (d *Daemon) StatusLine() string {
 
 // AddEndpoints adds flush.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
-	return g.AddEndpoint(schema.VerbFlush, micro.HandlerFunc(func(req micro.Request) {
+	return g.AddEndpoint(schema.VerbFlush, natsconn.Handle(10*time.Second, nil, func(ctx context.Context, _ micro.Request) (any, error) {
 		s := d.shipper()
 		if s == nil {
-			req.Error(natsconn.CodeRefused, "not shipping: this node is not the leader", nil)
-			return
+			return nil, natsconn.WithCode(natsconn.CodeRefused, errors.New("not shipping: this node is not the leader"))
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
 		txid, err := s.Flush(ctx)
 		if err != nil {
-			req.Error(natsconn.CodeFailed, "flush: "+err.Error(), nil)
-			return
+			return nil, fmt.Errorf("flush: %w", err)
 		}
-		req.RespondJSON(schema.FlushReply{Epoch: s.Epoch(), TXID: uint64(txid), Seq: s.client.app.LastSeq()})
+		return schema.FlushReply{Epoch: s.Epoch(), TXID: uint64(txid), Seq: s.client.app.LastSeq()}, nil
 	}))
 }
 

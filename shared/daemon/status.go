@@ -15,7 +15,7 @@ import (
 
 // statusHandler replies with d.Status() as JSON, plus its health.
 func statusHandler(d Daemon) micro.HandlerFunc {
-	return func(req micro.Request) {
+	return natsconn.Handle(0, nil, func(context.Context, micro.Request) (any, error) {
 		reply := struct {
 			Healthy bool   `json:"healthy"`
 			Error   string `json:"error,omitempty"`
@@ -24,13 +24,8 @@ func statusHandler(d Daemon) micro.HandlerFunc {
 		if err := d.Healthy(); err != nil {
 			reply.Healthy, reply.Error = false, err.Error()
 		}
-		b, err := json.Marshal(reply)
-		if err != nil {
-			req.Error(natsconn.CodeFailed, "encode status: "+err.Error(), nil)
-			return
-		}
-		req.Respond(b)
-	}
+		return reply, nil
+	})
 }
 
 // PublishStatus writes value() under key in the cluster's KV bucket (made
