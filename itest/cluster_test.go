@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 func (c *Cluster) assertOneHolder(t *testing.T, what string) {
@@ -26,9 +28,7 @@ func (c *Cluster) assertOneHolder(t *testing.T, what string) {
 func count(t *testing.T, n *Node, url string) int {
 	t.Helper()
 	v, err := strconv.Atoi(strings.TrimSpace(n.Must(t, "curl", "-sf", "-m", "5", url)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return v
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
@@ -58,9 +59,7 @@ func TestSingleNodeCluster(t *testing.T) {
 		}
 	}
 	nc, err := nats.Connect("nats://" + n.IP + ":4222")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer nc.Close()
 	msg, err := nc.Request(schema.Endpoint("one", "n1", schema.ServiceWalship, "flush"), nil, 10*time.Second)
 	if err != nil || msg.Header.Get("Nats-Service-Error") != "" {
@@ -70,13 +69,9 @@ func TestSingleNodeCluster(t *testing.T) {
 	json.Unmarshal(msg.Data, &f)
 	js, _ := jetstream.New(nc)
 	s, err := js.Stream(context.Background(), walstream.Stream("one"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	last, err := s.GetLastMsgForSubject(context.Background(), walstream.Subject("one"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	m, err := walstream.ParseMeta(last.Header)
 	if err != nil || m.Kind != walstream.KindLTX || uint64(m.MaxTXID) != f.TXID || last.Sequence != f.Seq {
 		t.Fatalf("last stream message %+v (seq %d), flush says TXID %d seq %d", m, last.Sequence, f.TXID, f.Seq)
@@ -103,9 +98,7 @@ func TestSingleNodeCluster(t *testing.T) {
 func TestBackendControlWithSystemd(t *testing.T) {
 	n, _, _ := leaderNode(t)
 	nc, err := nats.Connect("nats://" + n.IP + ":4222")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer nc.Close()
 	st := n.Status(t)
 	call := func(verb string) error {
@@ -119,15 +112,11 @@ func TestBackendControlWithSystemd(t *testing.T) {
 		}
 		return nil
 	}
-	if err := call("stop"); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, call("stop"))
 	if n.Active(t, "convex-backend") {
 		t.Fatal("backend still active after stop")
 	}
-	if err := call("start"); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, call("start"))
 	if !n.Active(t, "convex-backend") {
 		t.Fatal("backend not active after start")
 	}
@@ -174,9 +163,7 @@ func TestWatchdogRestartsHungDaemon(t *testing.T) {
 func followDeadline(t *testing.T, n *Node) func() time.Time {
 	t.Helper()
 	nc, err := nats.Connect("nats://" + n.IP + ":4222")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(nc.Close)
 	var mu sync.Mutex
 	var deadline time.Time

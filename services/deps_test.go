@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 const module = "github.com/convex-cluster-manager/ccm/"
@@ -26,9 +28,7 @@ func service(pkg string) string {
 // service, and shared/ imports none.
 func TestServicesDoNotImportEachOther(t *testing.T) {
 	out, err := exec.Command("go", "list", "-json=ImportPath,Deps", "../services/...", "../shared/...", "../cmd/...").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
+	require.NoErrorf(t, err, "go list")
 	dec := json.NewDecoder(strings.NewReader(string(out)))
 	checked := 0
 	for dec.More() {
@@ -36,9 +36,7 @@ func TestServicesDoNotImportEachOther(t *testing.T) {
 			ImportPath string
 			Deps       []string
 		}
-		if err := dec.Decode(&p); err != nil {
-			t.Fatalf("go list output: %v", err)
-		}
+		require.NoErrorf(t, dec.Decode(&p), "go list output")
 		checked++
 		own := service(p.ImportPath)
 		cmd := strings.HasPrefix(p.ImportPath, module+"cmd/")
@@ -59,9 +57,7 @@ func TestServicesDoNotImportEachOther(t *testing.T) {
 // TestCommandsLinkOneService keeps each binary to its own service.
 func TestCommandsLinkOneService(t *testing.T) {
 	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Deps " "}}`, "../cmd/...").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
+	require.NoErrorf(t, err, "go list")
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	if len(lines) < 8 {
 		t.Fatalf("go list reported %d commands, want the 8 binaries", len(lines))
@@ -85,9 +81,7 @@ func TestCommandsLinkOneService(t *testing.T) {
 // Prometheus client, Litestream).
 func TestCLILinksNoDaemonRuntime(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", "../cmd/ccm").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
+	require.NoErrorf(t, err, "go list")
 	deps := strings.Fields(string(out))
 	if len(deps) < 10 {
 		t.Fatalf("go list reported %d dependencies of cmd/ccm; the check would prove nothing", len(deps))

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 
 	"github.com/convex-cluster-manager/ccm/services/cli"
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
@@ -110,13 +111,9 @@ func TestStatusShowsAFrozenBackend(t *testing.T) {
 	f := startCluster(t)
 	leader := et.Leaders(f.nodes)[0]
 	js, err := jetstream.New(natstest.Connect(t, f.url))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	kv, err := js.KeyValue(context.Background(), schema.Bucket("demo"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	frozen, _ := json.Marshal(schema.BackendStatus{Node: leader.ID, Unit: "convex-backend", State: "active", Frozen: true,
 		FrozenMs: 1500, FrozenReason: "ccm-walship does not answer", UpdatedAt: time.Now()})
 	if _, err := kv.Put(context.Background(), schema.BackendKey(leader.ID), frozen); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
@@ -48,9 +49,7 @@ func startCluster(t *testing.T, n int) *cluster {
 	}
 	c.nc = natstest.Connect(t, c.url)
 	js, err := jetstream.New(c.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if c.kv, err = js.KeyValue(context.Background(), schema.Bucket(c.name)); err != nil {
 		t.Fatal(err)
 	}
@@ -75,9 +74,7 @@ func TestElectsExactlyOneLeader(t *testing.T) {
 		}
 	}
 	ent, err := c.kv.Get(context.Background(), schema.KeyLeader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var rec schema.LeaderRecord
 	json.Unmarshal(ent.Value(), &rec)
 	if rec.Node != l.ID || rec.Epoch != l.El.State().Epoch {
@@ -108,9 +105,7 @@ func TestDemoteAndPromoteHandOver(t *testing.T) {
 	ctx := context.Background()
 
 	start := time.Now()
-	if err := l.El.Demote(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, l.El.Demote(ctx, ""))
 	if l.El.State().Role != schema.RolePassive {
 		t.Fatalf("demoted node still %s", l.El.State().Role)
 	}
@@ -122,9 +117,7 @@ func TestDemoteAndPromoteHandOver(t *testing.T) {
 
 	target := others(c.nodes, l2)[0]
 	start = time.Now()
-	if err := target.El.Promote(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, target.El.Promote(ctx))
 	d := time.Since(start)
 	t.Logf("promote %s in %s", target.ID, d)
 	if got := waitLeader(t, c.nodes, time.Second); got != target {
@@ -136,9 +129,7 @@ func TestDemoteAndPromoteHandOver(t *testing.T) {
 
 	// Demote naming the node to hand over to.
 	to := others(c.nodes, target)[1]
-	if err := target.El.Demote(ctx, to.ID); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, target.El.Demote(ctx, to.ID))
 	if got := waitLeader(t, c.nodes, time.Second); got != to {
 		t.Fatalf("leader after demote --node = %s, want %s", got.ID, to.ID)
 	}
@@ -157,9 +148,7 @@ func TestRevisionChangedBehindBackStepsDown(t *testing.T) {
 	c := startCluster(t, 2)
 	l := waitLeader(t, c.nodes, testTTL)
 	ent, err := c.kv.Get(context.Background(), schema.KeyLeader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	// Someone rewrites the key with a valid-looking record of our own node.
 	rec := schema.LeaderRecord{Node: "intruder", Epoch: ent.Revision() + 1, RenewedAt: time.Now()}
 	b, _ := json.Marshal(rec)
@@ -250,9 +239,7 @@ func TestStaleRoleEventsIgnored(t *testing.T) {
 	publish := func(node string, epoch uint64) {
 		t.Helper()
 		b, _ := json.Marshal(schema.RoleEvent{Cluster: c.name, Node: node, Role: schema.RoleLeader, Epoch: epoch, At: time.Now()})
-		if err := c.nc.Publish(schema.RoleSubject(c.name), b); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, c.nc.Publish(schema.RoleSubject(c.name), b))
 		c.nc.Flush()
 	}
 	publish("ghost", epoch-1)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 
 	"github.com/convex-cluster-manager/ccm/services/elector"
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
@@ -31,9 +32,7 @@ func TestStreamLeadersMoveOffTheLeadersServer(t *testing.T) {
 	et.WaitLeader(t, []*et.Node{n1}, 10*et.TTL)
 	nc := natstest.Connect(t, srvs[1].ClientURL())
 	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	stream := "KV_" + schema.Bucket("dc")
 	leader := func() string { return streamLeader(js, stream) }
 	// Put the lease's stream leader on n1's own server (s1), as an
@@ -78,9 +77,7 @@ func TestNewLeaderMovesStreamLeadersAtOnce(t *testing.T) {
 	next := et.Others(nodes, old)[0]
 	nc := natstest.Connect(t, srvs[0].ClientURL())
 	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	stream := "KV_" + schema.Bucket("dc")
 	own := map[*et.Node]string{nodes[0]: "s1", nodes[1]: "s2", nodes[2]: "s3"}
 	// The stream led by next's server, as an election may; next then
@@ -91,9 +88,7 @@ func TestNewLeaderMovesStreamLeadersAtOnce(t *testing.T) {
 	time.Sleep(current + 2*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := old.El.Demote(ctx, next.ID); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, old.El.Demote(ctx, next.ID))
 	served := time.Now()
 	for next.El.State().Role != schema.RoleLeader || !next.El.State().Ready {
 		if time.Since(served) > 10*time.Second {

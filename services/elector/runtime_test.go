@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
+	"github.com/stretchr/testify/require"
 
 	"github.com/convex-cluster-manager/ccm/services/elector"
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
@@ -27,17 +28,13 @@ func TestRuntime(t *testing.T) {
 	srv := natstest.Server(t)
 	sock := filepath.Join(t.TempDir(), "notify.sock")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer conn.Close()
 	t.Setenv("NOTIFY_SOCKET", sock)
 	t.Setenv("WATCHDOG_USEC", "200000")
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	metricsAddr := ln.Addr().String()
 	ln.Close()
 
@@ -55,9 +52,7 @@ func TestRuntime(t *testing.T) {
 		for !until() {
 			conn.SetReadDeadline(deadline)
 			n, err := conn.Read(buf)
-			if err != nil {
-				t.Fatalf("sd_notify messages so far %v: %v", got, err)
-			}
+			require.NoErrorf(t, err, "sd_notify messages so far %v", got)
 			for _, line := range strings.Split(string(buf[:n]), "\n") {
 				k, _, _ := strings.Cut(line, "=")
 				if strings.HasPrefix(line, "STATUS=") {
@@ -70,9 +65,7 @@ func TestRuntime(t *testing.T) {
 	read(func() bool { return got["READY"] > 0 && got["WATCHDOG"] >= 2 && got["STATUS=leader of epoch 1"] > 0 })
 
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{"ccm_elector_is_leader 1", "ccm_elector_renewals_total", `ccm_build_info{binary="ccm-elector"`} {
@@ -83,13 +76,9 @@ func TestRuntime(t *testing.T) {
 
 	nc := natstest.Connect(t, srv.ClientURL())
 	msg, err := nc.Request("$SRV.INFO.ccm-elector", nil, 2*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var info micro.Info
-	if err := json.Unmarshal(msg.Data, &info); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, json.Unmarshal(msg.Data, &info))
 	if info.Metadata["cluster"] != "rt" || info.Metadata["node"] != "n1" {
 		t.Errorf("micro metadata = %v, want cluster rt node n1", info.Metadata)
 	}
@@ -101,9 +90,7 @@ func TestRuntime(t *testing.T) {
 		t.Errorf("endpoints = %v, want %s", subjects, want)
 	}
 	msg, err = nc.Request("ccm.rt.n1.elector.status", nil, 2*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if !strings.Contains(string(msg.Data), `"role":"leader"`) || !strings.Contains(string(msg.Data), `"healthy":true`) {
 		t.Errorf("status reply = %s", msg.Data)
 	}

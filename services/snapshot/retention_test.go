@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/services/snapshot"
@@ -49,9 +50,7 @@ func TestPassiveBehindRetentionRebootstraps(t *testing.T) {
 	flush := func() schema.FlushReply {
 		t.Helper()
 		f, err := request[schema.FlushReply](t, nc, schema.Endpoint("sc", "n1", schema.ServiceWalship, "flush"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		return f
 	}
 	applied := func(node string, f schema.FlushReply) schema.ApplyStatus {
@@ -78,20 +77,14 @@ func TestPassiveBehindRetentionRebootstraps(t *testing.T) {
 	applied("n3", f)
 	js, _ := jetstream.New(nc)
 	s, err := js.Stream(context.Background(), walstream.Stream("sc"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	// The only snapshot predates the purge: n2 must ask n3 for a new one.
 	old, err := request[snapstore.Snapshot](t, nc, schema.Endpoint("sc", "n3", schema.ServiceSnapshot, "now"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	write(t, w, 500, 100)
 	f = flush()
 	applied("n3", f)
-	if err := s.Purge(context.Background(), jetstream.WithPurgeSequence(f.Seq)); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, s.Purge(context.Background(), jetstream.WithPurgeSequence(f.Seq)))
 	write(t, w, 600, 100)
 	f = flush()
 

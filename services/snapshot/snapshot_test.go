@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 	_ "modernc.org/sqlite"
 
 	"github.com/convex-cluster-manager/ccm/services/cli"
@@ -39,18 +40,14 @@ func nodeConfig(t *testing.T, dir, id, url string) (config.Config, string) {
 	c.WAL.SnapshotKeep = 2
 	os.MkdirAll(c.Backend.DataPath, 0o755)
 	path := filepath.Join(dir, id+".json")
-	if err := config.Write(path, c, false); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, config.Write(path, c, false))
 	return c, path
 }
 
 func openDB(t *testing.T, dsn string) *sql.DB {
 	t.Helper()
 	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	db.SetMaxOpenConns(1)
 	return db
 }
@@ -70,9 +67,7 @@ func rows(t *testing.T, path string, copy bool) string {
 	t.Helper()
 	if copy {
 		b, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		path = filepath.Join(t.TempDir(), "copy.db")
 		os.WriteFile(path, b, 0o644)
 	}
@@ -138,9 +133,7 @@ func TestSnapshotJoinAndLeave(t *testing.T) {
 	nc := natstest.Connect(t, srv.ClientURL())
 	flush := func() schema.FlushReply {
 		f, err := request[schema.FlushReply](t, nc, schema.Endpoint("sc", "n1", schema.ServiceWalship, "flush"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		return f
 	}
 	f := flush()
@@ -156,9 +149,7 @@ func TestSnapshotJoinAndLeave(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	snap, err := request[snapstore.Snapshot](t, nc, schema.Endpoint("sc", "n2", schema.ServiceSnapshot, "now"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if snap.Seq < f.Seq || snap.Size == 0 {
 		t.Fatalf("snapshot %+v does not cover the flushed sequence %d", snap, f.Seq)
 	}
@@ -171,9 +162,7 @@ func TestSnapshotJoinAndLeave(t *testing.T) {
 	js, _ := jetstream.New(nc)
 	kv, _ := js.KeyValue(context.Background(), schema.Bucket("sc"))
 	rev, err := kv.Create(context.Background(), schema.KeySnapshotLock, []byte(`{"node":"other"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if _, err := request[snapstore.Snapshot](t, nc, schema.Endpoint("sc", "n2", schema.ServiceSnapshot, "now")); err == nil || !strings.Contains(err.Error(), "another node") {
 		t.Fatalf("snapshot while locked: err = %v, want busy", err)
 	}
@@ -192,9 +181,7 @@ func TestSnapshotJoinAndLeave(t *testing.T) {
 	ap3 := daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c3)
 	f = flush()
 	pos, err := request[replica.Position](t, nc, schema.Endpoint("sc", "n3", schema.ServiceWalapply, "drain"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if uint64(pos.TXID) != f.TXID || pos.Epoch != f.Epoch {
 		t.Fatalf("n3 drained to %+v, leader flushed %+v", pos, f)
 	}
@@ -225,9 +212,7 @@ func TestJoinRefusesCorruptSnapshots(t *testing.T) {
 	nc := natstest.Connect(t, srv.ClientURL())
 	js, _ := jetstream.New(nc)
 	store, err := snapstore.Open(context.Background(), js, "sc", 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	// A real two-page database image and its checksum.
 	good := filepath.Join(dir, "good.db")
 	db := openDB(t, good)
@@ -236,9 +221,7 @@ func TestJoinRefusesCorruptSnapshots(t *testing.T) {
 	db.Close()
 	img, _ := os.ReadFile(good)
 	sh, err := replica.OpenShadow(filepath.Join(dir, "probe", "db.sqlite3"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	sh.Close()
 	os.WriteFile(filepath.Join(dir, "probe", "db.sqlite3"), img, 0o644)
 	meta := snapstore.Snapshot{Epoch: 1, TXID: 5, Seq: 9, PageSize: 4096, Node: "x", Checksum: checksumOf(t, img)}
@@ -311,9 +294,7 @@ func TestLeaderBuildsSnapshotFromStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	s, err := snap1.D.Take(context.Background(), false) // no passive: the leader builds it
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Logf("snapshot %+v", s)
 	write(t, w, 300, 100)
 	if out, code := ccm(t, "join", "--config", conf2); code != 0 || !strings.Contains(out, "download") {
@@ -322,13 +303,9 @@ func TestLeaderBuildsSnapshotFromStream(t *testing.T) {
 	et.Start(t, c2)
 	daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
 	f, err := request[schema.FlushReply](t, nc, schema.Endpoint("sc", "n1", schema.ServiceWalship, "flush"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	pos, err := request[replica.Position](t, nc, schema.Endpoint("sc", "n2", schema.ServiceWalapply, "drain"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if uint64(pos.TXID) != f.TXID {
 		t.Fatalf("n2 drained to %+v, leader flushed %+v", pos, f)
 	}

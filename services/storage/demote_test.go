@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/shared/filestore"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
@@ -84,9 +86,7 @@ func TestFlushFailsWhileFilesCannotBePublished(t *testing.T) {
 	write(t, c.c1.StorageDir(), "modules/a.js", []byte("a"))
 	waitSame(t, c.c1.StorageDir(), c.c2.ShadowStorageDir(), 10*time.Second)
 	// The contents store goes away: no upload can succeed.
-	if err := c.js.DeleteObjectStore(context.Background(), filestore.BlobsBucket("dc")); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.js.DeleteObjectStore(context.Background(), filestore.BlobsBucket("dc")))
 	write(t, c.c1.StorageDir(), "modules/b.js", []byte("written when nothing can be uploaded"))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // TestNotifierReportsChanges drives the recursive inotify watcher with
@@ -14,12 +16,8 @@ import (
 func TestNotifierReportsChanges(t *testing.T) {
 	root := t.TempDir()
 	n, err := newNotifier(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.watchTree(""); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, n.watchTree(""))
 	events := make(chan event, 256)
 	done := make(chan error, 1)
 	go func() { done <- n.read(func(e event) { events <- e }) }()
@@ -72,9 +70,7 @@ func TestNotifierReportsChanges(t *testing.T) {
 	n.close()
 	select {
 	case err := <-done:
-		if err != nil {
-			t.Fatalf("read after close: %v", err)
-		}
+		require.NoErrorf(t, err, "read after close")
 	case <-time.After(5 * time.Second):
 		t.Fatal("read did not return after close")
 	}

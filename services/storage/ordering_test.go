@@ -10,6 +10,8 @@ import (
 
 	_ "modernc.org/sqlite"
 
+	"github.com/stretchr/testify/require"
+
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/services/storage"
 	"github.com/convex-cluster-manager/ccm/services/walapply"
@@ -161,9 +163,7 @@ func startShipping(t *testing.T) *shipping {
 		os.MkdirAll(p, 0o755)
 	}
 	db, err := sql.Open("sqlite", "file:"+c.c1.Backend.DBPath()+"?_pragma=busy_timeout(5000)")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
 	db.SetMaxOpenConns(1)
 	sh := &shipping{c: c, exec: func(q string, args ...any) {

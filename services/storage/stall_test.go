@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/services/storage"
@@ -37,9 +38,7 @@ func TestDrainOutlivesItsWatchsServer(t *testing.T) {
 
 	nc := natstest.Connect(t, srvs[0].ClientURL())
 	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	// Start n2's ccm-storage until its watch sits on a server other than
 	// the one it is connected to (placement is random among the peers).
 	manifest := "KV_" + filestore.FilesBucket("dc")
@@ -65,18 +64,14 @@ func TestDrainOutlivesItsWatchsServer(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := s1.D.Flush(ctx); err != nil {
-		t.Fatalf("n1's storage flush: %v", err)
-	}
+	require.NoErrorf(t, s1.D.Flush(ctx), "n1's storage flush")
 	want := tree(t, c1.StorageDir())
 
 	// n2 wins the lease, as its elector would announce it before draining.
 	epoch := n1.El.State().Epoch + 1
 	won, _ := json.Marshal(schema.RoleEvent{Cluster: "dc", Node: "n2", Role: schema.RoleLeader, Epoch: epoch,
 		Deadline: time.Now().Add(time.Minute), At: time.Now()})
-	if err := nc.Publish(schema.RoleSubject("dc"), won); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, nc.Publish(schema.RoleSubject("dc"), won))
 	nc.Flush()
 
 	start := time.Now()

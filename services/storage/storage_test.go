@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 
 	"github.com/convex-cluster-manager/ccm/services/cli"
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
@@ -103,26 +104,18 @@ func waitSame(t *testing.T, a, b string, within time.Duration) {
 func write(t *testing.T, root, rel string, data []byte) {
 	t.Helper()
 	p := filepath.Join(root, rel)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
 	// Written beside the watched tree and renamed in, so that the capture
 	// never sees a half-written file (which would store one more object,
 	// kept for the GC grace, and throw off the tests' object counts).
 	tmp, err := os.CreateTemp(filepath.Dir(root), "write-*")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if _, err := tmp.Write(data); err != nil {
 		t.Fatal(err)
 	}
-	if err := tmp.Chmod(0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, tmp.Chmod(0o644))
 	tmp.Close()
-	if err := os.Rename(tmp.Name(), p); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.Rename(tmp.Name(), p))
 }
 
 // writeRandom writes size pseudo-random bytes (incompressible) in chunks.
@@ -130,16 +123,12 @@ func writeRandom(t *testing.T, path string, size int64, seed uint64) {
 	t.Helper()
 	os.MkdirAll(filepath.Dir(path), 0o755)
 	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	r := rand.NewChaCha8([32]byte{byte(seed)})
 	if _, err := io.CopyN(f, r, size); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, f.Close())
 }
 
 func waitState(t *testing.T, d *storage.Daemon, state string, within time.Duration) schema.StorageStatus {
@@ -191,9 +180,7 @@ func startCluster(t *testing.T, proxied bool) *cluster {
 	waitState(t, c.s1.D, schema.StorageCapturing, 20*time.Second)
 	waitState(t, c.s2.D, schema.StorageSynced, 20*time.Second)
 	js, err := jetstream.New(natstest.Connect(t, c.srv))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	c.js = js
 	return c
 }
@@ -216,9 +203,7 @@ func TestMirrorFollowsChanges(t *testing.T) {
 	write(t, src, "modules/abc/index.js", []byte("export default 2"))
 	os.Remove(filepath.Join(src, "files/00/aa"))
 	os.MkdirAll(filepath.Join(src, "files/02"), 0o755)
-	if err := os.Rename(filepath.Join(src, "files/00/same-a"), filepath.Join(src, "files/02/renamed")); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.Rename(filepath.Join(src, "files/00/same-a"), filepath.Join(src, "files/02/renamed")))
 	os.Rename(filepath.Join(src, "modules/abc"), filepath.Join(src, "modules/def"))
 	waitSame(t, src, dst, 10*time.Second)
 
@@ -228,9 +213,7 @@ func TestMirrorFollowsChanges(t *testing.T) {
 	waitSame(t, src, dst, 60*time.Second)
 
 	store, err := filestore.Lookup(context.Background(), c.js, "dc")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	sums := map[string]bool{}
 	for _, f := range tree(t, src) {
 		sums[f.sum] = true
@@ -247,9 +230,7 @@ func waitObjects(t *testing.T, store *filestore.Store, want int, within time.Dur
 	deadline := time.Now().Add(within)
 	for {
 		objs, err := store.Objects(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		if len(objs) == want {
 			return
 		}
@@ -327,9 +308,7 @@ func TestCorruptObjectRefused(t *testing.T) {
 	sum := sha256.Sum256(good)
 	name := hex.EncodeToString(sum[:])
 	obs, err := c.js.ObjectStore(context.Background(), filestore.BlobsBucket("dc"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if _, err := obs.GetInfo(context.Background(), name); err == nil && c.s1.D.Status().(schema.StorageStatus).Files == 1 {
 			break
@@ -369,9 +348,7 @@ func TestPromotionInstallsStorage(t *testing.T) {
 	want := tree(t, c.c1.StorageDir())
 
 	conf := filepath.Join(c.dir, "n1.json")
-	if err := config.Write(conf, c.c1, false); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, config.Write(conf, c.c1, false))
 	var out, errOut bytes.Buffer
 	if err := cli.Run(context.Background(), []string{"promote", "--node", "n2", "--config", conf}, &out, &errOut); err != nil {
 		t.Fatalf("ccm promote: %v %s", err, errOut.String())
@@ -400,9 +377,7 @@ func TestJoinBootstrapsStorage(t *testing.T) {
 	}
 	c3 := nodeConfig(c.dir, "n3", c.srv)
 	conf := filepath.Join(c.dir, "n3.json")
-	if err := config.Write(conf, c3, false); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, config.Write(conf, c3, false))
 	join := func(args ...string) string {
 		var out, errOut bytes.Buffer
 		if err := cli.Run(context.Background(), append([]string{"join", "--config", conf}, args...), &out, &errOut); err != nil {

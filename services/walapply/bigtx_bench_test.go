@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // child is a walship or walapply process started from the test binary.
@@ -26,17 +28,11 @@ func startChild(b *testing.B, env ...string) *child {
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, err)
 	r, w, err := os.Pipe()
-	if err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, err)
 	cmd.Stdin = r
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, cmd.Start())
 	r.Close()
 	c := &child{cmd: cmd, stdin: w, stdout: bufio.NewReader(out)}
 	b.Cleanup(func() {
@@ -54,9 +50,7 @@ func startChild(b *testing.B, env ...string) *child {
 func (c *child) peakRSS(b *testing.B) int {
 	b.Helper()
 	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
-	if err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, err)
 	for _, line := range strings.Split(string(st), "\n") {
 		if f := strings.Fields(line); len(f) == 3 && f[0] == "VmHWM:" {
 			kib, _ := strconv.Atoi(f[1])

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/convex-cluster-manager/ccm/services/walship"
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
@@ -22,13 +24,9 @@ import (
 func (e *env) streamBytes(t testing.TB) uint64 {
 	t.Helper()
 	s, err := e.js.Stream(context.Background(), walstream.Stream(cluster))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	info, err := s.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return info.State.Bytes
 }
 
@@ -51,18 +49,14 @@ func growBy(t testing.TB, path string, mib, perTx int) {
 	blob := make([]byte, 64<<10)
 	for done := 0; done < mib; done += perTx {
 		tx, err := db.Begin()
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		for range perTx * 16 {
 			rand.Read(blob)
 			if _, err := tx.Exec(`INSERT INTO docs (body, blob) VALUES ('big', ?)`, blob); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if err := tx.Commit(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, tx.Commit())
 	}
 }
 
@@ -71,16 +65,12 @@ func growBy(t testing.TB, path string, mib, perTx int) {
 func promote(t *testing.T, r *follower, dbPath string) {
 	t.Helper()
 	r.mu.Lock()
-	if err := r.shadow.WriteSums(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, r.shadow.WriteSums())
 	r.mu.Unlock()
 	r.stop()
 	os.MkdirAll(filepath.Dir(dbPath), 0o755)
 	for _, p := range [][2]string{{replica.SumsPath(r.shadow.Path()), replica.SumsPath(dbPath)}, {r.shadow.Path(), dbPath}} {
-		if err := os.Rename(p[0], p[1]); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, os.Rename(p[0], p[1]))
 	}
 }
 
@@ -98,19 +88,13 @@ func TestLeaderChangeContinuesTheChain(t *testing.T) {
 	n2, n3 := e.follow(t, "n2"), e.follow(t, "n3")
 	grow(t, e.dbPath, size)
 	txid, err := old.Flush(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	n2.waitTXID(t, 1, uint64(txid))
 	n3.waitTXID(t, 1, uint64(txid))
-	if err := old.Close(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, old.Close(context.Background()))
 	// The demoted leader's own database becomes its shadow: no download.
 	sh, err := replica.Adopt(context.Background(), e.dbPath, filepath.Join(e.dir, "n1", "db.sqlite3"))
-	if err != nil {
-		t.Fatalf("adopt the demoted leader's database: %v", err)
-	}
+	require.NoErrorf(t, err, "adopt the demoted leader's database")
 	pos := sh.Position()
 	sh.Close()
 	if _, err := os.Stat(e.dbPath); !errors.Is(err, os.ErrNotExist) {
@@ -136,9 +120,7 @@ func TestLeaderChangeContinuesTheChain(t *testing.T) {
 	mustExec(t, w, `UPDATE docs SET body = 'updated' WHERE blob IS NULL`)
 	w.Close()
 	txid, err = s.Flush(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	n3.waitTXID(t, 2, uint64(txid))
 	n1.waitTXID(t, 2, uint64(txid))
 	if grown := e.streamBytes(t) - before; grown > 1<<20 {
@@ -148,9 +130,7 @@ func TestLeaderChangeContinuesTheChain(t *testing.T) {
 	assertSame(t, newDB, n1.shadow.Path())
 
 	// A walship restart within the epoch resumes.
-	if err := s.Close(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, s.Close(context.Background()))
 	before = e.streamBytes(t)
 	s = e.shipDB(t, newDB, "n2", 2)
 	if how, reason := s.Start(); how != "resume" {
@@ -160,9 +140,7 @@ func TestLeaderChangeContinuesTheChain(t *testing.T) {
 	mustExec(t, w, `INSERT INTO docs (body) VALUES ('after restart')`)
 	w.Close()
 	txid, err = s.Flush(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	n3.waitTXID(t, 2, uint64(txid))
 	if grown := e.streamBytes(t) - before; grown > 1<<20 {
 		t.Fatalf("the walship restart added %d bytes to the stream, want at most 1 MiB", grown)
@@ -190,14 +168,10 @@ func digest(t testing.TB, path string) (string, string) {
 	db := openDB(t, "file:"+path+"?mode=ro")
 	defer db.Close()
 	var check string
-	if err := db.QueryRow(`PRAGMA integrity_check`).Scan(&check); err != nil {
-		t.Fatalf("integrity_check %s: %v", path, err)
-	}
+	require.NoErrorf(t, db.QueryRow(`PRAGMA integrity_check`).Scan(&check), "integrity_check %s", path)
 	h := sha256.New()
 	rows, err := db.Query(`SELECT name, sql FROM sqlite_master WHERE type='table' ORDER BY name`)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var tables []string
 	for rows.Next() {
 		var name, ddl string
@@ -208,9 +182,7 @@ func digest(t testing.TB, path string) (string, string) {
 	rows.Close()
 	for _, tbl := range tables {
 		rs, err := db.Query(fmt.Sprintf(`SELECT * FROM %q ORDER BY rowid`, tbl))
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		cols, _ := rs.Columns()
 		vals := make([]any, len(cols))
 		ptrs := make([]any, len(cols))
@@ -246,9 +218,7 @@ func TestNoEpochFromADatabaseBehindTheStream(t *testing.T) {
 	w := openDB(t, writerDSN(e.dbPath))
 	mustExec(t, w, `INSERT INTO docs (body) VALUES ('before')`)
 	txid, err := old.Flush(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	n2.waitTXID(t, 1, uint64(txid))
 	// n2 stops following at that position; the leader goes on.
 	stale := filepath.Join(e.dir, "n2-data", "db.sqlite3")
@@ -258,9 +228,7 @@ func TestNoEpochFromADatabaseBehindTheStream(t *testing.T) {
 	if _, err := old.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := old.Close(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, old.Close(context.Background()))
 	before := e.streamBytes(t)
 	s, err := walship.Open(context.Background(), e.js, walship.ShipperOptions{
 		DBPath: stale, Cluster: cluster, Node: "n2", Epoch: 2,

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 
 	"github.com/convex-cluster-manager/ccm/services/cli"
 	"github.com/convex-cluster-manager/ccm/services/elector"
@@ -53,9 +54,7 @@ func waitShipping(t *testing.T, ws *daemontest.Running[*walship.Daemon], ok func
 func request[T any](t *testing.T, nc *nats.Conn, subject string) T {
 	t.Helper()
 	msg, err := nc.Request(subject, nil, 60*time.Second)
-	if err != nil {
-		t.Fatalf("%s: %v", subject, err)
-	}
+	require.NoErrorf(t, err, "%s", subject)
 	if e := msg.Header.Get("Nats-Service-Error"); e != "" {
 		t.Fatalf("%s: %s", subject, e)
 	}
@@ -127,9 +126,7 @@ func TestDaemonsReplicateDrainAndResume(t *testing.T) {
 	// The status key carries position and lag.
 	js, _ := jetstream.New(nc)
 	kv, err := js.KeyValue(context.Background(), schema.Bucket("dc"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	// It is republished about every second: wait for the drained state.
 	var st schema.ApplyStatus
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
@@ -146,17 +143,13 @@ func TestDaemonsReplicateDrainAndResume(t *testing.T) {
 
 	// ccm status shows it.
 	conf := filepath.Join(dir, "n2.json")
-	if err := config.Write(conf, c2, false); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, config.Write(conf, c2, false))
 	var out, errOut bytes.Buffer
 	if err := cli.Run(context.Background(), []string{"status", "--json", "--config", conf}, &out, &errOut); err != nil {
 		t.Fatalf("ccm status: %v %s", err, errOut.String())
 	}
 	var cs cli.ClusterStatus
-	if err := json.Unmarshal(out.Bytes(), &cs); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, json.Unmarshal(out.Bytes(), &cs))
 	for _, n := range cs.Nodes {
 		if n.ID == "n2" && (n.Apply == nil || n.Apply.TXID != flushed.TXID) {
 			t.Fatalf("ccm status for n2: %+v", n)
@@ -204,9 +197,7 @@ func TestOnlyCaughtUpNodeCampaigns(t *testing.T) {
 			}
 		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer sub.Unsubscribe()
 	n1.Stop()
 	ship.Stop()

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/services/walapply"
 	"github.com/convex-cluster-manager/ccm/services/walship"
@@ -42,9 +44,7 @@ func TestFailedDemotionServesAgain(t *testing.T) {
 	defer proxy.Heal()
 	nc := natstest.Connect(t, srv.ClientURL())
 	msg, err := nc.Request(schema.Endpoint("dc", "n1", schema.ServiceElector, "demote"), nil, 2*time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if e := msg.Header.Get("Nats-Service-Error"); !strings.Contains(e, "still serving") || !strings.Contains(e, "WAL flush") {
 		t.Fatalf("demote with the WAL flush failing: %q, want it aborted and still serving", e)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/services/walapply"
@@ -49,9 +50,7 @@ func TestNoHandoverToANodeBehindTheStream(t *testing.T) {
 
 	body, _ := json.Marshal(schema.DemoteRequest{To: "n3"})
 	msg, err := nc.Request(schema.Endpoint("dc", "n1", schema.ServiceElector, "demote"), body, 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if code := msg.Header.Get("Nats-Service-Error-Code"); code != "503" {
 		t.Fatalf("demote to n3 (not replicating): code %q %q, want 503 not eligible", code, msg.Header.Get("Nats-Service-Error"))
 	}
@@ -61,17 +60,11 @@ func TestNoHandoverToANodeBehindTheStream(t *testing.T) {
 
 	// A handover record naming n3, as a leader without the check writes it.
 	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	kv, err := js.KeyValue(context.Background(), schema.Bucket("dc"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ent, err := kv.Get(context.Background(), schema.KeyLeader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	now := time.Now()
 	rec, _ := json.Marshal(schema.LeaderRecord{Node: "n1", Epoch: epoch, Since: now, RenewedAt: now, LeaderTTLMs: et.TTL.Milliseconds(), HandoverTo: "n3"})
 	if _, err := kv.Update(context.Background(), schema.KeyLeader, rec, ent.Revision()); err != nil {
@@ -92,9 +85,7 @@ func TestNoHandoverToANodeBehindTheStream(t *testing.T) {
 	}
 	// No epoch of n3 in the stream.
 	s, err := js.Stream(context.Background(), walstream.Stream("dc"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	info, _ := s.Info(context.Background())
 	for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
 		m, err := s.GetMsg(context.Background(), seq)

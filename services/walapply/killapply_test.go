@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 
 	"github.com/convex-cluster-manager/ccm/services/walapply"
 	"github.com/convex-cluster-manager/ccm/services/walship"
@@ -89,12 +90,8 @@ func readPosition(t testing.TB, path string) replica.Position {
 	if errors.Is(err, os.ErrNotExist) {
 		return p
 	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &p); err != nil {
-		t.Fatalf("position file: %v", err)
-	}
+	require.NoError(t, err)
+	require.NoErrorf(t, json.Unmarshal(b, &p), "position file")
 	return p
 }
 
@@ -122,9 +119,7 @@ func TestApplyKilledMidFileRecovers(t *testing.T) {
 	mustExec(t, w, `INSERT INTO docs (body) VALUES ('after the large transaction')`)
 	w.Close()
 	target, err := s.Flush(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	shadow := filepath.Join(e.dir, "killed", "db.sqlite3")
 	seed := uint64(time.Now().UnixNano())
 	rng := rand.New(rand.NewPCG(seed, seed))
@@ -134,9 +129,7 @@ func TestApplyKilledMidFileRecovers(t *testing.T) {
 		cmd.Env = append(os.Environ(), "CCM_APPLY_CHILD_NATS="+e.url, "CCM_APPLY_CHILD_DB="+shadow)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, cmd.Start())
 		return cmd, &stderr
 	}
 	midFile, midApply := 0, 0

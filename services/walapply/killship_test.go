@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/convex-cluster-manager/ccm/services/walship"
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
@@ -57,14 +59,10 @@ func TestShipKilledResumes(t *testing.T) {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), "CCM_SHIP_CHILD_NATS="+e.url, "CCM_SHIP_CHILD_DB="+e.dbPath, "CCM_TEST_LOG=1")
 		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		stderr = &strings.Builder{}
 		cmd.Stderr = stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, cmd.Start())
 		line, err := bufio.NewReader(out).ReadString('\n')
 		if err != nil {
 			cmd.Process.Kill()

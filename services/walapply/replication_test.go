@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 	_ "modernc.org/sqlite"
 
 	"github.com/convex-cluster-manager/ccm/services/walship"
@@ -37,9 +38,7 @@ func newEnv(t testing.TB) *env {
 	srv := natstest.Server(t)
 	nc := natstest.Connect(t, srv.ClientURL())
 	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if _, err := walstream.Ensure(context.Background(), js, cluster, time.Hour, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -56,9 +55,7 @@ func newEnv(t testing.TB) *env {
 func openDB(t testing.TB, path string) *sql.DB {
 	t.Helper()
 	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	db.SetMaxOpenConns(1)
 	return db
 }
@@ -86,9 +83,7 @@ func (e *env) shipDB(t *testing.T, path, node string, epoch uint64) *walship.Shi
 		DBPath: path, Cluster: cluster, Node: node, Epoch: epoch,
 		Interval: 20 * time.Millisecond, Log: daemontest.Logger(),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { s.Close(context.Background()) })
 	return s
 }
@@ -112,13 +107,9 @@ func (r *follower) position() replica.Position {
 func (e *env) follow(t *testing.T, name string) *follower {
 	t.Helper()
 	sh, err := replica.OpenShadow(filepath.Join(e.dir, name, "db.sqlite3"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ap, err := replica.NewApplier(sh)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &follower{shadow: sh, applier: ap, cancel: cancel, done: make(chan error, 1)}
 	go func() {
@@ -168,9 +159,7 @@ func (r *follower) waitTXID(t *testing.T, epoch uint64, txid uint64) {
 func snapshotCopy(t testing.TB, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	p := filepath.Join(t.TempDir(), "copy.sqlite3")
 	os.WriteFile(p, b, 0o644)
 	return p
@@ -195,9 +184,7 @@ func workload(t *testing.T, db *sql.DB, n int, seed uint64) {
 			for j := range 20 {
 				tx.Exec(`INSERT INTO docs (body) VALUES (?)`, fmt.Sprint("batch", i, j))
 			}
-			if err := tx.Commit(); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, tx.Commit())
 		case op < 94:
 			mustExec(t, db, fmt.Sprintf(`CREATE TABLE IF NOT EXISTS t%d (k TEXT PRIMARY KEY, v INTEGER)`, i%5))
 			mustExec(t, db, fmt.Sprintf(`INSERT OR REPLACE INTO t%d VALUES (?, ?)`, i%5), fmt.Sprint(i), i)
@@ -226,9 +213,7 @@ func TestPassiveConvergesUnderMixedWorkload(t *testing.T) {
 	}
 	workload(t, db, 3000, 1)
 	txid, err := s.Flush(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	r.waitTXID(t, 1, uint64(txid))
 	wantCheck, want := digest(t, e.dbPath)
 	gotCheck, got := digest(t, snapshotCopy(t, r.shadow.Path()))

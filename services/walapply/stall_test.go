@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/services/walapply"
@@ -50,9 +51,7 @@ func drainAfterLostServer(t *testing.T, wins bool) {
 
 	nc := natstest.Connect(t, srvs[0].ClientURL())
 	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	// Start n2's walapply until its consumer sits on a server other than
 	// the one it is connected to (placement is random among the peers).
 	var ap2 *daemontest.Running[*walapply.Daemon]
@@ -76,9 +75,7 @@ func drainAfterLostServer(t *testing.T, wins bool) {
 		// n2 wins the lease, as its elector would announce it before draining.
 		won, _ := json.Marshal(schema.RoleEvent{Cluster: "dc", Node: "n2", Role: schema.RoleLeader, Epoch: n1.El.State().Epoch + 1,
 			Deadline: time.Now().Add(time.Minute), At: time.Now()})
-		if err := nc.Publish(schema.RoleSubject("dc"), won); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, nc.Publish(schema.RoleSubject("dc"), won))
 		nc.Flush()
 		time.Sleep(100 * time.Millisecond)
 	}

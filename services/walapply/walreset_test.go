@@ -3,6 +3,8 @@ package walapply_test
 import (
 	"context"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // TestShipRestartAfterWALResetShipsOnlyChanges: while walship is down the
@@ -16,13 +18,9 @@ func TestShipRestartAfterWALResetShipsOnlyChanges(t *testing.T) {
 	s := e.ship(t, 1)
 	r := e.follow(t, "passive")
 	txid, err := s.Flush(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	r.waitTXID(t, 1, uint64(txid))
-	if err := s.Close(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, s.Close(context.Background()))
 
 	// walship is down: the backend writes, checkpoints, and writes again
 	// into a WAL with new salts.
@@ -38,9 +36,7 @@ func TestShipRestartAfterWALResetShipsOnlyChanges(t *testing.T) {
 		t.Fatalf("restart within the epoch: %s (%s), want resume", how, reason)
 	}
 	txid, err = s.Flush(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	r.waitTXID(t, 1, uint64(txid))
 	grown := e.streamBytes(t) - before
 	t.Logf("restart after a WAL reset with a 32 MiB database: the stream grew by %d bytes", grown)

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/stretchr/testify/require"
 	_ "modernc.org/sqlite"
 )
 
@@ -15,9 +16,7 @@ import (
 func TestCommitWatchIgnoresUncommittedFrames(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "db.sqlite3")
 	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=cache_size(-256)")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer db.Close()
 	db.SetMaxOpenConns(1)
 	if _, err := db.Exec(`CREATE TABLE t (v BLOB)`); err != nil {
@@ -31,9 +30,7 @@ func TestCommitWatchIgnoresUncommittedFrames(t *testing.T) {
 		t.Fatal("nothing committed: want unchanged")
 	}
 	tx, err := db.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	walBefore, _ := os.Stat(path + "-wal")
 	for range 2000 { // 8 MiB through a 256 KiB page cache
 		if _, err := tx.Exec(`INSERT INTO t VALUES (randomblob(4000))`); err != nil {
@@ -47,9 +44,7 @@ func TestCommitWatchIgnoresUncommittedFrames(t *testing.T) {
 	if w.changed() {
 		t.Fatal("uncommitted frames changed the WAL-index header")
 	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, tx.Commit())
 	if !w.changed() {
 		t.Fatal("a commit left the WAL-index header unchanged")
 	}

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
@@ -22,9 +24,7 @@ func TestYieldToLease(t *testing.T) {
 	cfg.ClusterID, cfg.NodeID = "dc", "n1"
 	cfg.Election.LeaderTTLMs, cfg.Election.SafetyMarginMs = 2000, 500 // lease 1.5 s, half 0.75 s
 	roles, err := rolewatch.Subscribe(nc, "dc", "n1", cfg.Election.LeaderTTL(), daemontest.Logger())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer roles.Close()
 	d := &Daemon{cfg: cfg, roles: roles, log: daemontest.Logger()}
 	lease := func(left time.Duration) {

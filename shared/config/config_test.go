@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 func valid() Config {
@@ -103,9 +105,7 @@ func TestValidate(t *testing.T) {
 func writeFile(t *testing.T, body string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "cluster.json")
-	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
 	return p
 }
 
@@ -124,9 +124,7 @@ func TestParsePrecedence(t *testing.T) {
 	t.Setenv("CCM_ELECTION_LEADER_TTL_MS", "15000")
 
 	c, err := parse(t, "-config", p, "-election-leader-ttl-ms", "12000")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if c.ClusterID != "c1" {
 		t.Errorf("clusterId = %q, want c1 from the file", c.ClusterID)
 	}
@@ -182,20 +180,14 @@ func TestParseMissingFile(t *testing.T) {
 func TestWrite(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "etc", "cluster.json")
 	c := valid()
-	if err := Write(p, c, false); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, Write(p, c, false))
 	if err := Write(p, c, false); !errors.Is(err, ErrExists) {
 		t.Fatalf("second write without force: err = %v, want ErrExists", err)
 	}
 	c.NodeID = "node-b"
-	if err := Write(p, c, true); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, Write(p, c, true))
 	got, err := parse(t, "-config", p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if got.NodeID != "node-b" || got.ClusterID != "prod_1" {
 		t.Fatalf("round trip = %+v", got)
 	}

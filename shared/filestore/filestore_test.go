@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 
 	"github.com/convex-cluster-manager/ccm/shared/filestore"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
@@ -24,18 +25,12 @@ import (
 func open(t *testing.T) (*filestore.Store, jetstream.ObjectStore) {
 	t.Helper()
 	js, err := jetstream.New(natstest.Connect(t, natstest.Server(t).ClientURL()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ctx := context.Background()
 	st, err := filestore.Open(ctx, js, "dc", 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	obs, err := js.ObjectStore(ctx, filestore.BlobsBucket("dc"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return st, obs
 }
 
@@ -64,20 +59,14 @@ func TestUploadReadsBackWithObjectStoreGet(t *testing.T) {
 	for i, n := range []int{0, 1, schema.MaxChunk - 1, schema.MaxChunk, schema.MaxChunk + 1, 5*schema.MaxChunk + 12345} {
 		data := random(n, uint64(i+1))
 		path := filepath.Join(dir, "f")
-		if err := os.WriteFile(path, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, os.WriteFile(path, data, 0o644))
 		s, size, err := filestore.HashFile(path)
 		if err != nil || s != sum(data) || size != int64(n) {
 			t.Fatalf("HashFile of %d bytes: %s %d %v, want %s", n, s, size, err, sum(data))
 		}
-		if err := st.Upload(ctx, path, s); err != nil {
-			t.Fatalf("upload %d bytes: %v", n, err)
-		}
+		require.NoErrorf(t, st.Upload(ctx, path, s), "upload %d bytes", n)
 		r, err := obs.Get(ctx, s)
-		if err != nil {
-			t.Fatalf("ObjectStore.Get of %d bytes: %v", n, err)
-		}
+		require.NoErrorf(t, err, "ObjectStore.Get of %d bytes", n)
 		got, err := io.ReadAll(r) // verifies the digest at the end
 		r.Close()
 		if err != nil || !bytes.Equal(got, data) {
@@ -117,9 +106,7 @@ func TestFetchReadsObjectStorePut(t *testing.T) {
 	mtime := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
 	e := filestore.Entry{Path: "sub/file", Size: int64(len(data)), SHA256: s, Mode: 0o604, MtimeNs: mtime.UnixNano()}
 	var progress int64
-	if err := st.Fetch(ctx, e, dst, func(n int64) { progress += n }); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, st.Fetch(ctx, e, dst, func(n int64) { progress += n }))
 	got, err := os.ReadFile(dst)
 	fi, _ := os.Stat(dst)
 	if err != nil || !bytes.Equal(got, data) || fi.Mode().Perm() != 0o604 || !fi.ModTime().Equal(mtime) || progress != int64(len(data)) {

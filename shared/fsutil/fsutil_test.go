@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/convex-cluster-manager/ccm/shared/fsutil"
 )
 
@@ -14,9 +16,7 @@ import (
 // failed write leaves the old file and no temporary file.
 func TestWriteAtomic(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "f")
-	if err := fsutil.WriteFileSync(path, []byte("one"), 0o640); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, fsutil.WriteFileSync(path, []byte("one"), 0o640))
 	failed := errors.New("disk full")
 	err := fsutil.WriteAtomic(path, 0o600, func(f *os.File) error {
 		f.Write([]byte("half of tw"))
@@ -31,9 +31,7 @@ func TestWriteAtomic(t *testing.T) {
 	if _, err := os.Stat(path + ".tmp"); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("temporary file left behind: %v", err)
 	}
-	if err := fsutil.WriteFileSync(path, []byte("two"), 0o604); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, fsutil.WriteFileSync(path, []byte("two"), 0o604))
 	st, err := os.Stat(path)
 	if b, _ := os.ReadFile(path); err != nil || string(b) != "two" || st.Mode().Perm() != 0o604 {
 		t.Fatalf("after a write: %q mode %v (%v), want %q mode 0604", b, st.Mode().Perm(), err, "two")

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
 
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/natsconn"
@@ -23,9 +24,7 @@ func TestReturnHome(t *testing.T) {
 	home := natstest.NewProxy(t, srvs[0].Addr().String())
 	cfg := config.NATS{Servers: []string{home.URL(), srvs[1].ClientURL()}}
 	nc, err := natsconn.Daemon(cfg, "home-test", slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer nc.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
@@ -65,9 +67,7 @@ func TestAdoptMovesOnlyAnUnusedDatabase(t *testing.T) {
 	var n int
 	must(t, db.QueryRow(`SELECT count(*) FROM t`).Scan(&n))
 	sh, err := replica.Adopt(ctx, dbPath, filepath.Join(dir, "copy", "db.sqlite3"))
-	if err != nil {
-		t.Fatalf("adopt a database in use: %v", err)
-	}
+	require.NoErrorf(t, err, "adopt a database in use")
 	if p := sh.Position(); p.Checksum != b.Checksum || p.TXID != b.TXID || !sh.Verified() {
 		t.Fatalf("adopted at %+v (verified %v), want %+v", p, sh.Verified(), b)
 	}
@@ -97,9 +97,7 @@ func TestAdoptMovesOnlyAnUnusedDatabase(t *testing.T) {
 	b = shipped(t, dbPath, 10)
 	shadow := filepath.Join(dir, "shadow", "db.sqlite3")
 	sh, err = replica.Adopt(ctx, dbPath, shadow)
-	if err != nil {
-		t.Fatalf("adopt an unused database: %v", err)
-	}
+	require.NoErrorf(t, err, "adopt an unused database")
 	defer sh.Close()
 	if _, err := os.Stat(dbPath); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("an unused database was copied, not moved (stat: %v)", err)

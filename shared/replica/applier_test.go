@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
 	"github.com/superfly/ltx"
 
 	"github.com/convex-cluster-manager/ccm/shared/replica"
@@ -58,14 +59,10 @@ func (d *fakeDB) commit(t *testing.T, epoch uint64, snapshot bool, writes map[ui
 	}
 	for pgno := uint32(1); pgno <= commit; pgno++ {
 		if _, ok := writes[pgno]; ok || snapshot {
-			if err := enc.EncodePage(ltx.PageHeader{Pgno: pgno}, d.pages[pgno]); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, enc.EncodePage(ltx.PageHeader{Pgno: pgno}, d.pages[pgno]))
 		}
 	}
-	if err := enc.Close(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, enc.Close())
 	return buf.Bytes(), walstream.Meta{Kind: walstream.KindLTX, Epoch: epoch, Node: "leader", MinTXID: d.txid, MaxTXID: d.txid,
 		Pre: pre, Post: d.sum(), Last: true, Captured: time.Now()}
 }
@@ -89,14 +86,10 @@ func marker(epoch uint64) nats.Header {
 func base(t *testing.T) (*replica.Applier, *replica.Shadow, *fakeDB) {
 	t.Helper()
 	sh, err := replica.OpenShadow(filepath.Join(t.TempDir(), "db.sqlite3"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { sh.Close() })
 	ap, err := replica.NewApplier(sh)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	db := &fakeDB{pages: map[uint32][]byte{}}
 	must(t, ap.Handle(1, marker(2), nil))
 	data, m := db.commit(t, 2, true, map[uint32]byte{1: 'a', 2: 'b', 3: 'c'})
@@ -122,9 +115,7 @@ func split(data []byte) [][]byte {
 
 func must(t *testing.T, err error) {
 	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 }
 
 func TestApplierRefuses(t *testing.T) {
@@ -234,9 +225,7 @@ func TestApplierNewEpochSnapshotOfSameContentWritesNothing(t *testing.T) {
 	}
 	data, m = db.commit(t, 5, false, map[uint32]byte{5: 'e'})
 	must(t, ap.Handle(6, m.Header(), data))
-	if err := sh.Verify(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, sh.Verify())
 }
 
 func TestApplierChunkedFileAndRestart(t *testing.T) {

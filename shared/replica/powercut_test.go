@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 )
 
@@ -30,12 +32,8 @@ func newDisk(t *testing.T) *disk {
 	}
 	tmp := t.TempDir()
 	d := &disk{img: filepath.Join(tmp, "disk.img"), dir: filepath.Join(tmp, "mnt")}
-	if err := os.WriteFile(d.img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(d.img, 64<<20); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(d.img, nil, 0o600))
+	require.NoError(t, os.Truncate(d.img, 64<<20))
 	run(t, "mkfs.ext4", "-q", "-F", d.img)
 	mount(t, d.img, d.dir)
 	return d
@@ -47,20 +45,14 @@ func (d *disk) cut(t *testing.T, name string) string {
 	t.Helper()
 	img := filepath.Join(filepath.Dir(d.img), name+".img")
 	src, err := os.Open(d.img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer src.Close()
 	dst, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if _, err := io.Copy(dst, src); err != nil {
 		t.Fatal(err)
 	}
-	if err := dst.Close(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, dst.Close())
 	dir := filepath.Join(filepath.Dir(d.img), name)
 	mount(t, img, dir)
 	return dir
@@ -68,9 +60,7 @@ func (d *disk) cut(t *testing.T, name string) string {
 
 func mount(t *testing.T, img, dir string) {
 	t.Helper()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.MkdirAll(dir, 0o755))
 	run(t, "mount", "-o", "loop", img, dir)
 	t.Cleanup(func() { exec.Command("umount", dir).Run() })
 }
@@ -118,9 +108,7 @@ func TestApplierSurvivesPowerCuts(t *testing.T) {
 
 		dir := d.cut(t, fmt.Sprintf("cut%d", i))
 		sh2, err := replica.OpenShadow(filepath.Join(dir, "db.sqlite3"))
-		if err != nil {
-			t.Fatalf("cut after applying TXID %d: open shadow: %v", m.MaxTXID, err)
-		}
+		require.NoErrorf(t, err, "cut after applying TXID %d: open shadow", m.MaxTXID)
 		ap2, err := replica.NewApplier(sh2)
 		if err != nil {
 			sh2.Close()

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
@@ -37,9 +39,7 @@ func TestSumsFileSurvivesTornUpdates(t *testing.T) {
 	read := func() replica.Sums {
 		t.Helper()
 		s, err := replica.ReadSums(path)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		return s
 	}
 	if s := read(); s.Base != b2 || s.Pages.Checksum() != db.sum() {

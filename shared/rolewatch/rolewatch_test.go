@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
@@ -63,9 +64,7 @@ func TestWaitLeading(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		tr.Observe(schema.RoleEvent{Node: "n1", Role: schema.RoleLeader, Epoch: 5, Deadline: time.Now().Add(time.Minute)})
 	}()
-	if err := tr.WaitLeading(context.Background(), 5, 2*time.Second); err != nil {
-		t.Fatalf("event for epoch 5 arrived, but: %v", err)
-	}
+	require.NoErrorf(t, tr.WaitLeading(context.Background(), 5, 2*time.Second), "wait for the event of epoch 5")
 	if err := tr.WaitLeading(context.Background(), 6, 100*time.Millisecond); !errors.Is(err, ErrNotLeading) {
 		t.Fatalf("no event for epoch 6: got %v, want ErrNotLeading", err)
 	}
@@ -119,9 +118,7 @@ func TestSubscribeSettlesFromTheLeaderKey(t *testing.T) {
 	ttl := 10 * time.Second
 	settled := func(node string) bool {
 		tr, err := Subscribe(nc, "c", node, ttl, log)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		defer tr.Close()
 		return tr.Settled(time.Now())
 	}
@@ -129,13 +126,9 @@ func TestSubscribeSettlesFromTheLeaderKey(t *testing.T) {
 		t.Fatal("no cluster state at all: not settled")
 	}
 	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: schema.Bucket("c")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	rec, _ := json.Marshal(schema.LeaderRecord{Node: "n2", Since: time.Now(), RenewedAt: time.Now(), LeaderTTLMs: ttl.Milliseconds()})
 	if _, err := kv.Put(context.Background(), schema.KeyLeader, rec); err != nil {
 		t.Fatal(err)

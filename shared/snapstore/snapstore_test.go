@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 	"github.com/superfly/ltx"
 
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
@@ -31,9 +32,7 @@ func image(t *testing.T, pages int, seed uint64) (string, []byte, ltx.Checksum) 
 		b[i] = byte(rng.Uint32())
 	}
 	path := filepath.Join(t.TempDir(), "db")
-	if err := os.WriteFile(path, b, 0o640); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(path, b, 0o640))
 	sum, n, err := snapstore.Checksum(bytes.NewReader(b), pageSize)
 	if err != nil || n != int64(len(b)) {
 		t.Fatalf("checksum: %v (%d bytes)", err, n)
@@ -47,14 +46,10 @@ func image(t *testing.T, pages int, seed uint64) (string, []byte, ltx.Checksum) 
 // and leaves no file.
 func TestPutListDownload(t *testing.T) {
 	js, err := jetstream.New(natstest.Connect(t, natstest.Server(t).ClientURL()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ctx := context.Background()
 	st, err := snapstore.Open(ctx, js, "dc", 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if _, err := st.Newest(ctx); !errors.Is(err, snapstore.ErrNone) {
 		t.Fatalf("newest of none: %v, want ErrNone", err)
 	}
@@ -64,9 +59,7 @@ func TestPutListDownload(t *testing.T) {
 		path, data, sum := image(t, 100+i*150, uint64(i+1)) // up to 2.1 MiB: several chunks
 		s, err := st.Put(ctx, path, snapstore.Snapshot{Epoch: 2, TXID: ltx.TXID(seq), Seq: seq, Checksum: sum, PageSize: pageSize,
 			Node: "n2", Captured: time.UnixMilli(1_700_000_000_000 + int64(seq)), Bytes: int64(seq) * 10, Chain: 2}, 3)
-		if err != nil {
-			t.Fatalf("put seq %d: %v", seq, err)
-		}
+		require.NoErrorf(t, err, "put seq %d", seq)
 		if s.Size != int64(len(data)) {
 			t.Fatalf("put seq %d: size %d, want %d", seq, s.Size, len(data))
 		}
@@ -75,16 +68,12 @@ func TestPutListDownload(t *testing.T) {
 		}
 	}
 	obs, err := js.ObjectStore(ctx, snapstore.Bucket("dc"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if _, err := obs.PutString(ctx, "not-a-snapshot", "hello"); err != nil {
 		t.Fatal(err)
 	}
 	all, err := st.List(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var seqs []uint64
 	for _, s := range all {
 		seqs = append(seqs, s.Seq)
@@ -102,9 +91,7 @@ func TestPutListDownload(t *testing.T) {
 	dir := t.TempDir()
 	dst := filepath.Join(dir, "shadow.db")
 	var progress int64
-	if err := st.Download(ctx, newest, dst, func(n int64) { progress = n }); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, st.Download(ctx, newest, dst, func(n int64) { progress = n }))
 	if got, err := os.ReadFile(dst); err != nil || !bytes.Equal(got, last) || progress != int64(len(last)) {
 		t.Fatalf("downloaded %d bytes (equal %v, %v), last progress %d, want %d", len(got), bytes.Equal(got, last), err, progress, len(last))
 	}

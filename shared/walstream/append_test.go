@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 	"github.com/superfly/ltx"
 
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
@@ -25,9 +26,7 @@ func stream(t *testing.T) (string, jetstream.JetStream) {
 	t.Helper()
 	srv := natstest.Server(t)
 	js, err := jetstream.New(natstest.Connect(t, srv.ClientURL()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if _, err := Ensure(context.Background(), js, testCluster, time.Hour, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -46,23 +45,15 @@ func readFiles(t *testing.T, js jetstream.JetStream) (markers int, files []file,
 	t.Helper()
 	ctx := context.Background()
 	s, err := js.Stream(ctx, Stream(testCluster))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var cur *file
 	for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
 		m, err := s.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatalf("message %d: %v", seq, err)
-		}
+		require.NoErrorf(t, err, "message %d", seq)
 		meta, err := ParseMeta(m.Header)
-		if err != nil {
-			t.Fatalf("message %d: %v", seq, err)
-		}
+		require.NoErrorf(t, err, "message %d", seq)
 		if meta.Kind == KindMarker {
 			markers++
 			continue
@@ -98,9 +89,7 @@ func TestRetryAfterLostAckIsAdopted(t *testing.T) {
 	_, js := stream(t)
 	ctx := context.Background()
 	a, err := Open(ctx, js, testCluster, "n1", 1, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	f := file{txid: 1, data: bytes.Repeat([]byte("x"), ChunkSize+100)} // two chunks
 	// The first chunk's first attempt, as the appender sends it, stored
 	// by the server; its acknowledgement never reached the appender.
@@ -111,12 +100,8 @@ func TestRetryAfterLostAckIsAdopted(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := appendFile(ctx, a, f); err != nil {
-		t.Fatalf("append after a lost acknowledgement: %v", err)
-	}
-	if err := appendFile(ctx, a, file{txid: 2, data: []byte("next")}); err != nil {
-		t.Fatalf("the append after it: %v", err)
-	}
+	require.NoErrorf(t, appendFile(ctx, a, f), "append after a lost acknowledgement")
+	require.NoErrorf(t, appendFile(ctx, a, file{txid: 2, data: []byte("next")}), "the append after it")
 	_, files, last := readFiles(t, js)
 	if len(files) != 2 || !bytes.Equal(files[0].data, f.data) || string(files[1].data) != "next" {
 		t.Fatalf("stream holds %d files, want the two appended once each", len(files))
@@ -132,12 +117,8 @@ func TestForeignMessageFences(t *testing.T) {
 	_, js := stream(t)
 	ctx := context.Background()
 	a, err := Open(ctx, js, testCluster, "n1", 1, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := appendFile(ctx, a, file{txid: 1, data: []byte("one")}); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, appendFile(ctx, a, file{txid: 1, data: []byte("one")}))
 	if _, err := js.Publish(ctx, Subject(testCluster), []byte("someone else")); err != nil {
 		t.Fatal(err)
 	}
@@ -170,14 +151,10 @@ func TestAppendSurvivesConnectionFaults(t *testing.T) {
 	addr, js := stream(t)
 	proxy := natstest.NewProxy(t, addr)
 	nc, err := nats.Connect(proxy.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer nc.Close()
 	pjs, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	seed := uint64(time.Now().UnixNano())
 	rng := rand.New(rand.NewPCG(seed, 1))
 	t.Logf("seed %d", seed)
@@ -185,9 +162,7 @@ func TestAppendSurvivesConnectionFaults(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute*slow)
 	defer cancel()
 	a, err := Open(ctx, pjs, testCluster, "n1", 1, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	faults, stop := 0, make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"github.com/superfly/ltx"
 )
 
@@ -19,9 +20,7 @@ func TestMetaRoundTrip(t *testing.T) {
 	}
 	for _, want := range tests {
 		got, err := ParseMeta(want.Header())
-		if err != nil {
-			t.Fatalf("%+v: %v", want, err)
-		}
+		require.NoErrorf(t, err, "%+v", want)
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("round trip: got %+v, want %+v", got, want)
 		}
