@@ -9,7 +9,6 @@ package backend
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -312,8 +311,9 @@ func (d *Daemon) waitLeading(ctx context.Context, epoch uint64) error {
 }
 
 // Prepare puts the database in place for epoch: with the unit stopped, the
-// drained shadow (released by ccm-walapply) is moved into the data path;
-// a node without a shadow keeps the database it has.
+// drained shadow is moved into the data path — once ccm-walapply has
+// released it (the elector's step before this one); a shadow still held
+// is refused. A node without a shadow keeps the database it has.
 func (d *Daemon) Prepare(ctx context.Context, epoch uint64) error {
 	if err := d.waitLeading(ctx, epoch); err != nil {
 		return err
@@ -336,32 +336,15 @@ func (d *Daemon) Prepare(ctx context.Context, epoch uint64) error {
 		}
 		return nil
 	}
-	pos, err := d.release(ctx)
-	if err != nil {
-		return err
-	}
 	aside, err := install(shadow, d.cfg.Backend.DBPath(), d.cfg.Backend.SetAsideDir(epoch, time.Now()))
 	if err != nil {
 		return err
 	}
-	d.log.Info("database installed for promotion", "epoch", epoch, "from_epoch", pos.Epoch, "txid", pos.TXID, "path", d.cfg.Backend.DBPath())
+	d.log.Info("database installed for promotion", "epoch", epoch, "path", d.cfg.Backend.DBPath())
 	if aside != "" {
 		d.log.Warn("previous database set aside, not merged: it may hold changes that never reached the cluster", "dir", aside)
 	}
 	return nil
-}
-
-// release asks the local ccm-walapply to hand over its drained shadow; a
-// node without walapply has nobody writing the shadow.
-func (d *Daemon) release(ctx context.Context) (replica.Position, error) {
-	pos, err := natsconn.CallJSON[replica.Position](ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceWalapply, schema.VerbRelease, nil, time.Hour)
-	if errors.Is(err, natsconn.ErrNotRunning) {
-		return replica.Position{}, nil
-	}
-	if err != nil {
-		return pos, fmt.Errorf("release the shadow database: %w", err)
-	}
-	return pos, nil
 }
 
 // Start starts the unit for epoch and waits until the health check passes

@@ -19,7 +19,14 @@ import (
 // db, atomically (rename in the same directory) and in WAL mode. Whatever
 // database was there, with its -wal and -shm, is moved to the set-aside
 // directory setAside first. It returns setAside if it moved anything there.
+// It refuses a shadow still open for applying (ccm-walapply must release it
+// first).
 func install(shadow, db, setAside string) (string, error) {
+	release, err := replica.Hold(shadow)
+	if err != nil {
+		return "", fmt.Errorf("install the shadow database: %w", err)
+	}
+	defer release()
 	if err := os.MkdirAll(filepath.Dir(db), 0o750); err != nil {
 		return "", err
 	}

@@ -6,7 +6,10 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/stretchr/testify/require"
 	_ "modernc.org/sqlite"
+
+	"github.com/convex-cluster-manager/ccm/shared/replica"
 )
 
 func TestInstallMovesShadowAndSetsAsideOldDatabase(t *testing.T) {
@@ -26,9 +29,7 @@ func TestInstallMovesShadowAndSetsAsideOldDatabase(t *testing.T) {
 	os.WriteFile(data+"-wal", []byte("old tail"), 0o644)
 
 	aside, err := install(shadow, data, filepath.Join(dir, ".ccm-set-aside", "epoch-9"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if b, _ := os.ReadFile(filepath.Join(aside, "db.sqlite3-wal")); string(b) != "old tail" {
 		t.Fatalf("old WAL not set aside in %s", aside)
 	}
@@ -79,4 +80,31 @@ func TestEnsureDatabase(t *testing.T) {
 	if created, err := ensureDatabase(path); err != nil || created {
 		t.Fatalf("second ensureDatabase = %v, %v; want kept", created, err)
 	}
+}
+
+// TestInstallRefusesHeldShadow: a shadow still open for applying (not
+// released by ccm-walapply) is neither moved nor changed; once its writer
+// closes it, it installs.
+func TestInstallRefusesHeldShadow(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data", "db.sqlite3")
+	shadow := filepath.Join(dir, "replica", "db.sqlite3")
+	os.MkdirAll(filepath.Dir(shadow), 0o755)
+	db, err := sql.Open("sqlite", shadow)
+	require.NoError(t, err)
+	_, err = db.Exec(`CREATE TABLE t (v TEXT)`)
+	require.NoError(t, err)
+	db.Close()
+	sh, err := replica.OpenShadow(shadow)
+	require.NoError(t, err)
+
+	_, err = install(shadow, data, filepath.Join(dir, "aside"))
+	require.ErrorIs(t, err, replica.ErrHeld)
+	require.FileExists(t, shadow, "a held shadow was moved")
+	require.NoFileExists(t, data)
+
+	require.NoError(t, sh.Close())
+	_, err = install(shadow, data, filepath.Join(dir, "aside"))
+	require.NoError(t, err)
+	require.FileExists(t, data)
 }

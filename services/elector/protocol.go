@@ -86,10 +86,12 @@ func (e *Elector) startPromotion(epoch uint64) {
 //  1. ccm-walapply drains the stream into the shadow database and pauses;
 //  2. ccm-storage waits until its mirror holds every file of the newest
 //     manifest and moves it into the data path;
-//  3. ccm-backend moves the shadow database into the data path (Prepared:
+//  3. ccm-walapply releases the drained shadow database, if it holds data
+//     (closes it for as long as the node leads);
+//  4. ccm-backend moves the shadow database into the data path (Prepared:
 //     ccm-walship opens the epoch on the stream and ships);
-//  4. ccm-walship reports shipping epoch;
-//  5. ccm-backend starts the backend and waits for its health check
+//  5. ccm-walship reports shipping epoch;
+//  6. ccm-backend starts the backend and waits for its health check
 //     (Ready: ccm-vip takes the VIP).
 func (e *Elector) bringUp(ctx context.Context, epoch uint64, report func(promotionStep)) error {
 	start := time.Now()
@@ -115,12 +117,19 @@ func (e *Elector) bringUp(ctx context.Context, epoch uint64, report func(promoti
 		TXID     uint64 `json:"txid"`
 		PageSize uint32 `json:"pageSize"`
 	}
-	if err == nil {
+	hasApply := err == nil
+	if hasApply {
 		json.Unmarshal(drained, &shadow)
 	}
 	step("storage drain")
 	if _, err := e.callStorage(ctx, schema.VerbDrain, schema.EpochRequest{Epoch: epoch}, e.storageSync+time.Minute); err != nil && !errors.Is(err, errSkipped) {
 		return fmt.Errorf("bring the storage directory in sync: %w", err)
+	}
+	if hasApply {
+		step("walapply release")
+		if _, err := e.call(ctx, schema.ServiceWalapply, schema.VerbRelease, nil, prepareTimeout); err != nil && !errors.Is(err, errSkipped) {
+			return fmt.Errorf("release the shadow database: %w", err)
+		}
 	}
 	step("backend prepare")
 	_, err = e.call(ctx, schema.ServiceBackend, schema.VerbPrepare, schema.EpochRequest{Epoch: epoch}, prepareTimeout)

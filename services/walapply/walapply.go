@@ -590,12 +590,18 @@ func (d *Daemon) Leave(ctx context.Context) error {
 
 // Release hands the shadow database over (ccm-backend moves it into the
 // data path on promotion): applying must be drained first; the shadow is
-// closed and not touched again until the node is passive once more.
+// closed and not touched again until the node is passive once more. A
+// shadow that holds nothing yet (replica.Exists, the rule ccm-backend's
+// install follows too) stays open and paused; one released already is
+// released again (an elector restarted in the middle of a promotion).
 func (d *Daemon) Release() (replica.Position, error) {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.released {
+		return replica.Position{}, nil
+	}
 	if d.applier == nil {
 		return replica.Position{}, errors.New("no shadow database")
 	}
@@ -603,6 +609,9 @@ func (d *Daemon) Release() (replica.Position, error) {
 		return replica.Position{}, errors.New("drain before releasing the shadow database")
 	}
 	pos := d.applier.Position()
+	if !replica.Exists(d.cfg.ShadowPath()) {
+		return pos, nil
+	}
 	// Closed first: a file still being assembled (a drain target in the
 	// middle of it) gives its predicted page sums back.
 	d.applier.Close()

@@ -68,6 +68,10 @@ func OpenShadow(path string) (*Shadow, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open shadow database: %w", err)
 	}
+	if err := hold(f, path); err != nil {
+		f.Close()
+		return nil, err
+	}
 	s := &Shadow{path: path, posPath: positionFile(path), f: f}
 	b, err := os.ReadFile(s.posPath)
 	switch {
