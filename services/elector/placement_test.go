@@ -16,6 +16,7 @@ import (
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 )
 
 // TestStreamLeadersMoveOffTheLeadersServer: on a three-server NATS
@@ -38,15 +39,14 @@ func TestStreamLeadersMoveOffTheLeadersServer(t *testing.T) {
 	// Put the lease's stream leader on n1's own server (s1), as an
 	// election may.
 	lead(t, nc, js, stream, "s1")
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if l := leader(); l != "" && l != "s1" {
-			t.Logf("%s moved from s1 to %s", stream, l)
-			break
+	var moved string
+	waitfor.Poll(t, 15*time.Second, 100*time.Millisecond, func() error {
+		if moved = leader(); moved == "" || moved == "s1" {
+			return fmt.Errorf("%s led by %q, want moved off s1, the leader node's own server", stream, moved)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s still led by s1, the leader node's own server, after 15 s", stream)
-		}
-	}
+		return nil
+	})
+	t.Logf("%s moved from s1 to %s", stream, moved)
 	if s := n1.El.State(); s.Role != schema.RoleLeader || !s.Ready {
 		t.Fatalf("n1 is %s (ready %v) after its stream leader moved, want the serving leader", s.Role, s.Ready)
 	}
@@ -90,20 +90,20 @@ func TestNewLeaderMovesStreamLeadersAtOnce(t *testing.T) {
 	defer cancel()
 	require.NoError(t, old.El.Demote(ctx, next.ID))
 	served := time.Now()
-	for next.El.State().Role != schema.RoleLeader || !next.El.State().Ready {
-		if time.Since(served) > 10*time.Second {
-			t.Fatalf("%s not serving 10 s after the handover", next.ID)
+	waitfor.Cond(t, 10*time.Second, func() error {
+		if s := next.El.State(); s.Role != schema.RoleLeader || !s.Ready {
+			return fmt.Errorf("%s not serving after the handover: %s (ready %v)", next.ID, s.Role, s.Ready)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	served = time.Now()
-	for l := streamLeader(js, stream); l == own[next] || l == ""; l = streamLeader(js, stream) {
-		if time.Since(served) > current-2*time.Second {
-			t.Fatalf("%s still led by %s, the new leader's own server, %s after it started serving (peers current for %s before: a leader watching for itself first would wait %s)",
-				stream, l, current-2*time.Second, current+2*time.Second, current)
+	waitfor.Cond(t, current-2*time.Second, func() error {
+		if l := streamLeader(js, stream); l == own[next] || l == "" {
+			return fmt.Errorf("%s still led by %q (the new leader's own server is %s) after it started serving (peers current for %s before: a leader watching for itself first would wait %s)",
+				stream, l, own[next], current+2*time.Second, current)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	t.Logf("%s moved off %s %s after %s started serving", stream, own[next], time.Since(served).Round(time.Millisecond), next.ID)
 }
 
@@ -125,11 +125,13 @@ func streamLeader(js jetstream.JetStream, stream string) string {
 // lead makes server lead stream, as an election may.
 func lead(t *testing.T, nc *nats.Conn, js jetstream.JetStream, stream, server string) {
 	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); streamLeader(js, stream) != server; time.Sleep(300 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("could not make %s lead %s (leader %q)", server, stream, streamLeader(js, stream))
+	waitfor.Poll(t, 20*time.Second, 300*time.Millisecond, func() error {
+		l := streamLeader(js, stream)
+		if l == server {
+			return nil
 		}
 		body, _ := json.Marshal(map[string]any{"placement": map[string]string{"preferred": server}})
 		nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, body, 2*time.Second)
-	}
+		return fmt.Errorf("could not make %s lead %s (leader %q)", server, stream, l)
+	})
 }

@@ -2,6 +2,7 @@ package snapshot_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/snapstore"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
 
@@ -55,17 +57,15 @@ func TestPassiveBehindRetentionRebootstraps(t *testing.T) {
 	}
 	applied := func(node string, f schema.FlushReply) schema.ApplyStatus {
 		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			st, _ := request[schema.ApplyStatus](t, nc, schema.Endpoint("sc", node, schema.ServiceWalapply, "position"))
-			if st.TXID >= f.TXID && st.Epoch == f.Epoch && st.State == schema.ApplyFollowing {
-				return st
+		var st schema.ApplyStatus
+		waitfor.Cond(t, 60*time.Second, func() error {
+			st, _ = request[schema.ApplyStatus](t, nc, schema.Endpoint("sc", node, schema.ServiceWalapply, "position"))
+			if st.TXID < f.TXID || st.Epoch != f.Epoch || st.State != schema.ApplyFollowing {
+				return fmt.Errorf("%s at %+v, want epoch %d TXID %d", node, st, f.Epoch, f.TXID)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s at %+v, want epoch %d TXID %d", node, st, f.Epoch, f.TXID)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
+		return st
 	}
 	write(t, w, 0, 200)
 	applied("n2", flush())
@@ -92,8 +92,7 @@ func TestPassiveBehindRetentionRebootstraps(t *testing.T) {
 	// snapshot to the leader's position.
 	daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
 	sawBehind := false
-	deadline := time.Now().Add(90 * time.Second)
-	for {
+	waitfor.Poll(t, 90*time.Second, 5*time.Millisecond, func() error {
 		st, _ := request[schema.ApplyStatus](t, nc, schema.Endpoint("sc", "n2", schema.ServiceWalapply, "position"))
 		switch {
 		case st.State == schema.ApplyBehindRetention:
@@ -104,14 +103,11 @@ func TestPassiveBehindRetentionRebootstraps(t *testing.T) {
 		case st.State == schema.ApplyFailed:
 			t.Fatalf("n2 failed instead of re-bootstrapping: %+v", st)
 		}
-		if st.State == schema.ApplyFollowing && st.TXID >= f.TXID && st.Epoch == f.Epoch {
-			break
+		if st.State != schema.ApplyFollowing || st.TXID < f.TXID || st.Epoch != f.Epoch {
+			return fmt.Errorf("n2 at %+v, want epoch %d TXID %d", st, f.Epoch, f.TXID)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("n2 at %+v, want epoch %d TXID %d", st, f.Epoch, f.TXID)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 	if !sawBehind {
 		t.Fatal("n2 caught up without ever reporting itself behind retention: the old snapshot should not have sufficed")
 	}

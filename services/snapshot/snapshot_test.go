@@ -29,6 +29,7 @@ import (
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/snapstore"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 )
 
 func nodeConfig(t *testing.T, dir, id, url string) (config.Config, string) {
@@ -138,16 +139,13 @@ func TestSnapshotJoinAndLeave(t *testing.T) {
 	}
 	f := flush()
 	// Wait until n2 applied it, then snapshot there.
-	for deadline := time.Now().Add(time.Minute); ; {
+	waitfor.Cond(t, time.Minute, func() error {
 		st, _ := request[struct{ Status schema.ApplyStatus }](t, nc, schema.Endpoint("sc", "n2", schema.ServiceWalapply, "status"))
-		if st.Status.TXID >= f.TXID && st.Status.Epoch == f.Epoch {
-			break
+		if st.Status.TXID < f.TXID || st.Status.Epoch != f.Epoch {
+			return fmt.Errorf("n2 at %+v, want epoch %d TXID %d", st.Status, f.Epoch, f.TXID)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("n2 at %+v, want epoch %d TXID %d", st.Status, f.Epoch, f.TXID)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	snap, err := request[snapstore.Snapshot](t, nc, schema.Endpoint("sc", "n2", schema.ServiceSnapshot, "now"))
 	require.NoError(t, err)
 	if snap.Seq < f.Seq || snap.Size == 0 {
@@ -317,11 +315,10 @@ func TestLeaderBuildsSnapshotFromStream(t *testing.T) {
 // waitShipping waits until the leader's walship has shipped a first file.
 func waitShipping(t *testing.T, ship *daemontest.Running[*walship.Daemon]) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for ship.D.Status().(walship.Status).TXID == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("walship not shipping after 30s: %+v", ship.D.Status())
+	waitfor.Cond(t, 30*time.Second, func() error {
+		if st := ship.D.Status().(walship.Status); st.TXID == 0 {
+			return fmt.Errorf("walship not shipping: %+v", st)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }

@@ -2,6 +2,7 @@ package storage_test
 
 import (
 	"database/sql"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	"github.com/convex-cluster-manager/ccm/services/walship"
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 )
 
 // TestRowNeverShipsBeforeItsFile: like Convex, the backend writes a
@@ -39,15 +41,14 @@ func TestRowNeverShipsBeforeItsFile(t *testing.T) {
 	// The first full copy (TXID 1) is shipped before the first upload
 	// (startShipping), so that the row of files/a is TXID 2.
 	upload("files/a")
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		shipped := ws.D.Status().(walship.Status).TXID
-		if shipped >= 2 && applied() == shipped {
-			break
+	waitfor.Cond(t, 20*time.Second, func() error {
+		shipped := ws.D.Status().(walship.Status)
+		applied := wa.D.Status().(schema.ApplyStatus)
+		if shipped.TXID < 2 || applied.TXID != shipped.TXID {
+			return fmt.Errorf("the first upload's row was not applied: shipped %+v, applied %+v", shipped, applied)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the first upload's row was not applied: shipped %+v, applied %+v", ws.D.Status(), wa.D.Status())
-		}
-	}
+		return nil
+	})
 	before := applied()
 
 	proxy.Cut()
@@ -66,11 +67,12 @@ func TestRowNeverShipsBeforeItsFile(t *testing.T) {
 	// file, and the row follows.
 	s1.Stop()
 	s1 = daemontest.Start[*storage.Daemon](t, storage.Spec(), c1)
-	for deadline := time.Now().Add(30 * time.Second); applied() == before; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the row naming files/b was not applied once a restarted ccm-storage could publish: %+v", wa.D.Status())
+	waitfor.Cond(t, 30*time.Second, func() error {
+		if st := wa.D.Status().(schema.ApplyStatus); st.TXID == before {
+			return fmt.Errorf("the row naming files/b was not applied once a restarted ccm-storage could publish: %+v", st)
 		}
-	}
+		return nil
+	})
 	if st := s1.D.Status().(schema.StorageStatus); st.Files < 2 {
 		t.Fatalf("the row naming files/b was applied, but the leader's manifest holds %d files: %+v", st.Files, st)
 	}
@@ -102,13 +104,13 @@ func TestShippingGoesOnWhileStorageCannotPublish(t *testing.T) {
 	last := ws.D.Status().(walship.Status).TXID + ws.D.Status().(walship.Status).UnshippedTXIDs
 	wrote := time.Now()
 	bound := 3 * et.TTL // one TTL of waiting, then the backlog at once
-	for applied() < last {
-		if time.Since(wrote) > bound {
-			t.Fatalf("%s after the last of %d rows written while ccm-storage could not publish, the passive applied TXID %d of %d: shipping stalls behind the storage barrier (walship %+v)",
-				bound, rows, applied(), last, ws.D.Status())
+	waitfor.Cond(t, bound, func() error {
+		if got := applied(); got < last {
+			return fmt.Errorf("after the last of %d rows written while ccm-storage could not publish, the passive applied TXID %d of %d: shipping stalls behind the storage barrier (walship %+v)",
+				rows, got, last, ws.D.Status())
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	t.Logf("%d rows written while ccm-storage was cut off applied %s after the last", rows, time.Since(wrote).Round(time.Millisecond))
 
 	if !ws.D.Status().(walship.Status).StorageBarrierDown {
@@ -119,23 +121,27 @@ func TestShippingGoesOnWhileStorageCannotPublish(t *testing.T) {
 	// wait for their files again.
 	proxy.Heal()
 	waitState(t, c.s1.D, schema.StorageCapturing, 30*time.Second)
-	for deadline := time.Now().Add(30 * time.Second); ws.D.Status().(walship.Status).StorageBarrierDown; time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("ccm-storage answers again, but walship still ships without its barrier: %+v", ws.D.Status())
+	waitfor.Poll(t, 30*time.Second, 100*time.Millisecond, func() error {
+		st := ws.D.Status().(walship.Status)
+		if !st.StorageBarrierDown {
+			return nil
 		}
 		exec(`INSERT INTO uploads (name) VALUES ('after')`)
-	}
-	for deadline := time.Now().Add(10 * time.Second); ws.D.Status().(walship.Status).UnshippedTXIDs > 0; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("walship does not catch up once ccm-storage answers: %+v", ws.D.Status())
+		return fmt.Errorf("ccm-storage answers again, but walship still ships without its barrier: %+v", st)
+	})
+	waitfor.Cond(t, 10*time.Second, func() error {
+		if st := ws.D.Status().(walship.Status); st.UnshippedTXIDs > 0 {
+			return fmt.Errorf("walship does not catch up once ccm-storage answers: %+v", st)
 		}
-	}
+		return nil
+	})
 	shipped := ws.D.Status().(walship.Status).TXID
-	for deadline := time.Now().Add(10 * time.Second); applied() < shipped; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the passive does not apply TXID %d: %+v", shipped, wa.D.Status())
+	waitfor.Cond(t, 10*time.Second, func() error {
+		if st := wa.D.Status().(schema.ApplyStatus); st.TXID < shipped {
+			return fmt.Errorf("the passive does not apply TXID %d: %+v", shipped, st)
 		}
-	}
+		return nil
+	})
 	before := applied()
 	proxy.Cut()
 	write(t, c1.StorageDir(), "files/late", []byte("late"))
@@ -175,11 +181,12 @@ func startShipping(t *testing.T) *shipping {
 	sh.exec(`CREATE TABLE uploads (name TEXT)`)
 	sh.ws = daemontest.Start[*walship.Daemon](t, walship.Spec(), c.c1)
 	sh.wa = daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c.c2)
-	for deadline := time.Now().Add(20 * time.Second); sh.ws.D.Status().(walship.Status).TXID == 0; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("walship does not ship: %+v", sh.ws.D.Status())
+	waitfor.Cond(t, 20*time.Second, func() error {
+		if st := sh.ws.D.Status().(walship.Status); st.TXID == 0 {
+			return fmt.Errorf("walship does not ship: %+v", st)
 		}
-	}
+		return nil
+	})
 	return sh
 }
 

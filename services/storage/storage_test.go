@@ -27,6 +27,7 @@ import (
 	"github.com/convex-cluster-manager/ccm/shared/filestore"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 )
 
 func nodeConfig(dir, id, url string) config.Config {
@@ -88,17 +89,12 @@ func diff(a, b map[string]file) string {
 // waitSame waits until the mirror at b is byte-identical to the tree at a.
 func waitSame(t *testing.T, a, b string, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		d := diff(tree(t, a), tree(t, b))
-		if d == "" {
-			return
+	waitfor.Poll(t, within, 100*time.Millisecond, func() error {
+		if d := diff(tree(t, a), tree(t, b)); d != "" {
+			return fmt.Errorf("mirror %s differs from %s: %s", b, a, d)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("mirror %s differs from %s after %s: %s", b, a, within, d)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func write(t *testing.T, root, rel string, data []byte) {
@@ -133,17 +129,15 @@ func writeRandom(t *testing.T, path string, size int64, seed uint64) {
 
 func waitState(t *testing.T, d *storage.Daemon, state string, within time.Duration) schema.StorageStatus {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		st := d.Status().(schema.StorageStatus)
-		if st.State == state {
-			return st
+	var st schema.StorageStatus
+	waitfor.Cond(t, within, func() error {
+		st = d.Status().(schema.StorageStatus)
+		if st.State != state {
+			return fmt.Errorf("storage status %+v, want state %s", st, state)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("storage status %+v, want state %s", st, state)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
+	return st
 }
 
 type cluster struct {
@@ -227,18 +221,14 @@ func TestMirrorFollowsChanges(t *testing.T) {
 
 func waitObjects(t *testing.T, store *filestore.Store, want int, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
+	waitfor.Poll(t, within, 100*time.Millisecond, func() error {
 		objs, err := store.Objects(context.Background())
 		require.NoError(t, err)
-		if len(objs) == want {
-			return
+		if len(objs) != want {
+			return fmt.Errorf("%d objects stored, want %d (one per distinct contents)", len(objs), want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d objects stored, want %d (one per distinct contents)", len(objs), want)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestLargeFileAndRestartMidTransfer mirrors a 200 MB file and 500 small
@@ -254,24 +244,21 @@ func TestLargeFileAndRestartMidTransfer(t *testing.T) {
 	}
 	writeRandom(t, filepath.Join(src, "exports/big.zip"), 200<<20, 1)
 	want := tree(t, src)
-	deadline := time.Now().Add(60 * time.Second)
-	for c.s1.D.Status().(schema.StorageStatus).Files != len(want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("leader published %+v, want %d files", c.s1.D.Status(), len(want))
+	waitfor.Cond(t, 60*time.Second, func() error {
+		if st := c.s1.D.Status().(schema.StorageStatus); st.Files != len(want) {
+			return fmt.Errorf("leader published %+v, want %d files", st, len(want))
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 
 	s2 := daemontest.Start[*storage.Daemon](t, storage.Spec(), c.c2)
 	// Stop it while it is part-way: some files done, not all.
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(time.Millisecond) {
-		if n := len(tree(t, dst)); n > 50 && n < len(want) {
-			break
+	waitfor.Poll(t, 60*time.Second, time.Millisecond, func() error {
+		if n := len(tree(t, dst)); n <= 50 || n >= len(want) {
+			return fmt.Errorf("never saw the mirror part-way: %d of %d files, want more than 50 and fewer than all", n, len(want))
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("never saw the mirror part-way")
-		}
-	}
+		return nil
+	})
 	s2.Stop()
 	before := map[string]uint64{}
 	for p, f := range tree(t, dst) {
@@ -309,14 +296,15 @@ func TestCorruptObjectRefused(t *testing.T) {
 	name := hex.EncodeToString(sum[:])
 	obs, err := c.js.ObjectStore(context.Background(), filestore.BlobsBucket("dc"))
 	require.NoError(t, err)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := obs.GetInfo(context.Background(), name); err == nil && c.s1.D.Status().(schema.StorageStatus).Files == 1 {
-			break
+	waitfor.Cond(t, 10*time.Second, func() error {
+		if _, err := obs.GetInfo(context.Background(), name); err != nil {
+			return fmt.Errorf("leader did not publish the file: %v", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("leader did not publish the file")
+		if st := c.s1.D.Status().(schema.StorageStatus); st.Files != 1 {
+			return fmt.Errorf("leader did not publish the file: status %+v, want 1 file", st)
 		}
-	}
+		return nil
+	})
 	if _, err := obs.PutBytes(context.Background(), name, []byte("tampered module source")); err != nil {
 		t.Fatal(err)
 	}
@@ -370,11 +358,12 @@ func TestJoinBootstrapsStorage(t *testing.T) {
 	src := c.c1.StorageDir()
 	write(t, src, "modules/x.js", []byte("x"))
 	writeRandom(t, filepath.Join(src, "files/big"), 3<<20, 3)
-	for deadline := time.Now().Add(10 * time.Second); c.s1.D.Status().(schema.StorageStatus).Files != 2; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("leader published %+v", c.s1.D.Status())
+	waitfor.Cond(t, 10*time.Second, func() error {
+		if st := c.s1.D.Status().(schema.StorageStatus); st.Files != 2 {
+			return fmt.Errorf("leader published %+v, want 2 files", st)
 		}
-	}
+		return nil
+	})
 	c3 := nodeConfig(c.dir, "n3", c.srv)
 	conf := filepath.Join(c.dir, "n3.json")
 	require.NoError(t, config.Write(conf, c3, false))

@@ -2,9 +2,9 @@ package walapply_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -14,6 +14,7 @@ import (
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
 
@@ -45,14 +46,12 @@ func TestFencedLeaderStepsDown(t *testing.T) {
 	}
 	mustExec(t, w, `INSERT INTO docs (body) VALUES ('cannot be shipped')`)
 
-	for deadline := time.Now().Add(3 * et.TTL); ; time.Sleep(20 * time.Millisecond) {
+	waitfor.Cond(t, 3*et.TTL, func() error {
 		st := ws.D.Status().(walship.Status)
 		s := n1.El.State()
 		if !st.Shipping && strings.Contains(st.Error, "fenced") && !(s.Role == schema.RoleLeader && s.Epoch == epoch) {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the stream refused its appends: walship %+v, elector %s of epoch %d (led epoch %d)", st, s.Role, s.Epoch, epoch)
-		}
-	}
+		return fmt.Errorf("after the stream refused its appends: walship %+v, elector %s of epoch %d (led epoch %d)", st, s.Role, s.Epoch, epoch)
+	})
 }

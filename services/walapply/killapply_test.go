@@ -24,6 +24,7 @@ import (
 	"github.com/convex-cluster-manager/ccm/services/walship"
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 )
 
 // TestMain lets the test binary act as a bare applier process (the code
@@ -170,18 +171,19 @@ func TestApplyKilledMidFileRecovers(t *testing.T) {
 	go func() { exited <- cmd.Wait() }()
 	stop := sync.OnceFunc(func() { cmd.Process.Kill(); <-exited })
 	defer stop()
-	deadline := time.Now().Add(2 * time.Minute)
-	for readPosition(t, shadow).TXID < target {
+	waitfor.Cond(t, 2*time.Minute, func() error {
+		p := readPosition(t, shadow)
+		if p.TXID >= target {
+			return nil
+		}
 		select {
 		case err := <-exited:
 			exited <- err // for stop
 			t.Fatalf("applier exited by itself (%v): %s", err, stderr)
-		case <-time.After(20 * time.Millisecond):
+		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("applier at %+v, want TXID %d", readPosition(t, shadow), target)
-		}
-	}
+		return fmt.Errorf("applier at %+v, want TXID %d", p, target)
+	})
 	t.Logf("%d kills landed while a file was being assembled or applied, %d while its pages were written", midFile, midApply)
 	if midFile == 0 || midApply == 0 {
 		t.Fatalf("no kill landed mid-file: the test proved nothing (seed %d)", seed)
@@ -196,11 +198,14 @@ func TestApplyKilledMidFileRecovers(t *testing.T) {
 	exited = make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	defer func() { cmd.Process.Kill(); <-exited }()
-	for start := time.Now(); readPosition(t, shadow).TXID < target; time.Sleep(20 * time.Millisecond) {
-		if time.Since(start) > 2*time.Minute {
-			t.Fatalf("fresh applier at %+v: %s", readPosition(t, shadow), stderr)
+	waitfor.Cond(t, 2*time.Minute, func() error {
+		p := readPosition(t, shadow)
+		if p.TXID >= target {
+			return nil
 		}
-	}
+		// The child's log is read only once the wait has failed.
+		return lazyError(func() string { return fmt.Sprintf("fresh applier at %+v: %s", p, stderr) })
+	})
 	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
 			if strings.HasPrefix(line, "VmHWM:") {

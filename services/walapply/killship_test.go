@@ -17,6 +17,7 @@ import (
 	"github.com/convex-cluster-manager/ccm/services/walship"
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 )
 
 // shipChild ships the database at path as epoch 1 until killed, and
@@ -45,6 +46,13 @@ func shipChild(url, path string) error {
 	}
 	select {}
 }
+
+// lazyError is an error whose message is made only when it is read (once,
+// when a wait fails): a message naming a running child's log, which the
+// child writes meanwhile, then reads it only on failure, not at each poll.
+type lazyError func() string
+
+func (f lazyError) Error() string { return f() }
 
 // TestShipKilledResumes kills walship with SIGKILL at random points while
 // a writer commits: every restart resumes the chain (no full copy in the
@@ -93,14 +101,12 @@ func TestShipKilledResumes(t *testing.T) {
 	time.Sleep(time.Second)
 	// The kills are restarts of a recorded chain: wait until the full copy
 	// is in the stream and recorded (slow on a loaded machine).
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := replica.ReadSums(replica.SumsPath(e.dbPath)); err == nil {
-			break
+	waitfor.Cond(t, time.Minute, func() error {
+		if _, err := replica.ReadSums(replica.SumsPath(e.dbPath)); err != nil {
+			return fmt.Errorf("the first full copy was not recorded: %v", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the first full copy was not recorded within a minute")
-		}
-	}
+		return nil
+	})
 	before := e.streamBytes(t)
 	seed := uint64(time.Now().UnixNano())
 	rng := rand.New(rand.NewPCG(seed, seed))
@@ -116,13 +122,11 @@ func TestShipKilledResumes(t *testing.T) {
 	stopWriting()
 	wg.Wait()
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	var last string
-	deadline := time.Now().Add(time.Minute)
-	for {
+	waitfor.Poll(t, time.Minute, 100*time.Millisecond, func() error {
 		_, want := digest(t, e.dbPath)
 		_, got := digest(t, snapshotCopy(t, r.shadow.Path()))
 		if got == want {
-			break
+			return nil
 		}
 		select {
 		case err := <-r.done:
@@ -130,13 +134,13 @@ func TestShipKilledResumes(t *testing.T) {
 			t.Fatalf("the passive stopped applying: %v", err)
 		default:
 		}
-		if time.Now().After(deadline) {
+		pos := r.position()
+		// The running child's log is read only once the wait has failed.
+		return lazyError(func() string {
 			log := stderr.String()
-			t.Fatalf("passive %s, leader %s (%s); walship's log ends:\n%s", got, want, last, log[max(0, len(log)-6000):])
-		}
-		last = fmt.Sprintf("passive at %+v", r.position())
-		time.Sleep(100 * time.Millisecond)
-	}
+			return fmt.Sprintf("passive %s, leader %s (passive at %+v); walship's log ends:\n%s", got, want, pos, log[max(0, len(log)-6000):])
+		})
+	})
 	grown := e.streamBytes(t) - before
 	t.Logf("6 kills of walship (seed %d) with a 64 MiB database: the stream grew by %d bytes", seed, grown)
 	if grown > 16<<20 {

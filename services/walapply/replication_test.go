@@ -21,6 +21,7 @@ import (
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
 
@@ -137,11 +138,10 @@ func (r *follower) stop() {
 // waitTXID waits until the replica has applied txid of the shipper's epoch.
 func (r *follower) waitTXID(t *testing.T, epoch uint64, txid uint64) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	waitfor.Cond(t, 30*time.Second, func() error {
 		p := r.position()
 		if p.Epoch == epoch && uint64(p.TXID) >= txid {
-			return
+			return nil
 		}
 		select {
 		case err := <-r.done:
@@ -149,9 +149,8 @@ func (r *follower) waitTXID(t *testing.T, epoch uint64, txid uint64) {
 			t.Fatalf("apply stopped at %+v: %v", p, err)
 		default:
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("replica at %+v, want epoch %d TXID %d", r.position(), epoch, txid)
+		return fmt.Errorf("replica at %+v, want epoch %d TXID %d", p, epoch, txid)
+	})
 }
 
 // snapshotCopy copies a shadow database so SQLite can open it without

@@ -2,6 +2,7 @@ package natsconn_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 )
 
 // TestReturnHome: a daemon whose own NATS server (listed first) stopped
@@ -55,9 +57,10 @@ func TestReturnHome(t *testing.T) {
 
 func waitOn(t *testing.T, nc *nats.Conn, server string, within time.Duration) {
 	t.Helper()
-	for deadline := time.Now().Add(within); nc.ConnectedServerName() != server || !nc.IsConnected(); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("connected to %q (%v) after %s, want %s", nc.ConnectedServerName(), nc.Status(), within, server)
+	waitfor.Cond(t, within, func() error {
+		if name := nc.ConnectedServerName(); name != server || !nc.IsConnected() {
+			return fmt.Errorf("connected to %q (%v), want %s", name, nc.Status(), server)
 		}
-	}
+		return nil
+	})
 }
