@@ -167,7 +167,7 @@ func followDeadline(t *testing.T, n *Node) func() time.Time {
 	t.Cleanup(nc.Close)
 	var mu sync.Mutex
 	var deadline time.Time
-	if _, err := nc.Subscribe(schema.RoleSubject("one"), func(m *nats.Msg) {
+	if _, err := nc.Subscribe(schema.RoleSubjects("one"), func(m *nats.Msg) {
 		var ev schema.RoleEvent
 		if json.Unmarshal(m.Data, &ev) == nil && ev.Deadline.After(deadline) {
 			mu.Lock()

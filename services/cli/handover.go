@@ -107,7 +107,7 @@ func (c *client) promote(ctx context.Context, w io.Writer, target string) error 
 // finished), from before a handover is asked for so that none is missed.
 func (c *client) watchReady() (<-chan schema.RoleEvent, func(), error) {
 	ch := make(chan schema.RoleEvent, 16)
-	sub, err := c.nc.Subscribe(schema.RoleSubject(c.cfg.ClusterID), func(m *nats.Msg) {
+	sub, err := c.nc.Subscribe(schema.RoleSubjects(c.cfg.ClusterID), func(m *nats.Msg) {
 		var ev schema.RoleEvent
 		if json.Unmarshal(m.Data, &ev) == nil && ev.Role == schema.RoleLeader && ev.Ready {
 			select {

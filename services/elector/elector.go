@@ -160,8 +160,8 @@ func (e *Elector) Run(ctx context.Context) error {
 		return err
 	}
 	e.kv = kv
-	events := make(chan *nats.Msg, 64)
-	sub, err := e.nc.ChanSubscribe(schema.RoleSubject(e.cluster), events)
+	events := make(chan schema.RoleEvent)
+	sub, err := e.subscribeRoleEvents(ctx, events)
 	if err != nil {
 		return fmt.Errorf("subscribe to role events: %w", err)
 	}
@@ -203,8 +203,8 @@ func (e *Elector) Run(ctx context.Context) error {
 				continue
 			}
 			e.onEntry(ctx, ent)
-		case m := <-events:
-			e.onRoleEvent(m)
+		case ev := <-events:
+			e.onRoleEvent(ev)
 		case <-hb.C:
 			e.tick(ctx, retry)
 		case <-retry.C:

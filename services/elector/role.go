@@ -1,6 +1,7 @@
 package elector
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -171,17 +172,49 @@ func reasonOr(ev Event, def string) string {
 	return def
 }
 
-// onRoleEvent applies another node's role event. Events from epochs older
-// than the newest seen are ignored.
-func (e *Elector) onRoleEvent(m *nats.Msg) {
-	var ev schema.RoleEvent
-	if err := json.Unmarshal(m.Data, &ev); err != nil {
-		e.log.Warn("ignoring invalid role event", "data", string(m.Data), "err", err)
-		return
-	}
-	if ev.Node == e.node || ev.Role != schema.RoleLeader {
-		return
-	}
+// subscribeRoleEvents delivers to events, until ctx ends, the events of
+// other nodes' leaders that the leader key confirms (rolewatch.Confirm):
+// one that claims a newer epoch is otherwise a message anyone could send,
+// which would depose this leader and shut out every real epoch below it.
+// The confirmed epoch's renewals are not read again.
+func (e *Elector) subscribeRoleEvents(ctx context.Context, events chan<- schema.RoleEvent) (*nats.Subscription, error) {
+	var confirmedNode string
+	var confirmedEpoch uint64
+	return e.nc.Subscribe(schema.RoleSubjects(e.cluster), func(m *nats.Msg) {
+		var ev schema.RoleEvent
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
+			e.log.Warn("ignoring invalid role event", "subject", m.Subject, "data", string(m.Data), "err", err)
+			return
+		}
+		if from := schema.RoleSubjectNode(e.cluster, m.Subject); from != ev.Node {
+			e.metrics.forgedEvents.Inc()
+			e.log.Warn("ignoring a role event for another node than its subject's", "subject", m.Subject, "node", ev.Node)
+			return
+		}
+		if ev.Node == e.node || ev.Role != schema.RoleLeader {
+			return
+		}
+		if ev.Node != confirmedNode || ev.Epoch != confirmedEpoch {
+			cctx, cancel := context.WithTimeout(ctx, e.heartbeat)
+			err := rolewatch.Confirm(cctx, e.kv, ev)
+			cancel()
+			if err != nil {
+				e.metrics.forgedEvents.Inc()
+				e.log.Warn("ignoring a role event the leader key does not confirm", "from", ev.Node, "epoch", ev.Epoch, "err", err)
+				return
+			}
+			confirmedNode, confirmedEpoch = ev.Node, ev.Epoch
+		}
+		select {
+		case events <- ev:
+		case <-ctx.Done():
+		}
+	})
+}
+
+// onRoleEvent follows a confirmed event of another node's leader; one of
+// an epoch older than the newest seen is ignored.
+func (e *Elector) onRoleEvent(ev schema.RoleEvent) {
 	if !e.gate.Admit(ev.Epoch) {
 		e.metrics.staleEvents.Inc()
 		e.log.Debug("ignoring role event from an older epoch", "from", ev.Node, "epoch", ev.Epoch, "newest", e.gate.Newest())
@@ -245,7 +278,7 @@ func (e *Elector) publish(s State) {
 		ev.Deadline, ev.Prepared, ev.Ready = s.Deadline, s.Prepared, s.Ready
 		ev.DeadlineBoot = int64(rolewatch.BootTime() + time.Until(s.Deadline))
 	}
-	if err := e.nc.Publish(schema.RoleSubject(e.cluster), encode(ev)); err != nil {
+	if err := e.nc.Publish(schema.RoleSubject(e.cluster, e.node), encode(ev)); err != nil {
 		e.log.Warn("publish role event", "err", err)
 	}
 }

@@ -68,10 +68,10 @@ func TestDrainOutlivesItsWatchsServer(t *testing.T) {
 	want := tree(t, c1.StorageDir())
 
 	// n2 wins the lease, as its elector would announce it before draining.
-	epoch := n1.El.State().Epoch + 1
+	epoch := natstest.TakeLeaderKey(t, nc, "dc", "n2")
 	won, _ := json.Marshal(schema.RoleEvent{Cluster: "dc", Node: "n2", Role: schema.RoleLeader, Epoch: epoch,
 		Deadline: time.Now().Add(time.Minute), At: time.Now()})
-	require.NoError(t, nc.Publish(schema.RoleSubject("dc"), won))
+	require.NoError(t, nc.Publish(schema.RoleSubject("dc", "n2"), won))
 	nc.Flush()
 
 	start := time.Now()

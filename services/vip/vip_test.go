@@ -15,6 +15,7 @@ import (
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 )
 
 // netns creates two network namespaces joined by a veth pair on a /24 the
@@ -69,9 +70,10 @@ func TestVIPFollowsReadyLeaderWithDeadline(t *testing.T) {
 	// stale entry first.
 	exec.Command("ip", "-n", b, "neigh", "replace", vipAddr, "lladdr", "02:00:00:00:00:99", "dev", "vb"+a[4:], "nud", "stale").Run()
 	nc := natstest.Connect(t, srv.ClientURL())
+	epoch := natstest.TakeLeaderKey(t, nc, "vt", "n1")
 	publish := func(role schema.Role, ready bool, deadline time.Time) {
-		ev, _ := json.Marshal(schema.RoleEvent{Cluster: "vt", Node: "n1", Role: role, Epoch: 7, Ready: ready, Deadline: deadline, At: time.Now()})
-		nc.Publish(schema.RoleSubject("vt"), ev)
+		ev, _ := json.Marshal(schema.RoleEvent{Cluster: "vt", Node: "n1", Role: role, Epoch: epoch, Ready: ready, Deadline: deadline, At: time.Now()})
+		nc.Publish(schema.RoleSubject("vt", "n1"), ev)
 		nc.Flush()
 	}
 	has := func() bool {
@@ -80,14 +82,13 @@ func TestVIPFollowsReadyLeaderWithDeadline(t *testing.T) {
 	waitHas := func(want bool, within time.Duration) time.Duration {
 		t.Helper()
 		start := time.Now()
-		for time.Since(start) < within {
-			if has() == want {
-				return time.Since(start)
+		waitfor.Poll(t, within, 5*time.Millisecond, func() error {
+			if got := has(); got != want {
+				return fmt.Errorf("VIP present = %v, want %v", got, want)
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		t.Fatalf("VIP present = %v after %s, want %v", has(), within, want)
-		return 0
+			return nil
+		})
+		return time.Since(start)
 	}
 
 	publish(schema.RoleLeader, false, time.Now().Add(time.Minute))
@@ -98,13 +99,12 @@ func TestVIPFollowsReadyLeaderWithDeadline(t *testing.T) {
 	publish(schema.RoleLeader, true, time.Now().Add(time.Minute))
 	waitHas(true, 2*time.Second)
 	mac := strings.Fields(nsOut(t, a, "cat", "/sys/class/net/"+iface+"/address"))[0]
-	deadline := time.Now().Add(3 * time.Second)
-	for !strings.Contains(nsOut(t, b, "ip", "neigh", "show", vipAddr), mac) {
-		if time.Now().After(deadline) {
-			t.Fatalf("B's neighbour entry for the VIP: %q, want A's MAC %s", nsOut(t, b, "ip", "neigh", "show", vipAddr), mac)
+	waitfor.Cond(t, 3*time.Second, func() error {
+		if neigh := nsOut(t, b, "ip", "neigh", "show", vipAddr); !strings.Contains(neigh, mac) {
+			return fmt.Errorf("B's neighbour entry for the VIP: %q, want A's MAC %s", neigh, mac)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if out := nsOut(t, b, "arping", "-c", "1", "-w", "2", "-I", "vb"+a[4:], vipAddr); !strings.Contains(out, "Received 1 response") ||
 		!strings.Contains(strings.ToLower(out), mac) {
 		t.Fatalf("B asking who has the VIP: %s, want an answer from %s", out, mac)
@@ -136,11 +136,12 @@ func TestVIPFollowsReadyLeaderWithDeadline(t *testing.T) {
 		t.Fatalf("an earlier deadline shortened the VIP's lifetime to %ds", n)
 	}
 	publish(schema.RoleLeader, true, time.Now().Add(90*time.Second))
-	for deadline := time.Now().Add(2 * time.Second); lifetime() < 85; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("a renewed lease did not extend the VIP's lifetime: %ds, want about 90s", lifetime())
+	waitfor.Cond(t, 2*time.Second, func() error {
+		if n := lifetime(); n < 85 {
+			return fmt.Errorf("a renewed lease did not extend the VIP's lifetime: %ds, want about 90s", n)
 		}
-	}
+		return nil
+	})
 
 	// Removed behind ccm-vip's back: it comes back.
 	nsOut(t, a, "ip", "addr", "del", vipAddr+"/24", "dev", iface)

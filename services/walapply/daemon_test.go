@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -23,6 +24,7 @@ import (
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 )
 
 func nodeConfig(t *testing.T, dir, id, url string) config.Config {
@@ -44,11 +46,12 @@ func createDocs(t *testing.T, path string) {
 // waitShipping waits until the walship daemon ships and ok holds.
 func waitShipping(t *testing.T, ws *daemontest.Running[*walship.Daemon], ok func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !ws.D.Status().(walship.Status).Shipping || !ok(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("not shipping: %+v", ws.D.Status())
+	waitfor.Cond(t, 10*time.Second, func() error {
+		if st := ws.D.Status().(walship.Status); !st.Shipping || !ok() {
+			return fmt.Errorf("not shipping: %+v", st)
 		}
-	}
+		return nil
+	})
 }
 
 func request[T any](t *testing.T, nc *nats.Conn, subject string) T {
@@ -88,17 +91,13 @@ func TestDaemonsReplicateDrainAndResume(t *testing.T) {
 
 	nc := natstest.Connect(t, srv.ClientURL())
 	// walship opens the database (switching it to WAL) once it leads.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitfor.Cond(t, 10*time.Second, func() error {
 		st := request[struct{ Status walship.Status }](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "status"))
-		if st.Status.Shipping {
-			break
+		if !st.Status.Shipping {
+			return fmt.Errorf("n1 not shipping: %+v", st.Status)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("n1 not shipping: %+v", st.Status)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	w := openDB(t, writerDSN(c1.Backend.DBPath()))
 	defer w.Close()
 	workload(t, w, 800, 7)
@@ -129,17 +128,15 @@ func TestDaemonsReplicateDrainAndResume(t *testing.T) {
 	require.NoError(t, err)
 	// It is republished about every second: wait for the drained state.
 	var st schema.ApplyStatus
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	waitfor.Poll(t, 10*time.Second, 100*time.Millisecond, func() error {
 		if ent, err := kv.Get(context.Background(), schema.ApplyKey("n2")); err == nil {
 			json.Unmarshal(ent.Value(), &st)
 			if st.TXID == flushed.TXID && st.State == schema.ApplyPaused && st.LagTXIDs == 0 {
-				break
+				return nil
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("apply status %+v, want TXID %d paused with no lag", st, flushed.TXID)
-		}
-	}
+		return fmt.Errorf("apply status %+v, want TXID %d paused with no lag", st, flushed.TXID)
+	})
 
 	// ccm status shows it.
 	conf := filepath.Join(dir, "n2.json")
@@ -188,7 +185,7 @@ func TestOnlyCaughtUpNodeCampaigns(t *testing.T) {
 	// it resigns, but n2 must never campaign.
 	nc := natstest.Connect(t, srv.ClientURL())
 	won := make(chan string, 16)
-	sub, err := nc.Subscribe(schema.RoleSubject("dc"), func(m *nats.Msg) {
+	sub, err := nc.Subscribe(schema.RoleSubjects("dc"), func(m *nats.Msg) {
 		var ev schema.RoleEvent
 		if json.Unmarshal(m.Data, &ev) == nil && ev.Role == schema.RoleLeader && ev.Node != "n1" {
 			select {

@@ -73,9 +73,9 @@ func drainAfterLostServer(t *testing.T, wins bool) {
 	flushed := request[schema.FlushReply](t, nc, schema.Endpoint("dc", "n1", schema.ServiceWalship, "flush"))
 	if wins {
 		// n2 wins the lease, as its elector would announce it before draining.
-		won, _ := json.Marshal(schema.RoleEvent{Cluster: "dc", Node: "n2", Role: schema.RoleLeader, Epoch: n1.El.State().Epoch + 1,
+		won, _ := json.Marshal(schema.RoleEvent{Cluster: "dc", Node: "n2", Role: schema.RoleLeader, Epoch: natstest.TakeLeaderKey(t, nc, "dc", "n2"),
 			Deadline: time.Now().Add(time.Minute), At: time.Now()})
-		require.NoError(t, nc.Publish(schema.RoleSubject("dc"), won))
+		require.NoError(t, nc.Publish(schema.RoleSubject("dc", "n2"), won))
 		nc.Flush()
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -4,16 +4,20 @@ package natstest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
 // Server starts an embedded nats-server with JetStream on a random loopback
@@ -39,6 +43,10 @@ func start(t testing.TB, opts *server.Options) *server.Server {
 	s, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatalf("start nats-server %s: %v", opts.ServerName, err)
+	}
+	if os.Getenv("CCM_TEST_NATS_LOG") != "" {
+		opts.NoLog = false
+		s.ConfigureLogger()
 	}
 	go s.Start()
 	t.Cleanup(func() {
@@ -159,4 +167,48 @@ func Shutdown(t testing.TB, srvs []*server.Server, name string) {
 		}
 	}
 	t.Fatalf("no server named %q", name)
+}
+
+// FromConfig runs a server from a nats-server configuration file, its
+// JetStream store in storeDir, until the test ends, and waits until it
+// accepts connections.
+func FromConfig(t testing.TB, path, storeDir string) *server.Server {
+	t.Helper()
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatalf("nats-server configuration %s: %v", path, err)
+	}
+	opts.StoreDir, opts.NoLog, opts.NoSigs = storeDir, true, true
+	s := start(t, opts)
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("nats-server %s not ready after 10s", opts.ServerName)
+	}
+	return s
+}
+
+// TakeLeaderKey writes the cluster's leader key naming node, as node's
+// elector does when it wins (creating the bucket if there is none), and
+// returns the epoch it gives node: role events of node for that epoch are
+// then confirmed by the key (rolewatch.Confirm), as real ones are.
+func TakeLeaderKey(t testing.TB, nc *nats.Conn, cluster, node string) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, schema.Bucket(cluster))
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: schema.Bucket(cluster)})
+	}
+	if err != nil {
+		t.Fatalf("leader key bucket: %v", err)
+	}
+	rec, _ := json.Marshal(schema.LeaderRecord{Node: node, Since: time.Now(), RenewedAt: time.Now(), LeaderTTLMs: time.Minute.Milliseconds()})
+	rev, err := kv.Put(ctx, schema.KeyLeader, rec)
+	if err != nil {
+		t.Fatalf("take the leader key for %s: %v", node, err)
+	}
+	return rev
 }

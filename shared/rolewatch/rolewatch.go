@@ -27,6 +27,14 @@ type Tracker struct {
 	settles time.Time            // when a lease granted before Subscribe has surely expired
 	boot    func() time.Duration // BootTime; a test's clock in tests
 
+	// confirm checks an event against the leader key (Confirm); nil in
+	// tests that feed events to Observe.
+	confirm func(schema.RoleEvent) error
+	// confirmed is the epoch whose leader events the key confirmed last
+	// (0 after an event that is not a leader's): its renewals need no
+	// check. Only onMsg, one goroutine, uses it.
+	confirmed uint64
+
 	mu      sync.Mutex
 	gate    schema.EpochGate
 	last    schema.RoleEvent
@@ -44,7 +52,20 @@ type Tracker struct {
 // TTL later.
 func Subscribe(nc *nats.Conn, cluster, node string, ttl time.Duration, log *slog.Logger) (*Tracker, error) {
 	t := &Tracker{node: node, log: log, settles: time.Now().Add(ttl), boot: BootTime, changed: make(chan struct{})}
-	sub, err := nc.Subscribe(schema.RoleSubject(cluster), t.onMsg)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	t.confirm = func(ev schema.RoleEvent) error {
+		ctx, cancel := context.WithTimeout(context.Background(), min(ttl/4, 2*time.Second))
+		defer cancel()
+		kv, err := js.KeyValue(ctx, schema.Bucket(cluster))
+		if err != nil {
+			return fmt.Errorf("open the cluster's bucket: %w", err)
+		}
+		return Confirm(ctx, kv, ev)
+	}
+	sub, err := nc.Subscribe(schema.RoleSubject(cluster, node), t.onMsg)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to role events: %w", err)
 	}
@@ -101,7 +122,38 @@ func (t *Tracker) onMsg(m *nats.Msg) {
 	if ev.Node != t.node {
 		return
 	}
+	leader := ev.Role == schema.RoleLeader
+	if t.confirm != nil && (leader && ev.Epoch != t.confirmed || !leader && ev.Epoch > t.gate.Newest()) {
+		if err := t.confirm(ev); err != nil {
+			if leader {
+				// Not believed: a real leader's next renewal is checked again.
+				t.log.Warn("ignoring a role event the leader key does not confirm", "epoch", ev.Epoch, "err", err)
+				return
+			}
+			// A revocation only stops things: it is acted on, but its
+			// epoch does not shut out the ones below it.
+			t.log.Warn("role event not confirmed by the leader key: acting on it without admitting its epoch", "role", ev.Role, "epoch", ev.Epoch, "err", err)
+			t.confirmed = 0
+			t.revoke(ev)
+			return
+		}
+	}
+	if leader {
+		t.confirmed = ev.Epoch
+	} else {
+		t.confirmed = 0
+	}
 	t.Observe(ev)
+}
+
+// revoke records ev, an event by which the node does not lead, without
+// admitting its epoch to the gate.
+func (t *Tracker) revoke(ev schema.RoleEvent) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.last, t.seen = ev, true
+	close(t.changed)
+	t.changed = make(chan struct{})
 }
 
 // Observe records ev unless it is from an older epoch than one already seen.

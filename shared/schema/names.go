@@ -52,14 +52,32 @@ func NodeFromKey(key string) string {
 	return key[len(nodeKeyPrefix):]
 }
 
-// RoleSubject carries RoleEvents of every node of a cluster.
-func RoleSubject(cluster string) string { return fmt.Sprintf("ccm.%s.events.role", cluster) }
+// RoleSubject carries the RoleEvents of one node; only that node's NATS
+// identity may publish on it (see docs/security.md).
+func RoleSubject(cluster, node string) string {
+	return fmt.Sprintf("ccm.%s.events.role.%s", cluster, node)
+}
+
+// RoleSubjects matches the role events of every node of a cluster.
+func RoleSubjects(cluster string) string { return RoleSubject(cluster, "*") }
+
+// RoleSubjectNode returns the node of a RoleSubject, "" if subject is not one.
+func RoleSubjectNode(cluster, subject string) string {
+	prefix := RoleSubject(cluster, "")
+	if len(subject) <= len(prefix) || subject[:len(prefix)] != prefix {
+		return ""
+	}
+	return subject[len(prefix):]
+}
 
 // EndpointGroup is the subject prefix of a daemon's micro endpoints:
 // ccm.<cluster>.<node>.<service> where service is the daemon name without "ccm-".
 func EndpointGroup(cluster, node, daemon string) string {
 	return fmt.Sprintf("ccm.%s.%s.%s", cluster, node, shortName(daemon))
 }
+
+// NodeEndpoints matches the endpoint subjects of every daemon of a node.
+func NodeEndpoints(cluster, node string) string { return fmt.Sprintf("ccm.%s.%s.>", cluster, node) }
 
 // Endpoint is the subject of one micro endpoint of a daemon.
 func Endpoint(cluster, node, daemon, verb string) string {

@@ -3,6 +3,7 @@
 package electortest
 
 import (
+	"errors"
 	"log/slog"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/daemon/daemontest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 )
 
 // Lease timings for tests: short, but with the same proportions as the
@@ -68,17 +70,18 @@ func Leaders(nodes []*Node) []*Node {
 // leaders at once fail the test.
 func WaitLeader(t testing.TB, nodes []*Node, within time.Duration) *Node {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if ls := Leaders(nodes); len(ls) == 1 {
-			return ls[0]
-		} else if len(ls) > 1 {
+	var leader *Node
+	waitfor.Poll(t, within, 5*time.Millisecond, func() error {
+		switch ls := Leaders(nodes); {
+		case len(ls) > 1:
 			t.Fatalf("%d leaders at once: %s and %s", len(ls), ls[0].ID, ls[1].ID)
+		case len(ls) == 1:
+			leader = ls[0]
+			return nil
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("no leader within %s", within)
-	return nil
+		return errors.New("no leader")
+	})
+	return leader
 }
 
 // Others returns nodes without not.

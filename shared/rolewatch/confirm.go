@@ -1,0 +1,44 @@
+package rolewatch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+)
+
+// ErrUnconfirmed means a role event names an epoch the leader key does not
+// bear out: it is forged, or outdated by a newer epoch.
+var ErrUnconfirmed = errors.New("role event not confirmed by the leader key")
+
+// Confirm checks ev against the leader key: a leader's event only if the
+// key names ev.Node at ev.Epoch, any other only if the key's epoch has
+// reached ev.Epoch. Role events are plain messages, while only an elector
+// that won the key's compare-and-set holds an epoch: an event acted on
+// without this check lets whoever can publish depose a leader, or make a
+// passive serve.
+func Confirm(ctx context.Context, kv jetstream.KeyValue, ev schema.RoleEvent) error {
+	ent, err := kv.Get(ctx, schema.KeyLeader)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return fmt.Errorf("%w: %s claims epoch %d, the key is empty", ErrUnconfirmed, ev.Node, ev.Epoch)
+	}
+	if err != nil {
+		return fmt.Errorf("read the leader key: %w", err)
+	}
+	var rec schema.LeaderRecord
+	if err := json.Unmarshal(ent.Value(), &rec); err != nil {
+		return fmt.Errorf("leader record: %w", err)
+	}
+	epoch := rec.EpochAt(ent.Revision())
+	switch {
+	case ev.Role == schema.RoleLeader && (rec.Node != ev.Node || epoch != ev.Epoch):
+		return fmt.Errorf("%w: %s claims to lead epoch %d, the key names %s at epoch %d", ErrUnconfirmed, ev.Node, ev.Epoch, rec.Node, epoch)
+	case epoch < ev.Epoch:
+		return fmt.Errorf("%w: %s names epoch %d, the key is at epoch %d", ErrUnconfirmed, ev.Node, ev.Epoch, epoch)
+	}
+	return nil
+}
