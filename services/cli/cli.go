@@ -12,6 +12,7 @@ import (
 	"github.com/peterbourgon/ff/v3/ffcli"
 
 	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/natsauth"
 	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 )
 
@@ -40,7 +41,7 @@ func ExitCode(err error) int {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return ExitOK
 	case errors.Is(err, ErrUsage), errors.As(err, &fe), errors.Is(err, config.ErrExists),
-		errors.Is(err, config.ErrNoFile):
+		errors.Is(err, config.ErrNoFile), errors.Is(err, natsauth.ErrExists):
 		return ExitUsage
 	case errors.Is(err, natsconn.ErrUnreachable), errors.Is(err, ErrNoCluster):
 		return ExitUnreachable
@@ -84,6 +85,7 @@ func New(stdout, stderr io.Writer) *ffcli.Command {
 			newDemote(stdout, stderr),
 			newJoin(stdout, stderr),
 			newLeave(stdout, stderr),
+			newNATSSetup(stdout, stderr),
 		},
 		Exec: func(context.Context, []string) error { return flag.ErrHelp },
 	}

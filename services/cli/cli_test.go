@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -193,5 +194,34 @@ func TestErrors(t *testing.T) {
 				t.Fatalf("exit %d, output %q; want exit %d containing %q", code, out, tt.code, tt.want)
 			}
 		})
+	}
+}
+
+// TestNATSSetup: ccm nats-setup writes each node's files and the users',
+// and names a bad argument with exit code 2; it refuses to replace an
+// existing setup (its keys) without --force.
+func TestNATSSetup(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "nats")
+	got, code := ccm(t, "nats-setup", "--cluster-id", "demo", "--node", "n1=10.0.0.1,n2=10.0.0.2", "--node", "n3=node3.example:4223", "--out", out)
+	require.Equal(t, cli.ExitOK, code, got)
+	for _, f := range []string{"ca.pem", "ca-key.pem", "n1/nats.conf", "n1/n1.nk", "n1/ccm.env", "n3/server.pem", "users/ccm.nk", "users/monitor.env", "users/ca.pem"} {
+		require.FileExists(t, filepath.Join(out, f))
+	}
+	env, err := os.ReadFile(filepath.Join(out, "n3", "ccm.env"))
+	require.NoError(t, err)
+	require.Contains(t, string(env), "CCM_NATS_SERVERS=tls://node3.example:4223,tls://10.0.0.1:4222,tls://10.0.0.2:4222", "the node's own server first")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--cluster-id", "demo", "--node", "n1=10.0.0.1", "--out", out}, "exists"},
+		{[]string{"--cluster-id", "demo", "--node", "n1=10.0.0.1:0", "--out", out + "2"}, `port "0"`},
+		{[]string{"--cluster-id", "de mo", "--node", "n1=10.0.0.1", "--out", out + "2"}, `cluster ID "de mo"`},
+		{[]string{"--cluster-id", "demo", "--out", out + "2"}, "no nodes"},
+		{[]string{"--cluster-id", "demo", "--node", "n1=10.0.0.1"}, "--out is required"},
+	} {
+		got, code := ccm(t, append([]string{"nats-setup"}, tc.args...)...)
+		require.Equal(t, cli.ExitUsage, code, got)
+		require.Contains(t, got, tc.want)
 	}
 }

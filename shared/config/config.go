@@ -32,6 +32,13 @@ type Config struct {
 type NATS struct {
 	Servers     []string `json:"servers"`
 	Credentials string   `json:"credentials"`
+	// NkeyFile is the nkey seed of this node's NATS user (written by
+	// `ccm nats-setup`); an alternative to Credentials.
+	NkeyFile string `json:"nkeyFile,omitempty"`
+	// InboxPrefix replaces _INBOX as the prefix of reply subjects: a user
+	// allowed to subscribe only under its own prefix cannot read the
+	// replies and JetStream deliveries of others.
+	InboxPrefix string `json:"inboxPrefix,omitempty"`
 	TLS         TLS      `json:"tls"`
 	// Replicas is the JetStream replica count of ccm's buckets and streams;
 	// it should equal the number of NATS servers (3 in production).

@@ -46,6 +46,8 @@ func (c *Config) fields() []field {
 		{path: "nodeId", str: &c.NodeID, usage: "this node's ID (letters, digits, '-' and '_')"},
 		{path: "nats.servers", list: &c.NATS.Servers, usage: "NATS server URLs, comma-separated"},
 		{path: "nats.credentials", str: &c.NATS.Credentials, usage: "NATS credentials (.creds) file"},
+		{path: "nats.nkeyFile", str: &c.NATS.NkeyFile, usage: "NATS nkey seed file: the NATS user (see ccm nats-setup)"},
+		{path: "nats.inboxPrefix", str: &c.NATS.InboxPrefix, usage: "prefix of reply subjects, the user's own (empty: _INBOX)"},
 		{path: "nats.tls.caFile", str: &c.NATS.TLS.CAFile, usage: "CA bundle to verify NATS servers"},
 		{path: "nats.tls.certFile", str: &c.NATS.TLS.CertFile, usage: "client certificate for NATS"},
 		{path: "nats.tls.keyFile", str: &c.NATS.TLS.KeyFile, usage: "client key for NATS"},

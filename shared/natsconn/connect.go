@@ -18,12 +18,22 @@ import (
 // ErrUnreachable wraps the failure to reach any configured NATS server.
 var ErrUnreachable = errors.New("NATS unreachable")
 
-// Options are nats.go options derived from the configuration: credentials,
-// TLS files and a client name.
-func Options(cfg config.NATS, name string) []nats.Option {
+// Options are nats.go options derived from the configuration: the user
+// (credentials or nkey seed), TLS files and a client name.
+func Options(cfg config.NATS, name string) ([]nats.Option, error) {
 	opts := []nats.Option{nats.Name(name)}
 	if cfg.Credentials != "" {
 		opts = append(opts, nats.UserCredentials(cfg.Credentials))
+	}
+	if cfg.NkeyFile != "" {
+		o, err := nats.NkeyOptionFromSeed(cfg.NkeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("NATS nkey seed %s: %w", cfg.NkeyFile, err)
+		}
+		opts = append(opts, o)
+	}
+	if cfg.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(cfg.InboxPrefix))
 	}
 	if cfg.TLS.CAFile != "" {
 		opts = append(opts, nats.RootCAs(cfg.TLS.CAFile))
@@ -31,14 +41,18 @@ func Options(cfg config.NATS, name string) []nats.Option {
 	if cfg.TLS.CertFile != "" {
 		opts = append(opts, nats.ClientCert(cfg.TLS.CertFile, cfg.TLS.KeyFile))
 	}
-	return opts
+	return opts, nil
 }
 
 // Daemon connects for a long-running daemon: it reconnects forever, starts
 // even if no server is up yet (connecting in the background), and logs every
 // change of connection state.
 func Daemon(cfg config.NATS, name string, log *slog.Logger) (*nats.Conn, error) {
-	opts := append(Options(cfg, name),
+	opts, err := Options(cfg, name)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts,
 		// Servers are tried in the configured order: list the node's own
 		// NATS server first, so that a partitioned node loses its lease
 		// with its server and the others keep theirs.
@@ -77,7 +91,11 @@ func Daemon(cfg config.NATS, name string, log *slog.Logger) (*nats.Conn, error) 
 // Client connects once for a command-line client, failing fast with
 // ErrUnreachable when no server answers within timeout.
 func Client(ctx context.Context, cfg config.NATS, name string, timeout time.Duration) (*nats.Conn, error) {
-	opts := append(Options(cfg, name), nats.Timeout(timeout), nats.NoReconnect(), nats.DontRandomize())
+	opts, err := Options(cfg, name)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, nats.Timeout(timeout), nats.NoReconnect(), nats.DontRandomize())
 	type result struct {
 		nc  *nats.Conn
 		err error
