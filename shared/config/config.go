@@ -39,7 +39,7 @@ type NATS struct {
 	// allowed to subscribe only under its own prefix cannot read the
 	// replies and JetStream deliveries of others.
 	InboxPrefix string `json:"inboxPrefix,omitempty"`
-	TLS         TLS      `json:"tls"`
+	TLS         TLS    `json:"tls"`
 	// Replicas is the JetStream replica count of ccm's buckets and streams;
 	// it should equal the number of NATS servers (3 in production).
 	Replicas int `json:"replicas"`
