@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/convex-cluster-manager/ccm/services/elector"
+	"github.com/convex-cluster-manager/ccm/shared/natsauth"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
@@ -35,6 +35,7 @@ type Cluster struct {
 	// it must be in the database at every later check.
 	acked   map[string]time.Time
 	writers int
+	natsDir string // the generated NATS security, on the host (security.go)
 }
 
 // ClusterOptions tune StartCluster.
@@ -44,32 +45,33 @@ type ClusterOptions struct {
 
 // StartCluster brings up a three-node cluster: n1 with `ccm init`, n2 and
 // n3 with `ccm join`, and waits until n1 serves on the VIP with two
-// caught-up passives.
+// caught-up passives. NATS runs as `ccm nats-setup` generates it: TLS,
+// a user per node with its permissions; the ccm CLI on the nodes acts as
+// the operator's user.
 func StartCluster(t *testing.T, o ClusterOptions) *Cluster {
 	t.Helper()
 	nw := NewNet(t)
 	c := &Cluster{Net: nw, VIP: nw.Prefix + ".100", Name: "three"}
-	var routes, servers []string
+	var ips []string
 	for i := 1; i <= 3; i++ {
-		ip := fmt.Sprintf("%s.%d", nw.Prefix, 10+i)
-		routes = append(routes, fmt.Sprintf("nats://%s:6222", ip))
-		servers = append(servers, fmt.Sprintf("nats://%s:4222", ip))
+		ips = append(ips, fmt.Sprintf("%s.%d", nw.Prefix, 10+i))
 	}
-	for i := 1; i <= 3; i++ {
-		n := StartNode(t, nw, fmt.Sprintf("n%d", i), fmt.Sprintf("%s.%d", nw.Prefix, 10+i))
-		conf := fmt.Sprintf("server_name: %s\nport: 4222\nhttp: 8222\njetstream { store_dir: /var/lib/nats, sync_interval: always }\ncluster { name: ccm, port: 6222, routes: [%s] }\n",
-			n.Name, strings.Join(routes, ", "))
-		n.Must(t, "sh", "-c", "cat > /etc/nats/nats.conf <<'EOF'\n"+conf+"EOF\nsystemctl restart nats-server")
+	c.natsDir = secure(t, c.Name, ips)
+	for i, ip := range ips {
+		n := StartNode(t, nw, fmt.Sprintf("n%d", i+1), ip)
+		c.install(t, n)
 		c.Nodes = append(c.Nodes, n)
 	}
 	c.Client = StartNode(t, nw, "client", nw.Prefix+".50")
 	c.Client.Must(t, "systemctl", "disable", "--now", "nats-server")
-	for i, n := range c.Nodes {
-		// The node's own server first (see natsconn.Daemon).
-		own := append([]string{servers[i]}, append(append([]string{}, servers[:i]...), servers[i+1:]...)...)
-		n.Init(t, c.Name, strings.Join(own, ","), "--nats-replicas", "3", "--vip-address", c.VIP, "--vip-interface", "eth0",
+	for _, n := range c.Nodes {
+		// The node's NATS settings as generated (its own server first,
+		// its user, the CA), the rest from flags.
+		n.Must(t, "sh", "-c", `set -a; . /etc/convex/nats/ccm.env; set +a; exec ccm init --force "$@"`, "ccm-init",
+			"--vip-address", c.VIP, "--vip-interface", "eth0",
 			"--election-leader-ttl-ms", strconv.Itoa(o.TTLMs), "--election-heartbeat-interval-ms", strconv.Itoa(o.HeartbeatMs),
 			"--election-safety-margin-ms", strconv.Itoa(o.MarginMs), "--backend-start-grace-ms", "30000")
+		n.env = c.UserEnv(t, natsauth.OperatorUser)
 	}
 	// JetStream needs its meta leader before ccm can create anything.
 	Eventually(t, 60*time.Second, "NATS JetStream cluster up", func() bool {
@@ -442,7 +444,7 @@ func (c *Cluster) StorageFileSum(t *testing.T, path string) string {
 // ccm-elector leaves it. It reports whether that happened.
 func (c *Cluster) Settled(t *testing.T, n *Node, within time.Duration) bool {
 	t.Helper()
-	nc, err := nats.Connect("nats://"+n.IP+":4222", nats.Timeout(2*time.Second))
+	nc, err := c.NATS(t, n, natsauth.MonitorUser)
 	if err != nil {
 		t.Logf("settled: connect to %s's NATS server: %v", n.Name, err)
 		return false

@@ -3,14 +3,27 @@
 package itest
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+
+	"github.com/convex-cluster-manager/ccm/services/cli"
+	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/filestore"
+	"github.com/convex-cluster-manager/ccm/shared/natsauth"
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
+	"github.com/convex-cluster-manager/ccm/shared/natstest"
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/walstream"
 )
 
 func (c *Cluster) assertOneHolder(t *testing.T, what string) {
@@ -62,6 +75,67 @@ func TestCluster(t *testing.T) {
 				t.Fatalf("%s shadow: %q, want ok and %d rows", n.Name, out, want)
 			}
 		}
+	})
+
+	t.Run("only the generated identities act", func(t *testing.T) {
+		// Issue 13's attacks, from the host over TLS: as the monitoring
+		// user, as another node, and with no user at all.
+		l := c.Leader(t)
+		p := c.others(l)[0]
+		before := l.Status(t).Leader
+		rows := count(t, c.Client, "http://"+c.VIP+":3210/count")
+		clients := map[string]*permClient{}
+		for _, user := range []string{natsauth.MonitorUser, p.Name} {
+			nc, err := c.NATS(t, l, user)
+			require.NoErrorf(t, err, "connect as %s", user)
+			defer nc.Close()
+			js, err := jetstream.New(nc)
+			require.NoError(t, err)
+			clients[user] = &permClient{Perms: natstest.WatchPerms(t, user, nc), nc: nc, js: js}
+		}
+		mon, peer := clients[natsauth.MonitorUser], clients[p.Name]
+		forged := func(node string) []byte {
+			b, _ := json.Marshal(schema.RoleEvent{Cluster: c.Name, Node: node, Role: schema.RoleLeader, Epoch: before.Epoch + 1,
+				Ready: true, Deadline: time.Now().Add(time.Minute), At: time.Now()})
+			return b
+		}
+		mon.Refused(schema.RoleSubject(c.Name, p.Name), mon.publish(schema.RoleSubject(c.Name, p.Name), forged(p.Name)))
+		peer.Refused(schema.RoleSubject(c.Name, l.Name), peer.publish(schema.RoleSubject(c.Name, l.Name), forged(l.Name)))
+		for _, pc := range []*permClient{mon, peer} {
+			for _, ep := range [][2]string{{schema.ServiceBackend, schema.VerbStop}, {schema.ServiceWalapply, schema.VerbLeave}, {schema.ServiceStorage, schema.VerbLeave}} {
+				subject := schema.Endpoint(c.Name, l.Name, ep[0], ep[1])
+				pc.Refused(subject, pc.request(subject))
+			}
+		}
+		mon.Refused(schema.Endpoint(c.Name, l.Name, schema.ServiceElector, schema.VerbDemote), mon.request(schema.Endpoint(c.Name, l.Name, schema.ServiceElector, schema.VerbDemote)))
+		for _, subject := range []string{walstream.Subject(c.Name), "$KV." + schema.Bucket(c.Name) + "." + schema.KeyLeader,
+			"$KV." + filestore.FilesBucket(c.Name) + ".manifest", "$O." + filestore.BlobsBucket(c.Name) + ".C.forged"} {
+			mon.Refused(subject, mon.jsPublish(subject))
+		}
+		anon := config.NATS{Servers: []string{"tls://" + l.IP + ":4222"}, TLS: config.TLS{CAFile: filepath.Join(c.natsDir, natsauth.CAFile)}}
+		_, err := natsconn.Client(context.Background(), anon, "anonymous", 2*time.Second)
+		require.ErrorContains(t, err, "Authorization Violation", "a client without a user")
+
+		// Nothing changed: the leader, its epoch, the VIP, the data; the
+		// passive attacked does not serve.
+		time.Sleep(6 * time.Second) // two TTLs
+		after := l.Status(t).Leader
+		require.NotNil(t, after)
+		require.Equal(t, before.Node, after.Node)
+		require.Equal(t, before.Epoch, after.Epoch)
+		require.True(t, l.HasVIP(t, c.VIP), "the leader lost the VIP")
+		require.False(t, p.HasVIP(t, c.VIP), "the attacked passive took the VIP")
+		require.False(t, p.Active(t, "convex-backend"), "the attacked passive started its backend")
+		require.Equal(t, rows, count(t, c.Client, "http://"+c.VIP+":3210/count"))
+
+		// The monitoring user reads: ccm status, nats micro ls.
+		env := append([]string{"env"}, c.UserEnv(t, natsauth.MonitorUser)...)
+		var st cli.ClusterStatus
+		require.NoError(t, json.Unmarshal([]byte(p.Must(t, append(env, "ccm", "status", "--json")...)), &st))
+		require.Equal(t, l.Name, st.Leader.Node, "ccm status as the monitoring user")
+		ls := p.Must(t, "nats", "--server", "tls://"+p.IP+":4222", "--tlsca", "/etc/convex/nats/ca.pem",
+			"--nkey", "/etc/convex/nats/monitor.nk", "--inbox-prefix", natsauth.InboxPrefix(natsauth.MonitorUser), "micro", "ls")
+		require.Equal(t, 3, strings.Count(ls, schema.ServiceElector), "nats micro ls as the monitoring user:\n%s", ls)
 	})
 
 	t.Run("graceful switchover loses nothing", func(t *testing.T) {

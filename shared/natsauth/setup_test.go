@@ -107,68 +107,18 @@ func (g *generated) client(t *testing.T, user string) *client {
 	if user == natsauth.OperatorUser || user == natsauth.MonitorUser {
 		env, dir = filepath.Join(g.out, "users", user+".env"), filepath.Join(g.out, "users")
 	}
-	cfg := settings(t, env, dir)
-	nc, err := natsconn.Client(context.Background(), cfg, "test-"+user, 5*time.Second)
+	nc, err := natsconn.Client(context.Background(), settings(t, env, dir), "test-"+user, 5*time.Second)
 	require.NoErrorf(t, err, "connect as %s", user)
-	c := &client{t: t, user: user, nc: nc, errs: make(chan error, 100)}
-	nc.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { c.errs <- err })
 	t.Cleanup(nc.Close)
-	c.js, err = jetstream.New(nc)
+	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	return c
+	return &client{Perms: natstest.WatchPerms(t, user, nc), nc: nc, js: js}
 }
 
 type client struct {
-	t    *testing.T
-	user string
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	errs chan error
-}
-
-// refused runs what (a publish, request or subscription) and requires the
-// server to refuse it with a permissions violation naming subject.
-func (c *client) refused(subject string, what func(ctx context.Context) error) {
-	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	for len(c.errs) > 0 {
-		<-c.errs
-	}
-	err := what(ctx)
-	select {
-	case aerr := <-c.errs:
-		require.ErrorIsf(c.t, aerr, nats.ErrPermissionViolation, "%s on %s", c.user, subject)
-		require.Containsf(c.t, aerr.Error(), subject, "%s: the violation names the subject", c.user)
-	case <-time.After(2 * time.Second):
-		c.t.Fatalf("%s on %s: not refused by the server (call returned %v)", c.user, subject, err)
-	}
-}
-
-// allowed runs what and requires no permissions violation.
-func (c *client) allowed(subject string, what func(ctx context.Context) error) {
-	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	err := what(ctx)
-	require.NoErrorf(c.t, c.nc.FlushTimeout(2*time.Second), "%s on %s", c.user, subject)
-	select {
-	case aerr := <-c.errs:
-		c.t.Fatalf("%s on %s: refused: %v", c.user, subject, aerr)
-	case <-time.After(200 * time.Millisecond):
-	}
-	if err != nil && !errors(err, nats.ErrNoResponders, natsconn.ErrNotRunning) {
-		c.t.Fatalf("%s on %s: %v", c.user, subject, err)
-	}
-}
-
-func errors(err error, targets ...error) bool {
-	for _, t := range targets {
-		if strings.Contains(err.Error(), t.Error()) {
-			return true
-		}
-	}
-	return false
+	*natstest.Perms
+	nc *nats.Conn
+	js jetstream.JetStream
 }
 
 func (c *client) publish(subject string, data []byte) func(context.Context) error {
@@ -224,7 +174,7 @@ func TestGeneratedPermissions(t *testing.T) {
 	_, err = filestore.Open(ctx, n1.js, "c", 3)
 	require.NoError(t, err)
 	ev, _ := json.Marshal(schema.RoleEvent{Cluster: "c", Node: "n1", Role: schema.RoleLeader, Epoch: leaderRev})
-	n1.allowed(schema.RoleSubject("c", "n1"), n1.publish(schema.RoleSubject("c", "n1"), ev))
+	n1.Allowed(schema.RoleSubject("c", "n1"), n1.publish(schema.RoleSubject("c", "n1"), ev))
 	svc, err := micro.AddService(n1.nc, micro.Config{Name: schema.ServiceElector, Version: "0.0.1"})
 	require.NoError(t, err)
 	defer svc.Stop()
@@ -232,11 +182,11 @@ func TestGeneratedPermissions(t *testing.T) {
 	require.NoError(t, svc.AddGroup(schema.EndpointGroup("c", "n1", schema.ServiceElector)).AddEndpoint(schema.VerbStatus, status))
 
 	// The monitoring user reads: the status endpoint, micro discovery, the KV.
-	mon.allowed("status", mon.call("n1", schema.ServiceElector, schema.VerbStatus))
+	mon.Allowed("status", mon.call("n1", schema.ServiceElector, schema.VerbStatus))
 	infos, err := natsconn.CallJSON[map[string]string](ctx, mon.nc, "c", "n1", schema.ServiceElector, schema.VerbStatus, nil, time.Second)
 	require.NoError(t, err)
 	require.Equal(t, "leader", infos["role"])
-	mon.allowed("$SRV.PING", func(ctx context.Context) error {
+	mon.Allowed("$SRV.PING", func(ctx context.Context) error {
 		_, err := mon.nc.RequestWithContext(ctx, "$SRV.PING", nil)
 		return err
 	})
@@ -254,34 +204,34 @@ func TestGeneratedPermissions(t *testing.T) {
 		return func(ctx context.Context) error { _, err := c.js.Publish(ctx, subject, []byte("forged")); return err }
 	}
 	for _, c := range []*client{mon, op, n2} {
-		c.refused(schema.RoleSubject("c", "n1"), c.publish(schema.RoleSubject("c", "n1"), forged))
-		c.refused(schema.RoleSubject("c", "ghost"), c.publish(schema.RoleSubject("c", "ghost"), forged))
-		c.refused(schema.Endpoint("c", "n1", schema.ServiceBackend, schema.VerbStop), c.call("n1", schema.ServiceBackend, schema.VerbStop))
-		c.refused(schema.Endpoint("c", "n1", schema.ServiceWalapply, schema.VerbRelease), c.call("n1", schema.ServiceWalapply, schema.VerbRelease))
-		c.refused("$KV.ccm_c.nodes.n1", jsPut(c, "$KV.ccm_c.nodes.n1"))
-		c.refused("_INBOX.>", c.subscribe("_INBOX.>"))
-		c.refused("_INBOX_n1.>", c.subscribe("_INBOX_n1.>"))
-		c.refused(schema.NodeEndpoints("c", "n1"), c.subscribe(schema.NodeEndpoints("c", "n1")))
+		c.Refused(schema.RoleSubject("c", "n1"), c.publish(schema.RoleSubject("c", "n1"), forged))
+		c.Refused(schema.RoleSubject("c", "ghost"), c.publish(schema.RoleSubject("c", "ghost"), forged))
+		c.Refused(schema.Endpoint("c", "n1", schema.ServiceBackend, schema.VerbStop), c.call("n1", schema.ServiceBackend, schema.VerbStop))
+		c.Refused(schema.Endpoint("c", "n1", schema.ServiceWalapply, schema.VerbRelease), c.call("n1", schema.ServiceWalapply, schema.VerbRelease))
+		c.Refused("$KV.ccm_c.nodes.n1", jsPut(c, "$KV.ccm_c.nodes.n1"))
+		c.Refused("_INBOX.>", c.subscribe("_INBOX.>"))
+		c.Refused("_INBOX_n1.>", c.subscribe("_INBOX_n1.>"))
+		c.Refused(schema.NodeEndpoints("c", "n1"), c.subscribe(schema.NodeEndpoints("c", "n1")))
 	}
 	for _, c := range []*client{mon, op} {
-		c.refused(walstream.Subject("c"), jsPut(c, walstream.Subject("c")))
-		c.refused("$KV.ccm_c.leader", jsPut(c, "$KV.ccm_c.leader"))
-		c.refused("$KV.ccm_files_c.", jsPut(c, "$KV.ccm_files_c.f.bW9kdWxlcy94"))
-		c.refused("$O.ccm_blobs_c.", jsPut(c, "$O.ccm_blobs_c.C.forged"))
-		c.refused("$O.ccm_snap_c.", jsPut(c, "$O.ccm_snap_c.C.forged"))
-		c.refused("$JS.API.STREAM.DELETE."+walstream.Stream("c"), func(ctx context.Context) error {
+		c.Refused(walstream.Subject("c"), jsPut(c, walstream.Subject("c")))
+		c.Refused("$KV.ccm_c.leader", jsPut(c, "$KV.ccm_c.leader"))
+		c.Refused("$KV.ccm_files_c.", jsPut(c, "$KV.ccm_files_c.f.bW9kdWxlcy94"))
+		c.Refused("$O.ccm_blobs_c.", jsPut(c, "$O.ccm_blobs_c.C.forged"))
+		c.Refused("$O.ccm_snap_c.", jsPut(c, "$O.ccm_snap_c.C.forged"))
+		c.Refused("$JS.API.STREAM.DELETE."+walstream.Stream("c"), func(ctx context.Context) error {
 			return c.js.DeleteStream(ctx, walstream.Stream("c"))
 		})
 	}
 	for _, verb := range []string{schema.VerbPromote, schema.VerbDemote, schema.VerbLeave} {
-		mon.refused(schema.Endpoint("c", "n1", schema.ServiceElector, verb), mon.call("n1", schema.ServiceElector, verb))
-		op.allowed(verb, op.call("n2", schema.ServiceElector, verb))
+		mon.Refused(schema.Endpoint("c", "n1", schema.ServiceElector, verb), mon.call("n1", schema.ServiceElector, verb))
+		op.Allowed(verb, op.call("n2", schema.ServiceElector, verb))
 	}
 	// What the protocol needs of another node: a handover's demote of the
 	// leader, the position of its target.
-	n2.allowed("demote", n2.call("n1", schema.ServiceElector, schema.VerbDemote))
-	n2.allowed("position", n2.call("n1", schema.ServiceWalapply, schema.VerbPosition))
-	n2.allowed("own status key", jsPut(n2, "$KV.ccm_c.nodes.n2"))
+	n2.Allowed("demote", n2.call("n1", schema.ServiceElector, schema.VerbDemote))
+	n2.Allowed("position", n2.call("n1", schema.ServiceWalapply, schema.VerbPosition))
+	n2.Allowed("own status key", jsPut(n2, "$KV.ccm_c.nodes.n2"))
 
 	// Unchanged: the leader key, the stream (n1's one frame), n1's status.
 	ent, err = kv.Get(ctx, schema.KeyLeader)

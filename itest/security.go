@@ -1,0 +1,128 @@
+//go:build integration
+
+package itest
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/natsauth"
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
+	"github.com/convex-cluster-manager/ccm/shared/natstest"
+)
+
+// secure generates the cluster's NATS security as `ccm nats-setup` does
+// (TLS for clients and routes, a user per node, the operator's and the
+// monitoring user, their permissions) for nodes at ips, and returns the
+// directory on the host that holds it.
+func secure(t *testing.T, cluster string, ips []string) string {
+	t.Helper()
+	s := natsauth.Setup{Cluster: cluster, InstallDir: natsauth.DefaultInstallDir, StoreDir: natsauth.DefaultStoreDir, HTTPPort: natsauth.DefaultHTTPPort}
+	for i, ip := range ips {
+		n, err := natsauth.ParseNode("n" + string(rune('1'+i)) + "=" + ip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Nodes = append(s.Nodes, n)
+	}
+	dir := filepath.Join(t.TempDir(), "nats")
+	if err := natsauth.Generate(s, dir, false); err != nil {
+		t.Fatalf("nats-setup: %v", err)
+	}
+	return dir
+}
+
+// install puts n's generated files in the install directory, its server
+// configuration where the node image's nats-server unit reads it, and the
+// operator's and the monitoring user's seeds beside them; then restarts
+// nats-server.
+func (c *Cluster) install(t *testing.T, n *Node) {
+	t.Helper()
+	ctx := context.Background()
+	put := func(src, dst string, mode int64) {
+		if err := n.C.CopyFileToContainer(ctx, src, dst, mode); err != nil {
+			t.Fatalf("%s: copy %s to %s: %v", n.Name, src, dst, err)
+		}
+	}
+	entries, err := os.ReadDir(filepath.Join(c.natsDir, n.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		src := filepath.Join(c.natsDir, n.Name, e.Name())
+		st, _ := os.Stat(src)
+		put(src, filepath.Join(natsauth.DefaultInstallDir, e.Name()), int64(st.Mode().Perm()))
+	}
+	for _, u := range []string{natsauth.OperatorUser, natsauth.MonitorUser} {
+		put(filepath.Join(c.natsDir, "users", natsauth.NkeyFile(u)), filepath.Join(natsauth.DefaultInstallDir, natsauth.NkeyFile(u)), 0o600)
+	}
+	n.Must(t, "cp", filepath.Join(natsauth.DefaultInstallDir, natsauth.ServerConfFile), "/etc/nats/nats.conf")
+	n.Must(t, "systemctl", "restart", "nats-server")
+}
+
+// UserEnv is the environment in which the ccm CLI on a node acts as user
+// (natsauth.OperatorUser or MonitorUser): the user's generated settings,
+// but the node's own server list.
+func (c *Cluster) UserEnv(t *testing.T, user string) []string {
+	t.Helper()
+	f, err := os.Open(filepath.Join(c.natsDir, "users", user+".env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var env []string
+	for sc := bufio.NewScanner(f); sc.Scan(); {
+		line := sc.Text()
+		if strings.HasPrefix(line, "CCM_NATS_") && !strings.HasPrefix(line, "CCM_NATS_SERVERS=") {
+			env = append(env, line)
+		}
+	}
+	return env
+}
+
+// NATS connects from the host to n's NATS server as user, with TLS.
+func (c *Cluster) NATS(t *testing.T, n *Node, user string) (*nats.Conn, error) {
+	t.Helper()
+	dir := filepath.Join(c.natsDir, "users")
+	if user != natsauth.OperatorUser && user != natsauth.MonitorUser {
+		dir = filepath.Join(c.natsDir, user)
+	}
+	cfg := config.NATS{Servers: []string{"tls://" + n.IP + ":4222"}, NkeyFile: filepath.Join(dir, natsauth.NkeyFile(user)),
+		TLS: config.TLS{CAFile: filepath.Join(c.natsDir, natsauth.CAFile)}, InboxPrefix: natsauth.InboxPrefix(user)}
+	return natsconn.Client(context.Background(), cfg, "itest-"+user, 2*time.Second)
+}
+
+// permClient is a user's connection whose permission violations are
+// checked (natstest.Perms).
+type permClient struct {
+	*natstest.Perms
+	nc *nats.Conn
+	js jetstream.JetStream
+}
+
+func (c *permClient) publish(subject string, data []byte) func(context.Context) error {
+	return func(context.Context) error { return c.nc.Publish(subject, data) }
+}
+
+func (c *permClient) request(subject string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		_, err := c.nc.RequestWithContext(ctx, subject, nil)
+		return err
+	}
+}
+
+func (c *permClient) jsPublish(subject string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		_, err := c.js.Publish(ctx, subject, []byte("forged"))
+		return err
+	}
+}
