@@ -47,7 +47,7 @@ type ClusterOptions struct {
 // n3 with `ccm join`, and waits until n1 serves on the VIP with two
 // caught-up passives. NATS runs as `ccm nats-setup` generates it: TLS,
 // a user per node with its permissions; the ccm CLI on the nodes acts as
-// the operator's user.
+// the operator's user (nats-setup --operator-on-nodes).
 func StartCluster(t *testing.T, o ClusterOptions) *Cluster {
 	t.Helper()
 	nw := NewNet(t)
@@ -71,7 +71,6 @@ func StartCluster(t *testing.T, o ClusterOptions) *Cluster {
 			"--vip-address", c.VIP, "--vip-interface", "eth0",
 			"--election-leader-ttl-ms", strconv.Itoa(o.TTLMs), "--election-heartbeat-interval-ms", strconv.Itoa(o.HeartbeatMs),
 			"--election-safety-margin-ms", strconv.Itoa(o.MarginMs), "--backend-start-grace-ms", "30000")
-		n.env = c.UserEnv(t, natsauth.OperatorUser)
 	}
 	// JetStream needs its meta leader before ccm can create anything.
 	Eventually(t, 60*time.Second, "NATS JetStream cluster up", func() bool {

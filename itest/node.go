@@ -60,9 +60,6 @@ type Node struct {
 	IP   string
 
 	statusErrAt time.Time // last logged ccm status failure
-	// env is the environment of commands run in the node: in a cluster,
-	// the operator's NATS user for the ccm CLI (see Cluster.secure).
-	env []string
 }
 
 // StartNode starts a node container at ip on nw and waits for systemd.
@@ -158,7 +155,7 @@ func (n *Node) Exec(t *testing.T, cmd ...string) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	code, r, err := n.C.Exec(ctx, cmd, tcexec.Multiplexed(), tcexec.WithEnv(n.env))
+	code, r, err := n.C.Exec(ctx, cmd, tcexec.Multiplexed())
 	if err != nil {
 		t.Fatalf("%s: exec %v: %v", n.Name, cmd, err)
 	}

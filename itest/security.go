@@ -26,7 +26,8 @@ import (
 // directory on the host that holds it.
 func secure(t *testing.T, cluster string, ips []string) string {
 	t.Helper()
-	s := natsauth.Setup{Cluster: cluster, InstallDir: natsauth.DefaultInstallDir, StoreDir: natsauth.DefaultStoreDir, HTTPPort: natsauth.DefaultHTTPPort}
+	s := natsauth.Setup{Cluster: cluster, InstallDir: natsauth.DefaultInstallDir, StoreDir: natsauth.DefaultStoreDir,
+		HTTPPort: natsauth.DefaultHTTPPort, OperatorOnNodes: true}
 	for i, ip := range ips {
 		n, err := natsauth.ParseNode("n" + string(rune('1'+i)) + "=" + ip)
 		if err != nil {
@@ -41,10 +42,10 @@ func secure(t *testing.T, cluster string, ips []string) string {
 	return dir
 }
 
-// install puts n's generated files in the install directory, its server
-// configuration where the node image's nats-server unit reads it, and the
-// operator's and the monitoring user's seeds beside them; then restarts
-// nats-server.
+// install puts n's generated files in the install directory (with the
+// operator's seed), its server configuration where the node image's
+// nats-server unit reads it, and the monitoring user's seed beside them;
+// then restarts nats-server.
 func (c *Cluster) install(t *testing.T, n *Node) {
 	t.Helper()
 	ctx := context.Background()
@@ -62,16 +63,14 @@ func (c *Cluster) install(t *testing.T, n *Node) {
 		st, _ := os.Stat(src)
 		put(src, filepath.Join(natsauth.DefaultInstallDir, e.Name()), int64(st.Mode().Perm()))
 	}
-	for _, u := range []string{natsauth.OperatorUser, natsauth.MonitorUser} {
-		put(filepath.Join(c.natsDir, "users", natsauth.NkeyFile(u)), filepath.Join(natsauth.DefaultInstallDir, natsauth.NkeyFile(u)), 0o600)
-	}
+	put(filepath.Join(c.natsDir, "users", natsauth.NkeyFile(natsauth.MonitorUser)), filepath.Join(natsauth.DefaultInstallDir, natsauth.NkeyFile(natsauth.MonitorUser)), 0o600)
 	n.Must(t, "cp", filepath.Join(natsauth.DefaultInstallDir, natsauth.ServerConfFile), "/etc/nats/nats.conf")
 	n.Must(t, "systemctl", "restart", "nats-server")
 }
 
 // UserEnv is the environment in which the ccm CLI on a node acts as user
-// (natsauth.OperatorUser or MonitorUser): the user's generated settings,
-// but the node's own server list.
+// (natsauth.MonitorUser): the user's generated seed and inbox prefix as
+// the CLI's user (nats.cli), with the node's servers and CA.
 func (c *Cluster) UserEnv(t *testing.T, user string) []string {
 	t.Helper()
 	f, err := os.Open(filepath.Join(c.natsDir, "users", user+".env"))
@@ -82,8 +81,10 @@ func (c *Cluster) UserEnv(t *testing.T, user string) []string {
 	var env []string
 	for sc := bufio.NewScanner(f); sc.Scan(); {
 		line := sc.Text()
-		if strings.HasPrefix(line, "CCM_NATS_") && !strings.HasPrefix(line, "CCM_NATS_SERVERS=") {
-			env = append(env, line)
+		for _, k := range []string{"NKEY_FILE", "INBOX_PREFIX"} {
+			if v, ok := strings.CutPrefix(line, "CCM_NATS_"+k+"="); ok {
+				env = append(env, "CCM_NATS_CLI_"+k+"="+v)
+			}
 		}
 	}
 	return env

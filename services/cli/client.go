@@ -30,7 +30,7 @@ type client struct {
 
 // dial connects to NATS and opens the cluster's bucket.
 func dial(ctx context.Context, cfg config.Config) (*client, error) {
-	nc, err := natsconn.Client(ctx, cfg.NATS, "ccm-cli@"+cfg.NodeID, 3*time.Second)
+	nc, err := natsconn.Client(ctx, cfg.NATS.ForCLI(), "ccm-cli@"+cfg.NodeID, 3*time.Second)
 	if err != nil {
 		return nil, err
 	}

@@ -43,6 +43,7 @@ func newNATSSetup(stdout, stderr io.Writer) *ffcli.Command {
 	installDir := fs.String("install-dir", natsauth.DefaultInstallDir, "where each node's files will be installed (the paths in the configurations)")
 	storeDir := fs.String("store-dir", natsauth.DefaultStoreDir, "JetStream's store directory on each node")
 	httpPort := fs.Int("http-port", natsauth.DefaultHTTPPort, "the NATS servers' monitoring port (0: none)")
+	operatorOnNodes := fs.Bool("operator-on-nodes", false, "also install the operator's user on every node, as the ccm CLI's user there (nats.cli)")
 	force := fs.Bool("force", false, "replace an existing output directory (new keys: every node must be given the new files)")
 	return &ffcli.Command{
 		Name:       "nats-setup",
@@ -62,7 +63,7 @@ func newNATSSetup(stdout, stderr io.Writer) *ffcli.Command {
 			if *out == "" {
 				return fmt.Errorf("%w: --out is required", ErrUsage)
 			}
-			s := natsauth.Setup{Cluster: *cluster, Nodes: nodes, InstallDir: *installDir, StoreDir: *storeDir, HTTPPort: *httpPort}
+			s := natsauth.Setup{Cluster: *cluster, Nodes: nodes, InstallDir: *installDir, StoreDir: *storeDir, HTTPPort: *httpPort, OperatorOnNodes: *operatorOnNodes}
 			if err := s.Validate(); err != nil {
 				return fmt.Errorf("%w: %w", ErrUsage, err)
 			}

@@ -89,14 +89,13 @@ func TestNewLeaderMovesStreamLeadersAtOnce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.NoError(t, old.El.Demote(ctx, next.ID))
-	served := time.Now()
 	waitfor.Cond(t, 10*time.Second, func() error {
 		if s := next.El.State(); s.Role != schema.RoleLeader || !s.Ready {
 			return fmt.Errorf("%s not serving after the handover: %s (ready %v)", next.ID, s.Role, s.Ready)
 		}
 		return nil
 	})
-	served = time.Now()
+	served := time.Now()
 	waitfor.Cond(t, current-2*time.Second, func() error {
 		if l := streamLeader(js, stream); l == own[next] || l == "" {
 			return fmt.Errorf("%s still led by %q (the new leader's own server is %s) after it started serving (peers current for %s before: a leader watching for itself first would wait %s)",

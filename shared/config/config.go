@@ -39,10 +39,27 @@ type NATS struct {
 	// allowed to subscribe only under its own prefix cannot read the
 	// replies and JetStream deliveries of others.
 	InboxPrefix string `json:"inboxPrefix,omitempty"`
-	TLS         TLS    `json:"tls"`
+	// CLI, when its NkeyFile is set, is the NATS user the ccm CLI acts as
+	// on this node (the operator's), instead of the node's.
+	CLI CLIUser `json:"cli,omitzero"`
+	TLS TLS     `json:"tls"`
 	// Replicas is the JetStream replica count of ccm's buckets and streams;
 	// it should equal the number of NATS servers (3 in production).
 	Replicas int `json:"replicas"`
+}
+
+// CLIUser is the NATS user of the ccm CLI.
+type CLIUser struct {
+	NkeyFile    string `json:"nkeyFile,omitempty"`
+	InboxPrefix string `json:"inboxPrefix,omitempty"`
+}
+
+// ForCLI is n as the ccm CLI connects: as the CLI user when one is set.
+func (n NATS) ForCLI() NATS {
+	if n.CLI.NkeyFile != "" {
+		n.Credentials, n.NkeyFile, n.InboxPrefix = "", n.CLI.NkeyFile, n.CLI.InboxPrefix
+	}
+	return n
 }
 
 // TLS names the PEM files for a TLS connection to NATS; all empty means plain TCP

@@ -48,6 +48,8 @@ func (c *Config) fields() []field {
 		{path: "nats.credentials", str: &c.NATS.Credentials, usage: "NATS credentials (.creds) file"},
 		{path: "nats.nkeyFile", str: &c.NATS.NkeyFile, usage: "NATS nkey seed file: the NATS user (see ccm nats-setup)"},
 		{path: "nats.inboxPrefix", str: &c.NATS.InboxPrefix, usage: "prefix of reply subjects, the user's own (empty: _INBOX)"},
+		{path: "nats.cli.nkeyFile", str: &c.NATS.CLI.NkeyFile, usage: "NATS nkey seed the ccm CLI acts as on this node (the operator's; empty: the node's)"},
+		{path: "nats.cli.inboxPrefix", str: &c.NATS.CLI.InboxPrefix, usage: "prefix of the ccm CLI's reply subjects (with nats.cli.nkeyFile)"},
 		{path: "nats.tls.caFile", str: &c.NATS.TLS.CAFile, usage: "CA bundle to verify NATS servers"},
 		{path: "nats.tls.certFile", str: &c.NATS.TLS.CertFile, usage: "client certificate for NATS"},
 		{path: "nats.tls.keyFile", str: &c.NATS.TLS.KeyFile, usage: "client key for NATS"},

@@ -59,8 +59,10 @@ func (c Config) Validate() error {
 	if c.NATS.NkeyFile != "" && c.NATS.Credentials != "" {
 		bad("nats.nkeyFile", c.NATS.NkeyFile, "credentials and nkeyFile are two ways to name the NATS user: give one")
 	}
-	if p := c.NATS.InboxPrefix; p != "" && (strings.ContainsAny(p, " \t\r\n.*>") || p == "_INBOX") {
-		bad("nats.inboxPrefix", p, "must be one subject token (no '.', '*', '>' or spaces), not _INBOX itself")
+	for path, p := range map[string]string{"nats.inboxPrefix": c.NATS.InboxPrefix, "nats.cli.inboxPrefix": c.NATS.CLI.InboxPrefix} {
+		if p != "" && (strings.ContainsAny(p, " \t\r\n.*>") || p == "_INBOX") {
+			bad(path, p, "must be one subject token (no '.', '*', '>' or spaces), not _INBOX itself")
+		}
 	}
 	if (c.NATS.TLS.CertFile == "") != (c.NATS.TLS.KeyFile == "") {
 		bad("nats.tls.keyFile", c.NATS.TLS.KeyFile, "certFile and keyFile must be given together")

@@ -23,8 +23,11 @@ func InboxPrefix(user string) string { return "_INBOX_" + user }
 
 // jetStreamReads are the JetStream API subjects that read: stream and
 // consumer info, message gets, and the ephemeral consumers (with their
-// acknowledgements and flow control) through which KV watches and object
-// downloads read, on the streams given.
+// acknowledgements and flow control) through which KV watches, key
+// listings and object downloads read, on the streams given. Deleting
+// consumers there is allowed too: nats.go deletes its ordered consumers
+// when done and waits for the answer (5 s per listing when refused).
+// A reader could so delete a node's KV watch, which nats.go re-creates.
 func jetStreamReads(streams ...string) []string {
 	s := []string{
 		"$JS.API.INFO",
@@ -35,7 +38,7 @@ func jetStreamReads(streams ...string) []string {
 		"$JS.ACK.>", "$JS.FC.>",
 	}
 	for _, st := range streams {
-		s = append(s, "$JS.API.CONSUMER.CREATE."+st, "$JS.API.CONSUMER.CREATE."+st+".>")
+		s = append(s, "$JS.API.CONSUMER.CREATE."+st, "$JS.API.CONSUMER.CREATE."+st+".>", "$JS.API.CONSUMER.DELETE."+st+".*")
 	}
 	return s
 }
@@ -53,7 +56,8 @@ func kvKey(bucket, key string) string { return "$KV." + bucket + "." + key }
 // stream, the storage manifest and objects, the snapshots, the leader
 // key, the snapshot lock and their own status keys; their own role
 // events and endpoints; and of other nodes' endpoints only what the
-// protocol calls: a handover's demote and the position of its target.
+// protocol calls (a handover's demote and the position of its target) and
+// their status (ccm status run on a node as the node).
 func NodePermissions(cluster, node string) Permissions {
 	b := schema.Bucket(cluster)
 	return Permissions{
@@ -69,6 +73,7 @@ func NodePermissions(cluster, node string) Permissions {
 			schema.NodeEndpoints(cluster, node),
 			schema.Endpoint(cluster, "*", schema.ServiceElector, schema.VerbDemote),
 			schema.Endpoint(cluster, "*", schema.ServiceWalapply, schema.VerbPosition),
+			schema.Endpoint(cluster, "*", "*", schema.VerbStatus), // ccm status on a node, as the node
 		},
 		Subscribe: []string{
 			InboxPrefix(node) + ".>",

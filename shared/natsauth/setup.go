@@ -75,6 +75,11 @@ type Setup struct {
 	InstallDir string // where each node's files are installed: the paths in the configurations
 	StoreDir   string // JetStream's store directory on each node
 	HTTPPort   int    // the servers' monitoring port, 0 for none
+	// OperatorOnNodes also installs the operator's seed on every node and
+	// makes it the ccm CLI's user there (nats.cli): `ccm promote` and the
+	// like then work on any node, and a node's compromise is also the
+	// operator's (the node's own user may already demote any leader).
+	OperatorOnNodes bool
 }
 
 // Validate names the first bad value of s.
@@ -170,6 +175,9 @@ func Generate(s Setup, out string, force bool) error {
 		w.file(filepath.Join(dir, serverCertFile), cert, 0o644)
 		w.file(filepath.Join(dir, serverKeyFile), key, 0o600)
 		w.file(filepath.Join(dir, NkeyFile(n.ID)), seeds[n.ID], 0o600)
+		if s.OperatorOnNodes {
+			w.file(filepath.Join(dir, NkeyFile(OperatorUser)), seeds[OperatorUser], 0o600)
+		}
 		w.file(filepath.Join(dir, ServerConfFile), serverConf(s, n, users), 0o644)
 		// The node's own server first: see natsconn.Daemon.
 		own := append([]string{servers[i]}, append(append([]string{}, servers[:i]...), servers[i+1:]...)...)
@@ -206,6 +214,10 @@ func env(s Setup, node, user string, servers []string) []byte {
 	fmt.Fprintf(&b, "CCM_NATS_NKEY_FILE=%s\n", filepath.Join(s.InstallDir, NkeyFile(user)))
 	fmt.Fprintf(&b, "CCM_NATS_TLS_CA_FILE=%s\n", filepath.Join(s.InstallDir, CAFile))
 	fmt.Fprintf(&b, "CCM_NATS_INBOX_PREFIX=%s\n", InboxPrefix(user))
+	if node != "" && s.OperatorOnNodes {
+		fmt.Fprintf(&b, "CCM_NATS_CLI_NKEY_FILE=%s\n", filepath.Join(s.InstallDir, NkeyFile(OperatorUser)))
+		fmt.Fprintf(&b, "CCM_NATS_CLI_INBOX_PREFIX=%s\n", InboxPrefix(OperatorUser))
+	}
 	return b.Bytes()
 }
 

@@ -49,7 +49,7 @@ type generated struct {
 
 func generate(t *testing.T, nodes int) *generated {
 	t.Helper()
-	g := &generated{out: filepath.Join(t.TempDir(), "nats"), setup: natsauth.Setup{Cluster: "c", InstallDir: installDir, StoreDir: "/var/lib/nats"}}
+	g := &generated{out: filepath.Join(t.TempDir(), "nats"), setup: natsauth.Setup{Cluster: "c", InstallDir: installDir, StoreDir: "/var/lib/nats", OperatorOnNodes: true}}
 	for i := range nodes {
 		n, err := natsauth.ParseNode("n" + strconv.Itoa(i+1) + "=127.0.0.1:" + strconv.Itoa(freePort(t)) + ":" + strconv.Itoa(freePort(t)))
 		require.NoError(t, err)
@@ -232,6 +232,17 @@ func TestGeneratedPermissions(t *testing.T) {
 	n2.Allowed("demote", n2.call("n1", schema.ServiceElector, schema.VerbDemote))
 	n2.Allowed("position", n2.call("n1", schema.ServiceWalapply, schema.VerbPosition))
 	n2.Allowed("own status key", jsPut(n2, "$KV.ccm_c.nodes.n2"))
+	n2.Allowed("another node's status (ccm status on a node)", n2.call("n1", schema.ServiceElector, schema.VerbStatus))
+
+	// On a node, the ccm CLI acts as the operator (--operator-on-nodes).
+	nodeCfg := settings(t, filepath.Join(g.out, "n2", natsauth.EnvFile), filepath.Join(g.out, "n2"))
+	require.Equal(t, filepath.Join(g.out, "n2", natsauth.NkeyFile(natsauth.OperatorUser)), nodeCfg.ForCLI().NkeyFile)
+	nc, err := natsconn.Client(ctx, nodeCfg.ForCLI(), "cli-on-n2", 5*time.Second)
+	require.NoError(t, err)
+	defer nc.Close()
+	cliOnNode := &client{Perms: natstest.WatchPerms(t, "ccm on n2", nc), nc: nc}
+	cliOnNode.Allowed("promote", cliOnNode.call("n1", schema.ServiceElector, schema.VerbPromote))
+	n2.Refused(schema.Endpoint("c", "n1", schema.ServiceElector, schema.VerbPromote), n2.call("n1", schema.ServiceElector, schema.VerbPromote))
 
 	// Unchanged: the leader key, the stream (n1's one frame), n1's status.
 	ent, err = kv.Get(ctx, schema.KeyLeader)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -88,6 +89,12 @@ func Daemon(cfg config.NATS, name string, log *slog.Logger) (*nats.Conn, error) 
 	return nc, nil
 }
 
+// clientAsyncError prints a command-line client's asynchronous NATS errors
+// (a permissions violation: the subject its user may not use).
+func clientAsyncError(_ *nats.Conn, _ *nats.Subscription, err error) {
+	fmt.Fprintf(os.Stderr, "nats: %v\n", err)
+}
+
 // Client connects once for a command-line client, failing fast with
 // ErrUnreachable when no server answers within timeout.
 func Client(ctx context.Context, cfg config.NATS, name string, timeout time.Duration) (*nats.Conn, error) {
@@ -95,7 +102,7 @@ func Client(ctx context.Context, cfg config.NATS, name string, timeout time.Dura
 	if err != nil {
 		return nil, err
 	}
-	opts = append(opts, nats.Timeout(timeout), nats.NoReconnect(), nats.DontRandomize())
+	opts = append(opts, nats.Timeout(timeout), nats.NoReconnect(), nats.DontRandomize(), nats.ErrorHandler(clientAsyncError))
 	type result struct {
 		nc  *nats.Conn
 		err error

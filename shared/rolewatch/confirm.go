@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -22,23 +23,50 @@ var ErrUnconfirmed = errors.New("role event not confirmed by the leader key")
 // without this check lets whoever can publish depose a leader, or make a
 // passive serve.
 func Confirm(ctx context.Context, kv jetstream.KeyValue, ev schema.RoleEvent) error {
+	var err error
+	for range confirmReads {
+		var behind bool
+		if behind, err = confirm(ctx, kv, ev); !behind {
+			return err
+		}
+		// The key read may come from a replica that has not seen the
+		// write the event follows (a direct get): read again, briefly.
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(confirmRetry):
+		}
+	}
+	return err
+}
+
+// A key that shows an older epoch than an event is read again
+// confirmReads times, confirmRetry apart.
+const (
+	confirmReads = 5
+	confirmRetry = 20 * time.Millisecond
+)
+
+// confirm is one check of Confirm; behind says the key showed an older
+// epoch than ev's.
+func confirm(ctx context.Context, kv jetstream.KeyValue, ev schema.RoleEvent) (behind bool, err error) {
 	ent, err := kv.Get(ctx, schema.KeyLeader)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return fmt.Errorf("%w: %s claims epoch %d, the key is empty", ErrUnconfirmed, ev.Node, ev.Epoch)
+		return false, fmt.Errorf("%w: %s claims epoch %d, the key is empty", ErrUnconfirmed, ev.Node, ev.Epoch)
 	}
 	if err != nil {
-		return fmt.Errorf("read the leader key: %w", err)
+		return false, fmt.Errorf("read the leader key: %w", err)
 	}
 	var rec schema.LeaderRecord
 	if err := json.Unmarshal(ent.Value(), &rec); err != nil {
-		return fmt.Errorf("leader record: %w", err)
+		return false, fmt.Errorf("leader record: %w", err)
 	}
 	epoch := rec.EpochAt(ent.Revision())
 	switch {
-	case ev.Role == schema.RoleLeader && (rec.Node != ev.Node || epoch != ev.Epoch):
-		return fmt.Errorf("%w: %s claims to lead epoch %d, the key names %s at epoch %d", ErrUnconfirmed, ev.Node, ev.Epoch, rec.Node, epoch)
 	case epoch < ev.Epoch:
-		return fmt.Errorf("%w: %s names epoch %d, the key is at epoch %d", ErrUnconfirmed, ev.Node, ev.Epoch, epoch)
+		return true, fmt.Errorf("%w: %s names epoch %d, the key is at epoch %d (%s)", ErrUnconfirmed, ev.Node, ev.Epoch, epoch, rec.Node)
+	case ev.Role == schema.RoleLeader && (rec.Node != ev.Node || epoch != ev.Epoch):
+		return false, fmt.Errorf("%w: %s claims to lead epoch %d, the key names %s at epoch %d", ErrUnconfirmed, ev.Node, ev.Epoch, rec.Node, epoch)
 	}
-	return nil
+	return false, nil
 }
