@@ -22,6 +22,13 @@ wait_for() { # seconds description command...
 for n in n1 n2 n3 client; do wait_for 60 "systemd on $n" x $n systemctl is-system-running --wait; done
 x client systemctl disable --now nats-server >/dev/null 2>&1
 for n in n1 n2 n3; do
+  # The node's generated files; its seed readable by group ccm (ccm-elector
+  # and ccm-vip run as user ccm).
+  docker cp -q .nats/$n/. ccm-demo-$n:/etc/convex/nats/
+  x $n sh -c "chgrp ccm /etc/convex/nats/$n.nk && chmod 0640 /etc/convex/nats/$n.nk &&
+    cp /etc/convex/nats/nats.conf /etc/nats/nats.conf && systemctl restart nats-server"
+done
+for n in n1 n2 n3; do
   # The node's generated NATS settings (servers, its user, the CA; the
   # operator's user for the ccm CLI), the rest from flags.
   x $n sh -c 'set -a; . /etc/convex/nats/ccm.env; set +a; exec ccm init --force "$@"' ccm-init \

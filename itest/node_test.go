@@ -84,13 +84,24 @@ func TestSingleNodeCluster(t *testing.T) {
 	caps := map[string]string{"ccm-vip": "cap_net_admin cap_net_raw", "ccm-backend": "cap_chown cap_dac_override cap_fowner cap_kill"}
 	for _, d := range []string{"ccm-elector", "ccm-walship", "ccm-walapply", "ccm-snapshot", "ccm-vip", "ccm-backend", "ccm-storage"} {
 		out := n.Must(t, "systemctl", "show", d, "-p", "Type,NotifyAccess,Restart,RestartUSec,WatchdogUSec,TimeoutStopUSec,PartOf,NoNewPrivileges,ProtectSystem,PrivateTmp,StartLimitIntervalUSec,CapabilityBoundingSet,DropInPaths")
-		want := []string{"Type=notify", "NotifyAccess=main", "Restart=on-failure", "RestartUSec=1s", "WatchdogUSec=10s", "TimeoutStopUSec=15s",
+		want := []string{"Type=notify", "NotifyAccess=main", "Restart=on-failure", "RestartUSec=250ms", "WatchdogUSec=10s", "TimeoutStopUSec=15s",
 			"PartOf=ccm.target", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "StartLimitIntervalUSec=0", "CapabilityBoundingSet=" + caps[d],
 			"DropInPaths=/etc/systemd/system/ccm-.service.d/10-ccm.conf"}
 		for _, w := range want {
 			if !slices.Contains(strings.Split(strings.TrimSpace(out), "\n"), w) {
 				t.Errorf("%s: want %s in:\n%s", d, w, out)
 			}
+		}
+		// Every unit rated "OK" or better (exposure at most 4.9).
+		if code, out := n.Exec(t, "systemd-analyze", "security", "--no-pager", "--threshold=49", d+".service"); code != 0 {
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			t.Errorf("%s: systemd-analyze security: %s", d, lines[len(lines)-1])
+		}
+	}
+	// ccm-elector and ccm-vip run as the unprivileged user ccm.
+	for _, d := range []string{"ccm-elector", "ccm-vip"} {
+		if u := strings.TrimSpace(n.Must(t, "ps", "-o", "user=", "-C", d)); u != "ccm" {
+			t.Errorf("%s runs as %q, want ccm", d, u)
 		}
 	}
 }

@@ -64,6 +64,10 @@ func (c *Cluster) install(t *testing.T, n *Node) {
 		put(src, filepath.Join(natsauth.DefaultInstallDir, e.Name()), int64(st.Mode().Perm()))
 	}
 	put(filepath.Join(c.natsDir, "users", natsauth.NkeyFile(natsauth.MonitorUser)), filepath.Join(natsauth.DefaultInstallDir, natsauth.NkeyFile(natsauth.MonitorUser)), 0o600)
+	// The node's seed is read by ccm-elector and ccm-vip, which run as
+	// user ccm (docs/security.md).
+	seed := filepath.Join(natsauth.DefaultInstallDir, natsauth.NkeyFile(n.Name))
+	n.Must(t, "sh", "-c", "chgrp ccm "+seed+" && chmod 0640 "+seed)
 	n.Must(t, "cp", filepath.Join(natsauth.DefaultInstallDir, natsauth.ServerConfFile), "/etc/nats/nats.conf")
 	n.Must(t, "systemctl", "restart", "nats-server")
 }

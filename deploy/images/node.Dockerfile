@@ -5,7 +5,8 @@ FROM ccm-base:bookworm
 COPY bin/ /usr/local/bin/
 COPY units/ /etc/systemd/system/
 COPY nats.conf /etc/nats/nats.conf
-RUN mkdir -p /etc/convex/nats /var/lib/convex/data /var/lib/convex/replica /var/lib/nats \
+RUN useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ccm \
+ && mkdir -p /etc/convex/nats /var/lib/convex/data /var/lib/convex/replica /var/lib/nats \
  && systemctl enable nats-server.service
 STOPSIGNAL SIGRTMIN+3
 ENTRYPOINT ["/sbin/init"]
