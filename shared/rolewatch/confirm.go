@@ -50,18 +50,13 @@ const (
 // confirm is one check of Confirm; behind says the key showed an older
 // epoch than ev's.
 func confirm(ctx context.Context, kv jetstream.KeyValue, ev schema.RoleEvent) (behind bool, err error) {
-	ent, err := kv.Get(ctx, schema.KeyLeader)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+	rec, epoch, err := readLeader(ctx, kv)
+	if err != nil {
+		return false, err
+	}
+	if rec.Node == "" {
 		return false, fmt.Errorf("%w: %s claims epoch %d, the key is empty", ErrUnconfirmed, ev.Node, ev.Epoch)
 	}
-	if err != nil {
-		return false, fmt.Errorf("read the leader key: %w", err)
-	}
-	var rec schema.LeaderRecord
-	if err := json.Unmarshal(ent.Value(), &rec); err != nil {
-		return false, fmt.Errorf("leader record: %w", err)
-	}
-	epoch := rec.EpochAt(ent.Revision())
 	switch {
 	case epoch < ev.Epoch:
 		return true, fmt.Errorf("%w: %s names epoch %d, the key is at epoch %d (%s)", ErrUnconfirmed, ev.Node, ev.Epoch, epoch, rec.Node)
@@ -69,4 +64,21 @@ func confirm(ctx context.Context, kv jetstream.KeyValue, ev schema.RoleEvent) (b
 		return false, fmt.Errorf("%w: %s claims to lead epoch %d, the key names %s at epoch %d", ErrUnconfirmed, ev.Node, ev.Epoch, rec.Node, epoch)
 	}
 	return false, nil
+}
+
+// readLeader reads the leader key: its record and epoch, a zero record if
+// the key is empty.
+func readLeader(ctx context.Context, kv jetstream.KeyValue) (schema.LeaderRecord, uint64, error) {
+	var rec schema.LeaderRecord
+	ent, err := kv.Get(ctx, schema.KeyLeader)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return rec, 0, nil
+	}
+	if err != nil {
+		return rec, 0, fmt.Errorf("read the leader key: %w", err)
+	}
+	if err := json.Unmarshal(ent.Value(), &rec); err != nil {
+		return rec, 0, fmt.Errorf("leader record: %w", err)
+	}
+	return rec, rec.EpochAt(ent.Revision()), nil
 }

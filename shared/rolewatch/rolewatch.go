@@ -72,7 +72,7 @@ func Subscribe(nc *nats.Conn, cluster, node string, ttl time.Duration, log *slog
 	t.sub = sub
 	ctx, cancel := context.WithTimeout(context.Background(), min(ttl/2, 2*time.Second))
 	defer cancel()
-	if leader, err := keyLeader(ctx, nc, cluster); err != nil {
+	if leader, err := keyLeader(ctx, js, cluster); err != nil {
 		log.Info("leader key unreadable: waiting for a role event", "err", err)
 	} else if leader != node {
 		t.mu.Lock()
@@ -84,11 +84,7 @@ func Subscribe(nc *nats.Conn, cluster, node string, ttl time.Duration, log *slog
 
 // keyLeader returns the node the leader key names as serving leader, ""
 // if none.
-func keyLeader(ctx context.Context, nc *nats.Conn, cluster string) (string, error) {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return "", err
-	}
+func keyLeader(ctx context.Context, js jetstream.JetStream, cluster string) (string, error) {
 	kv, err := js.KeyValue(ctx, schema.Bucket(cluster))
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return "", nil
@@ -96,19 +92,9 @@ func keyLeader(ctx context.Context, nc *nats.Conn, cluster string) (string, erro
 	if err != nil {
 		return "", err
 	}
-	ent, err := kv.Get(ctx, schema.KeyLeader)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return "", nil
-	}
-	if err != nil {
+	rec, _, err := readLeader(ctx, kv)
+	if err != nil || !rec.Serving() {
 		return "", err
-	}
-	var rec schema.LeaderRecord
-	if err := json.Unmarshal(ent.Value(), &rec); err != nil {
-		return "", fmt.Errorf("leader record: %w", err)
-	}
-	if !rec.Serving() {
-		return "", nil
 	}
 	return rec.Node, nil
 }
