@@ -196,7 +196,7 @@ func (e *Elector) subscribeRoleEvents(ctx context.Context, events chan<- schema.
 		}
 		if ev.Node != confirmedNode || ev.Epoch != confirmedEpoch {
 			cctx, cancel := context.WithTimeout(ctx, e.heartbeat)
-			err := rolewatch.Confirm(cctx, e.kv, ev)
+			err := rolewatch.Confirm(cctx, e.js, e.cluster, ev)
 			cancel()
 			if err != nil {
 				e.metrics.forgedEvents.Inc()

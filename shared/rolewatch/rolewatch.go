@@ -57,13 +57,9 @@ func Subscribe(nc *nats.Conn, cluster, node string, ttl time.Duration, log *slog
 		return nil, err
 	}
 	t.confirm = func(ev schema.RoleEvent) error {
-		ctx, cancel := context.WithTimeout(context.Background(), min(ttl/4, 2*time.Second))
+		ctx, cancel := context.WithTimeout(context.Background(), min(ttl/2, 2*time.Second))
 		defer cancel()
-		kv, err := js.KeyValue(ctx, schema.Bucket(cluster))
-		if err != nil {
-			return fmt.Errorf("open the cluster's bucket: %w", err)
-		}
-		return Confirm(ctx, kv, ev)
+		return Confirm(ctx, js, cluster, ev)
 	}
 	sub, err := nc.Subscribe(schema.RoleSubject(cluster, node), t.onMsg)
 	if err != nil {
@@ -85,14 +81,7 @@ func Subscribe(nc *nats.Conn, cluster, node string, ttl time.Duration, log *slog
 // keyLeader returns the node the leader key names as serving leader, ""
 // if none.
 func keyLeader(ctx context.Context, js jetstream.JetStream, cluster string) (string, error) {
-	kv, err := js.KeyValue(ctx, schema.Bucket(cluster))
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		return "", nil
-	}
-	if err != nil {
-		return "", err
-	}
-	rec, _, err := readLeader(ctx, kv)
+	rec, _, err := readLeader(ctx, js, cluster)
 	if err != nil || !rec.Serving() {
 		return "", err
 	}
