@@ -187,7 +187,7 @@ func (e *Elector) subscribeRoleEvents(ctx context.Context, events chan<- schema.
 			return
 		}
 		if from := schema.RoleSubjectNode(e.cluster, m.Subject); from != ev.Node {
-			e.metrics.forgedEvents.Inc()
+			e.metrics.unconfirmedEvents.Inc()
 			e.log.Warn("ignoring a role event for another node than its subject's", "subject", m.Subject, "node", ev.Node)
 			return
 		}
@@ -199,7 +199,7 @@ func (e *Elector) subscribeRoleEvents(ctx context.Context, events chan<- schema.
 			err := rolewatch.Confirm(cctx, e.js, e.cluster, ev)
 			cancel()
 			if err != nil {
-				e.metrics.forgedEvents.Inc()
+				e.metrics.unconfirmedEvents.Inc()
 				e.log.Warn("ignoring a role event the leader key does not confirm", "from", ev.Node, "epoch", ev.Epoch, "err", err)
 				return
 			}

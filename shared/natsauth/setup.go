@@ -239,9 +239,6 @@ func (w *writer) file(path string, data []byte, mode os.FileMode) {
 	w.err = os.Chmod(path, mode) // an existing file keeps its mode on WriteFile
 }
 
-// ServerName is the nats-server name of a node's server.
-func ServerName(node string) string { return node }
-
 // serverConf renders node n's nats-server configuration.
 func serverConf(s Setup, n Node, users map[string]string) []byte {
 	var b bytes.Buffer
@@ -258,7 +255,7 @@ func serverConf(s Setup, n Node, users map[string]string) []byte {
 	fmt.Fprintf(&b, "# NATS server of node %s of ccm cluster %s, written by ccm nats-setup:\n", n.ID, s.Cluster)
 	b.WriteString("# TLS for clients and routes, one nkey user per node, operator and monitor,\n")
 	b.WriteString("# each with the permissions of its role (docs/security.md). Regenerate, do not edit.\n")
-	fmt.Fprintf(&b, "server_name: %s\n", q(ServerName(n.ID)))
+	fmt.Fprintf(&b, "server_name: %s\n", q(n.ID))
 	fmt.Fprintf(&b, "listen: %s\n", q(fmt.Sprintf("0.0.0.0:%d", n.ClientPort)))
 	// Clients learn the other servers from this address, not from every
 	// address of the host (whose certificate would not name them).

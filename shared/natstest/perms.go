@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 )
 
 // Perms checks what a NATS server lets a connected user do: the
@@ -67,7 +69,7 @@ func (p *Perms) Allowed(what string, do func(ctx context.Context) error) {
 		p.t.Fatalf("%s: %s: refused: %v", p.user, what, verr)
 	case <-time.After(200 * time.Millisecond):
 	}
-	if err != nil && !strings.Contains(err.Error(), nats.ErrNoResponders.Error()) && !strings.Contains(err.Error(), "daemon not running") {
+	if err != nil && !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, natsconn.ErrNotRunning) {
 		p.t.Fatalf("%s: %s: %v", p.user, what, err)
 	}
 }
