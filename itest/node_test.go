@@ -81,7 +81,7 @@ func TestSingleNodeCluster(t *testing.T) {
 	}
 	// Every daemon unit has the shared settings of ccm-.service.d/ and
 	// its own capabilities.
-	caps := map[string]string{"ccm-vip": "cap_net_admin cap_net_raw", "ccm-backend": "cap_chown cap_dac_override cap_fowner cap_kill"}
+	caps := map[string]string{"ccm-vip": "cap_net_admin cap_net_raw", "ccm-backend": "cap_kill"}
 	for _, d := range []string{"ccm-elector", "ccm-walship", "ccm-walapply", "ccm-snapshot", "ccm-vip", "ccm-backend", "ccm-storage"} {
 		out := n.Must(t, "systemctl", "show", d, "-p", "Type,NotifyAccess,Restart,RestartUSec,WatchdogUSec,TimeoutStopUSec,PartOf,NoNewPrivileges,ProtectSystem,PrivateTmp,StartLimitIntervalUSec,CapabilityBoundingSet,DropInPaths")
 		want := []string{"Type=notify", "NotifyAccess=main", "Restart=on-failure", "RestartUSec=250ms", "WatchdogUSec=10s", "TimeoutStopUSec=15s",
@@ -98,11 +98,25 @@ func TestSingleNodeCluster(t *testing.T) {
 			t.Errorf("%s: systemd-analyze security: %s", d, lines[len(lines)-1])
 		}
 	}
-	// ccm-elector and ccm-vip run as the unprivileged user ccm.
-	for _, d := range []string{"ccm-elector", "ccm-vip"} {
-		if u := strings.TrimSpace(n.Must(t, "ps", "-o", "user=", "-C", d)); u != "ccm" {
-			t.Errorf("%s runs as %q, want ccm", d, u)
+	// Every daemon runs as the unprivileged user ccm, the backend as its
+	// own user convex; polkit lets ccm control the backend's unit only.
+	for _, d := range []string{"ccm-elector", "ccm-walship", "ccm-walapply", "ccm-snapshot", "ccm-vip", "ccm-backend", "ccm-storage", "standin"} {
+		want := "ccm"
+		if d == "standin" {
+			want = "convex"
 		}
+		if u := strings.TrimSpace(n.Must(t, "ps", "-o", "user=", "-C", d)); u != want {
+			t.Errorf("%s runs as %q, want %s", d, u, want)
+		}
+	}
+	if code, out := n.Exec(t, "runuser", "-u", "ccm", "--", "systemctl", "--no-ask-password", "restart", "nats-server"); code == 0 || !strings.Contains(out, "authentication required") {
+		t.Errorf("user ccm restarted nats-server (exit %d): %s", code, out)
+	}
+	n.Must(t, "runuser", "-u", "ccm", "--", "systemctl", "--no-ask-password", "kill", "--signal=SIGCONT", "convex-backend")
+	// Its users can work together: the first promotion served (an
+	// unwritable database made the backend fail and the elector retry).
+	if _, out := n.Exec(t, "journalctl", "--no-pager", "-u", "ccm-elector", "-g", "promotion failed"); strings.Contains(out, "promotion failed") {
+		t.Errorf("a promotion failed:\n%s", out)
 	}
 }
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Debian base image ccm-base:bookworm without any registry:
 # debootstrap into a folder, then `docker import`. Skipped when the image
-# exists. Needs root, debootstrap and a reachable Debian mirror.
+# exists (bump the tag's revision when the package list changes). Needs root,
+# debootstrap and a reachable Debian mirror.
 set -euo pipefail
-IMAGE=${IMAGE:-ccm-base:bookworm}
+IMAGE=${IMAGE:-ccm-base:bookworm-2}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 if docker image inspect "$IMAGE" >/dev/null 2>&1; then
   echo "$IMAGE exists"
@@ -15,6 +16,11 @@ trap 'rm -rf "$root"' EXIT
 debootstrap --variant=minbase \
   --include=systemd,systemd-sysv,dbus,iproute2,iputils-arping,iputils-ping,procps,ca-certificates,sqlite3,curl \
   bookworm "$root" "$MIRROR"
+# polkitd (ccm-backend's permission to control the backend's unit) fails to
+# configure inside debootstrap's first stage; apt in the finished root
+# installs it (its postinst only warns that no system bus runs).
+chroot "$root" apt-get install -y -q --no-install-recommends polkitd
+chroot "$root" apt-get clean
 # A container has no consoles to log in on, and must not try to fix its clock.
 rm -f "$root"/etc/systemd/system/getty.target.wants/* \
       "$root"/lib/systemd/system/multi-user.target.wants/getty.target

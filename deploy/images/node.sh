@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the node image ccm-node:dev from ccm-base:bookworm: static ccm
+# Builds the node image ccm-node:dev from ccm-base:bookworm-2: static ccm
 # binaries, the stand-in backend, nats-server and the nats CLI (built from
 # their Go modules) and the systemd units. Run from the repository root (make images).
 set -euo pipefail
@@ -18,6 +18,6 @@ cp -r systemd/*.service systemd/ccm.target systemd/ccm-.service.d "$ctx/units/"
 rm "$ctx/units/convex-backend.service"
 cp deploy/images/standin-backend.service "$ctx/units/convex-backend.service"
 cp deploy/images/nats-server.service "$ctx/units/"
-cp deploy/images/nats.conf "$ctx/"
+cp deploy/images/nats.conf deploy/polkit/50-ccm-backend.rules "$ctx/"
 docker build -q -t "$IMAGE" -f "$root/deploy/images/node.Dockerfile" "$ctx"
 echo "built $IMAGE"

@@ -84,11 +84,15 @@ func run(args []string, stderr io.Writer) error {
 	if _, err := exec(ctx, db, `CREATE TABLE IF NOT EXISTS uploads (id INTEGER PRIMARY KEY, path TEXT, sha256 TEXT)`); err != nil {
 		return fmt.Errorf("open database: %w", err)
 	}
+	// Files and directories with the default modes, narrowed by the
+	// unit's umask, as the real backend (Rust's defaults) creates them: its
+	// group, which ccm's data daemons share, may write what a passive
+	// mirrored when it takes over.
 	storage := filepath.Join(*data, "storage", "modules")
-	if err := os.MkdirAll(storage, 0o755); err != nil {
+	if err := os.MkdirAll(storage, 0o777); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(storage, "standin.js"), []byte("export default 1;\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(storage, "standin.js"), []byte("export default 1;\n"), 0o666); err != nil {
 		return err
 	}
 	log.Info("loading", "delay", *delay)
@@ -163,10 +167,10 @@ func run(args []string, stderr io.Writer) error {
 		p := storagePath(r)
 		b, err := io.ReadAll(r.Body)
 		if err == nil {
-			err = os.MkdirAll(filepath.Dir(p), 0o755)
+			err = os.MkdirAll(filepath.Dir(p), 0o777)
 		}
 		if err == nil {
-			err = os.WriteFile(p, b, 0o644)
+			err = os.WriteFile(p, b, 0o666)
 		}
 		if err == nil {
 			rel, _ := filepath.Rel(filepath.Join(*data, "storage"), p)

@@ -27,7 +27,7 @@ func install(shadow, db, setAside string) (string, error) {
 		return "", fmt.Errorf("install the shadow database: %w", err)
 	}
 	defer release()
-	if err := os.MkdirAll(filepath.Dir(db), 0o750); err != nil {
+	if err := os.MkdirAll(filepath.Dir(db), fsutil.DataDir); err != nil {
 		return "", err
 	}
 	if err := setWALMode(shadow); err != nil {
@@ -47,7 +47,7 @@ func install(shadow, db, setAside string) (string, error) {
 		}
 		if aside == "" {
 			aside = setAside
-			if err := os.MkdirAll(aside, 0o750); err != nil {
+			if err := os.MkdirAll(aside, fsutil.DataDir); err != nil {
 				return "", err
 			}
 		}
@@ -77,9 +77,17 @@ func ensureDatabase(path string) (bool, error) {
 	if st, err := os.Stat(path); err == nil && st.Size() > 0 {
 		return false, nil
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), fsutil.DataDir); err != nil {
 		return false, err
 	}
+	// Created here with ccm's data mode (SQLite's own, 0644, would leave
+	// the backend's group without write access); its -wal and -shm take
+	// the same mode.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, fsutil.DataFile)
+	if err != nil {
+		return false, err
+	}
+	f.Close()
 	db, err := sql.Open("sqlite", path)
 	if err != nil {
 		return false, err
@@ -121,7 +129,7 @@ func moveFile(src, dst string) error {
 	if err := os.Rename(src, dst); err == nil {
 		return nil
 	}
-	if err := fsutil.CopyFile(src, dst, 0o640); err != nil {
+	if err := fsutil.CopyFile(src, dst, fsutil.DataFile); err != nil {
 		return err
 	}
 	return os.Remove(src)

@@ -28,8 +28,10 @@ func newSystemctl(unit string) systemctl {
 	return systemctl{unit: unit, cgroup: new(atomic.Pointer[string])}
 }
 
+// run runs systemctl with args. ccm-backend runs as an unprivileged user
+// whom polkit allows the backend's unit: never wait for a password.
 func (s systemctl) run(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "systemctl", args...)
+	cmd := exec.CommandContext(ctx, "systemctl", append([]string{"--no-ask-password"}, args...)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()

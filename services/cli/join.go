@@ -15,6 +15,7 @@ import (
 
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/filestore"
+	"github.com/convex-cluster-manager/ccm/shared/fsutil"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/snapstore"
@@ -45,7 +46,7 @@ func newJoin(stdout, stderr io.Writer) *ffcli.Command {
 	}
 }
 
-func (c *client) join(ctx context.Context, w io.Writer, force bool) error {
+func (c *client) join(ctx context.Context, w io.Writer, force bool) (err error) {
 	node, path := c.cfg.NodeID, c.cfg.ShadowPath()
 	if err := c.request(ctx, node, schema.ServiceWalapply, schema.VerbStatus, nil, nil); !errors.Is(err, errNotRunning) {
 		return fmt.Errorf("%w: ccm-walapply is running on %s: stop it first (systemctl stop ccm-walapply)", ErrUsage, node)
@@ -57,6 +58,13 @@ func (c *client) join(ctx context.Context, w io.Writer, force bool) error {
 	if err != nil {
 		return err
 	}
+	// What join writes belongs to ccm-walapply's user, whoever runs it
+	// (root, usually): the owner of the replica directory.
+	defer func() {
+		if oerr := fsutil.OwnTree(c.cfg.WAL.ReplicaPath); oerr != nil && err == nil {
+			err = oerr
+		}
+	}()
 	files, err := c.storageFiles(ctx, js)
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/convex-cluster-manager/ccm/shared/fsutil"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/snapstore"
@@ -29,7 +30,7 @@ var errReached = errors.New("target reached")
 // leader's database and write path are not touched. The caller removes dir.
 func (d *Daemon) materialize(ctx context.Context, dir string) (string, replica.Position, error) {
 	db := filepath.Join(dir, d.cfg.Backend.DBFile)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := os.MkdirAll(dir, fsutil.DataDir); err != nil {
 		return "", replica.Position{}, err
 	}
 	if err := replica.Reset(db); err != nil {

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/convex-cluster-manager/ccm/shared/filestore"
+	"github.com/convex-cluster-manager/ccm/shared/fsutil"
 )
 
 // settle is how long capture gathers events before acting on them, so
@@ -49,7 +50,7 @@ type capturer struct {
 // capture runs until ctx ends (the node stopped leading) or fails.
 func (d *Daemon) capture(ctx context.Context, epoch uint64) error {
 	root := d.cfg.StorageDir()
-	if err := os.MkdirAll(root, 0o750); err != nil {
+	if err := os.MkdirAll(root, fsutil.DataDir); err != nil {
 		return fmt.Errorf("storage directory: %w", err)
 	}
 	entries, _, bad, err := d.store.Entries(ctx)

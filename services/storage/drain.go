@@ -140,15 +140,15 @@ func (d *Daemon) waitStopped(ctx context.Context) error {
 // dst to aside first (returned, "" if there was none). Across file
 // systems it copies, with every file synced, before removing the source.
 func installTree(shadow, dst, aside string) (string, error) {
-	if err := os.MkdirAll(shadow, 0o750); err != nil {
+	if err := os.MkdirAll(shadow, fsutil.DataDir); err != nil {
 		return "", err
 	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+	if err := os.MkdirAll(filepath.Dir(dst), fsutil.DataDir); err != nil {
 		return "", err
 	}
 	moved := ""
 	if _, err := os.Stat(dst); err == nil {
-		if err := os.MkdirAll(filepath.Dir(aside), 0o750); err != nil {
+		if err := os.MkdirAll(filepath.Dir(aside), fsutil.DataDir); err != nil {
 			return "", err
 		}
 		if err := os.Rename(dst, aside); err != nil {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/convex-cluster-manager/ccm/shared/filestore"
+	"github.com/convex-cluster-manager/ccm/shared/fsutil"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -46,7 +47,7 @@ func (m *mirrorer) set(p string, e *filestore.Entry) {
 func (d *Daemon) mirror(ctx context.Context) error {
 	m := &mirrorer{d: d, root: d.cfg.ShadowStorageDir(), seed: d.cfg.StorageDir(),
 		want: map[string]filestore.Entry{}, failed: map[string]error{}}
-	if err := os.MkdirAll(m.root, 0o750); err != nil {
+	if err := os.MkdirAll(m.root, fsutil.DataDir); err != nil {
 		return fmt.Errorf("shadow storage directory: %w", err)
 	}
 	w, err := d.store.Watch(ctx)

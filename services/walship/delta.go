@@ -10,6 +10,7 @@ import (
 
 	"github.com/superfly/ltx"
 
+	"github.com/convex-cluster-manager/ccm/shared/fsutil"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 )
 
@@ -107,7 +108,7 @@ func (c *streamClient) writeDelta(path string, ra io.ReaderAt, size int64) (int6
 		return 0, err
 	}
 	hdr := lr.Header()
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, fsutil.DataFile)
 	if err != nil {
 		return 0, err
 	}

@@ -74,11 +74,11 @@ func seed(ctx context.Context, db *litestream.DB, txid ltx.TXID, pages uint32) (
 	}
 	pageSize := binary.BigEndian.Uint32(hdr[8:])
 	dir := db.LTXLevelDir(0)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := os.MkdirAll(dir, fsutil.DataDir); err != nil {
 		return nil, err
 	}
 	path := db.LTXPath(0, txid, txid)
-	err = fsutil.WriteAtomic(path, 0o640, func(f *os.File) error {
+	err = fsutil.WriteAtomic(path, fsutil.DataFile, func(f *os.File) error {
 		enc, err := ltx.NewEncoder(f)
 		if err != nil {
 			return err

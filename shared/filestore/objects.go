@@ -241,7 +241,7 @@ func CopyLocal(src string, e Entry, dst string) error {
 // SHA-256, synced, given e's mode and mtime, then renamed over dst and the
 // directory synced.
 func writeVerified(e Entry, dst string, r io.Reader, progress func(int64)) error {
-	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+	if err := os.MkdirAll(filepath.Dir(dst), fsutil.DataDir); err != nil {
 		return err
 	}
 	mtime := time.Unix(0, e.MtimeNs)

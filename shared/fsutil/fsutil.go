@@ -9,6 +9,17 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
+)
+
+// Modes of the databases, files and directories ccm creates under the data
+// and replica paths: shared with the group of the backend's user (the data
+// daemons run with it as their group and umask 0007), who writes the
+// database and the storage files installed from a shadow. A stricter umask
+// narrows what os.OpenFile and os.MkdirAll create.
+const (
+	DataFile fs.FileMode = 0o660
+	DataDir  fs.FileMode = 0o770
 )
 
 // CopyFile copies src to dst (created or truncated with perm) and fsyncs it.
@@ -109,5 +120,31 @@ func WriteFileSync(path string, data []byte, perm fs.FileMode) error {
 	return WriteAtomic(path, perm, func(f *os.File) error {
 		_, err := f.Write(data)
 		return err
+	})
+}
+
+// OwnTree gives everything under dir the owner and group of dir itself:
+// the CLI run as root (ccm join) writes where a daemon of another user
+// works. It does nothing for a process that is not root.
+func OwnTree(dir string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("owner of %s: no ownership on this system", dir)
+	}
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := os.Lchown(path, int(sys.Uid), int(sys.Gid)); err != nil {
+			return fmt.Errorf("give %s the owner of %s: %w", path, dir, err)
+		}
+		return nil
 	})
 }

@@ -41,7 +41,7 @@ func Adopt(ctx context.Context, dbPath, shadowPath string) (*Shadow, error) {
 	if err := Reset(shadowPath); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Dir(shadowPath), 0o750); err != nil {
+	if err := os.MkdirAll(filepath.Dir(shadowPath), fsutil.DataDir); err != nil {
 		return nil, err
 	}
 	tmp := shadowPath + ".ccm-adopt"
@@ -169,7 +169,7 @@ func copyConsistent(ctx context.Context, dbPath, to string) error {
 		return err
 	}
 	defer src.Close()
-	dst, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	dst, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fsutil.DataFile)
 	if err != nil {
 		return err
 	}

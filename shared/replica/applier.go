@@ -159,7 +159,7 @@ func (a *Applier) resetJournal() {
 func (a *Applier) addChunk(seq uint64, m walstream.Meta, data []byte) error {
 	if m.Chunk == 0 {
 		a.resetJournal()
-		f, err := os.OpenFile(a.jpath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
+		f, err := os.OpenFile(a.jpath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, fsutil.DataFile)
 		if err != nil {
 			return fmt.Errorf("open journal: %w", err)
 		}
@@ -227,7 +227,7 @@ func (a *Applier) applyJournal(seq uint64, m walstream.Meta) error {
 		return fmt.Errorf("sync journal: %w", err)
 	}
 	b, _ := json.Marshal(next)
-	if err := fsutil.WriteFileSync(a.donePath(), b, 0o640); err != nil {
+	if err := fsutil.WriteFileSync(a.donePath(), b, fsutil.DataFile); err != nil {
 		return fmt.Errorf("record apply: %w", err)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/convex-cluster-manager/ccm/shared/fsutil"
 )
 
 // Checkpoint is a consistent copy of a shadow database for a snapshot.
@@ -22,7 +24,7 @@ func CheckpointPath(dbPath string) string { return dbPath + ".ccm-snapshot" }
 // copy is exactly the recorded position, and removes the copy when done.
 func (s *Shadow) Checkpoint() (Checkpoint, error) {
 	dst := CheckpointPath(s.path)
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fsutil.DataFile)
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("create %s: %w", dst, err)
 	}

@@ -61,10 +61,10 @@ func positionFile(dbPath string) string { return dbPath + ".ccm-position" }
 // OpenShadow opens (creating if needed) the shadow database at path and its
 // position. Verify must pass before anything is applied.
 func OpenShadow(path string) (*Shadow, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), fsutil.DataDir); err != nil {
 		return nil, fmt.Errorf("create replica directory: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, fsutil.DataFile)
 	if err != nil {
 		return nil, fmt.Errorf("open shadow database: %w", err)
 	}
@@ -241,7 +241,7 @@ func (s *Shadow) SetPosition(pos Position) error {
 	if err != nil {
 		return err
 	}
-	if err := fsutil.WriteFileSync(s.posPath, b, 0o640); err != nil {
+	if err := fsutil.WriteFileSync(s.posPath, b, fsutil.DataFile); err != nil {
 		return fmt.Errorf("record position: %w", err)
 	}
 	s.pos = pos

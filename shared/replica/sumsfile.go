@@ -77,7 +77,7 @@ func WriteSums(path string, b walstream.Base, p *PageSums, source byte) error {
 	if err := os.Remove(sumsLog(path)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("write page sums: %w", err)
 	}
-	if err := fsutil.WriteFileSync(path, buf, 0o640); err != nil {
+	if err := fsutil.WriteFileSync(path, buf, fsutil.DataFile); err != nil {
 		return fmt.Errorf("write page sums: %w", err)
 	}
 	return nil
@@ -227,7 +227,7 @@ func CreateSums(path string, b walstream.Base, p *PageSums) (*SumsFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open page sums: %w", err)
 	}
-	log, err := os.OpenFile(sumsLog(path), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
+	log, err := os.OpenFile(sumsLog(path), os.O_RDWR|os.O_CREATE|os.O_TRUNC, fsutil.DataFile)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("open page sums: %w", err)

@@ -228,10 +228,10 @@ func (st *Store) Download(ctx context.Context, s Snapshot, path string, progress
 		return fmt.Errorf("download snapshot %s: %w", s.Name, err)
 	}
 	defer obj.Close()
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), fsutil.DataDir); err != nil {
 		return err
 	}
-	err = fsutil.WriteAtomic(path, 0o640, func(f *os.File) error {
+	err = fsutil.WriteAtomic(path, fsutil.DataFile, func(f *os.File) error {
 		sum, n, err := copyChecksum(f, obj, s.PageSize, progress)
 		if err != nil {
 			if errors.Is(err, jetstream.ErrDigestMismatch) || errors.Is(err, io.ErrUnexpectedEOF) {
