@@ -24,6 +24,7 @@ const (
 	ExitUnreachable = 3 // NATS unreachable, or the cluster has no state in it
 	ExitUnknownNode = 4 // a named node is not a live member of the cluster
 	ExitTimeout     = 5 // the cluster did not reach the requested state in time
+	ExitDiverged    = 6 // ccm verify: a node's database diverged
 )
 
 // Errors that select an exit code.
@@ -49,6 +50,8 @@ func ExitCode(err error) int {
 		return ExitUnknownNode
 	case errors.Is(err, ErrTimeout), errors.Is(err, context.DeadlineExceeded):
 		return ExitTimeout
+	case errors.Is(err, ErrDiverged):
+		return ExitDiverged
 	}
 	var ne *ffNoExec
 	if errors.As(err, &ne) {
@@ -85,6 +88,7 @@ func New(stdout, stderr io.Writer) *ffcli.Command {
 			newDemote(stdout, stderr),
 			newJoin(stdout, stderr),
 			newLeave(stdout, stderr),
+			newVerify(stdout, stderr),
 			newNATSSetup(stdout, stderr),
 		},
 		Exec: func(context.Context, []string) error { return flag.ErrHelp },

@@ -123,6 +123,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.publish(ctx) })
 	g.Go(func() error { return d.control(ctx, roles) })
+	g.Go(func() error { d.verifyEvery(ctx); return nil })
 	return g.Wait()
 }
 
@@ -662,7 +663,7 @@ func (d *Daemon) StatusLine() string {
 	return fmt.Sprintf("%s; epoch %d TXID %d, lag %dms", st.State, st.Epoch, st.TXID, st.LagMs)
 }
 
-// AddEndpoints adds drain, resume, release, checkpoint, leave and position.
+// AddEndpoints adds drain, resume, release, checkpoint, leave, verify and position.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
 	if err := g.AddEndpoint(schema.VerbDrain, natsconn.Handle(60*time.Second, nil, func(ctx context.Context, _ micro.Request) (any, error) {
 		return d.Drain(ctx)
@@ -698,6 +699,15 @@ func (d *Daemon) AddEndpoints(g micro.Group) error {
 			return nil, err
 		}
 		return d.Status(), nil
+	})); err != nil {
+		return err
+	}
+	if err := g.AddEndpoint(schema.VerbVerify, natsconn.Handle(0, nil, func(context.Context, micro.Request) (any, error) {
+		v, err := d.Verify()
+		if err != nil {
+			return nil, natsconn.WithCode(natsconn.CodeRefused, err)
+		}
+		return v, nil
 	})); err != nil {
 		return err
 	}

@@ -61,6 +61,8 @@ type Daemon struct {
 	barrierProbed time.Time
 	barrierDown   atomic.Bool
 
+	verified verifyMetrics
+
 	mu       sync.Mutex
 	ship     *Shipper
 	fencedAt uint64 // epoch whose appends were refused: never retried
@@ -73,7 +75,7 @@ var _ daemon.Daemon = (*Daemon)(nil)
 // New returns the walship daemon for env.
 func New(env daemon.Env) (*Daemon, error) {
 	js := env.JS
-	d := &Daemon{cfg: env.Config, env: env, js: js, log: env.Log, ready: make(chan struct{})}
+	d := &Daemon{cfg: env.Config, env: env, js: js, log: env.Log, ready: make(chan struct{}), verified: newVerifyMetrics(env.Metrics)}
 	if env.Metrics != nil {
 		env.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ccm_walship_shipped_txid", Help: "Highest TXID appended to the WAL stream in the current epoch.",
@@ -135,6 +137,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.loop(ctx, roles, g) })
+	g.Go(func() error { d.verifyEvery(ctx); return nil })
 	return g.Wait()
 }
 
@@ -290,12 +293,23 @@ func (d *Daemon) StatusLine() string {
 	return "idle (not leader)"
 }
 
-// AddEndpoints adds flush.
+// errNotShipping refuses what only the shipping leader does.
+var errNotShipping = errors.New("not shipping: this node is not the leader")
+
+// codes maps walship's errors to reply codes.
+var codes = natsconn.Codes{errNotShipping: natsconn.CodeRefused, ErrBusy: natsconn.CodeRefused}
+
+// AddEndpoints adds flush and verify.
 func (d *Daemon) AddEndpoints(g micro.Group) error {
-	return g.AddEndpoint(schema.VerbFlush, natsconn.Handle(10*time.Second, nil, func(ctx context.Context, _ micro.Request) (any, error) {
+	if err := g.AddEndpoint(schema.VerbVerify, natsconn.Handle(10*time.Minute, codes, func(ctx context.Context, _ micro.Request) (any, error) {
+		return d.verify(ctx)
+	})); err != nil {
+		return err
+	}
+	return g.AddEndpoint(schema.VerbFlush, natsconn.Handle(10*time.Second, codes, func(ctx context.Context, _ micro.Request) (any, error) {
 		s := d.shipper()
 		if s == nil {
-			return nil, natsconn.WithCode(natsconn.CodeRefused, errors.New("not shipping: this node is not the leader"))
+			return nil, errNotShipping
 		}
 		txid, err := s.Flush(ctx)
 		if err != nil {

@@ -106,6 +106,10 @@ type WAL struct {
 	SnapshotKeep int `json:"snapshotKeep"`
 	// CaptureIntervalMs is how often the leader looks for new WAL frames.
 	CaptureIntervalMs int `json:"captureIntervalMs"`
+	// VerifyIntervalMs is how often every node reads its whole database
+	// (the leader's, a passive's shadow) and compares it with the page
+	// sums of its position, as ccm verify does; 0: never.
+	VerifyIntervalMs int `json:"verifyIntervalMs"`
 	// MaxUnshippedMs bounds how long the leader's backend may go on
 	// acknowledging writes while committed changes wait to be appended to
 	// the WAL stream: past it the backend is frozen (not stopped) until
@@ -145,7 +149,7 @@ func Default() Config {
 		NATS:     NATS{Servers: []string{"nats://127.0.0.1:4222"}, Replicas: 1},
 		VIP:      VIP{Netmask: 24, Interface: "eth0", ARPCount: 3, ARPRepeatMs: 2000},
 		Election: Election{LeaderTTLMs: 10000, HeartbeatIntervalMs: 3000, SafetyMarginMs: 1000, MaxLagTXIDs: 500, MaxLagBytes: 64 << 20},
-		WAL:      WAL{StreamRetention: "24h", SnapshotIntervalMs: 3600000, ReplicaPath: "/var/lib/convex/replica", CaptureIntervalMs: 20, SnapshotKeep: 3, MaxUnshippedMs: 1000},
+		WAL:      WAL{StreamRetention: "24h", SnapshotIntervalMs: 3600000, ReplicaPath: "/var/lib/convex/replica", CaptureIntervalMs: 20, VerifyIntervalMs: 3600000, SnapshotKeep: 3, MaxUnshippedMs: 1000},
 		Backend: Backend{
 			ServiceName:    "convex-backend",
 			HealthEndpoint: "http://localhost:3210/version",
@@ -202,6 +206,9 @@ func (w WAL) MaxUnshipped() time.Duration { return ms(w.MaxUnshippedMs) }
 
 // SnapshotInterval is the time between full snapshots.
 func (w WAL) SnapshotInterval() time.Duration { return ms(w.SnapshotIntervalMs) }
+
+// VerifyInterval is wal.verifyIntervalMs (0: no periodic check).
+func (w WAL) VerifyInterval() time.Duration { return ms(w.VerifyIntervalMs) }
 
 // Retention is the WAL stream's retention (valid after Validate).
 func (w WAL) Retention() time.Duration {

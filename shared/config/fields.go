@@ -69,6 +69,7 @@ func (c *Config) fields() []field {
 		{path: "wal.snapshotKeep", num: &c.WAL.SnapshotKeep, usage: "snapshots kept in the Object Store (1-100)"},
 		{path: "wal.replicaPath", str: &c.WAL.ReplicaPath, usage: "directory of the shadow database on passives"},
 		{path: "wal.captureIntervalMs", num: &c.WAL.CaptureIntervalMs, usage: "how often the leader captures new WAL frames, in ms (5-1000)"},
+		{path: "wal.verifyIntervalMs", num: &c.WAL.VerifyIntervalMs, usage: "how often each node checks its whole database against its replication position, in ms (0: never; else at least 60000)"},
 		{path: "wal.maxUnshippedMs", num: &c.WAL.MaxUnshippedMs, usage: "the leader's backend is frozen while committed changes wait longer than this to be shipped, in ms (0: never; else 100-lease TTL)"},
 		{path: "backend.serviceName", str: &c.Backend.ServiceName, usage: "systemd unit of the Convex backend"},
 		{path: "backend.healthEndpoint", str: &c.Backend.HealthEndpoint, usage: "backend health URL"},

@@ -124,6 +124,9 @@ func (c Config) Validate() error {
 	if c.WAL.CaptureIntervalMs < 5 || c.WAL.CaptureIntervalMs > 1000 {
 		bad("wal.captureIntervalMs", c.WAL.CaptureIntervalMs, "must be 5 to 1000")
 	}
+	if v := c.WAL.VerifyIntervalMs; v != 0 && v < 60000 {
+		bad("wal.verifyIntervalMs", v, "must be 0 (never) or at least 60000")
+	}
 	if m := c.WAL.MaxUnshippedMs; m != 0 && (m < 100 || m > c.Election.LeaderTTLMs) {
 		bad("wal.maxUnshippedMs", m, "must be 0 (no bound) or 100 to election.leaderTtlMs (%d)", c.Election.LeaderTTLMs)
 	}

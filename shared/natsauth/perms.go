@@ -86,7 +86,7 @@ func NodePermissions(cluster, node string) Permissions {
 
 // OperatorPermissions are those of the operator's ccm CLI: read the
 // cluster's state (status, join's downloads), call every daemon's status
-// and the operator's verbs (promote, demote, leave, snapshot now), and
+// and the operator's verbs (promote, demote, leave, snapshot now, verify), and
 // remove a leaving node's status keys. It cannot write the WAL stream,
 // storage, snapshots or the leader key, nor publish role events.
 func OperatorPermissions(cluster string) Permissions {
@@ -102,6 +102,7 @@ func OperatorPermissions(cluster string) Permissions {
 		schema.Endpoint(cluster, "*", schema.ServiceWalapply, schema.VerbLeave),
 		schema.Endpoint(cluster, "*", schema.ServiceStorage, schema.VerbLeave),
 		schema.Endpoint(cluster, "*", schema.ServiceSnapshot, schema.VerbNow),
+		schema.Endpoint(cluster, "*", "*", schema.VerbVerify),
 		kvKey(b, schema.ApplyKey("*")), kvKey(b, schema.StorageKey("*")),
 	)
 	return Permissions{Publish: pub, Subscribe: []string{InboxPrefix(OperatorUser) + ".>", schema.RoleSubjects(cluster)}}

@@ -113,4 +113,5 @@ const (
 	VerbStart      = "start"      // ccm-backend (EpochRequest): start and health-check
 	VerbStop       = "stop"       // ccm-backend (EpochRequest): stop the backend
 	VerbNow        = "now"        // ccm-snapshot: take a snapshot now
+	VerbVerify     = "verify"     // ccm-walship, ccm-walapply: the database read whole and checked (replica.Verification)
 )

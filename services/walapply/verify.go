@@ -1,0 +1,62 @@
+package walapply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/convex-cluster-manager/ccm/shared/replica"
+)
+
+// Verify reads the whole shadow, with applying held off meanwhile, and
+// compares it with the page sums of its position. A shadow that differs
+// from what was applied stops replication: it must not be promoted; it
+// is kept for inspection until the operator resyncs it (ccm join --force).
+func (d *Daemon) Verify() (replica.Verification, error) {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	d.mu.Lock()
+	failed, shadow := d.failed, d.shadow
+	d.mu.Unlock()
+	switch {
+	case failed != nil:
+		return replica.Verification{}, fmt.Errorf("replication stopped: %w", failed)
+	case shadow == nil:
+		return replica.Verification{}, errors.New("no shadow database (released for a promotion, or not open yet)")
+	}
+	start := time.Now()
+	c, err := shadow.Check()
+	if err != nil {
+		return replica.Verification{}, err
+	}
+	v := replica.Verification{Position: shadow.Position(), Check: c, ElapsedMs: time.Since(start).Milliseconds()}
+	d.metrics.verified(c.Consistent(), time.Since(start))
+	if !c.Consistent() {
+		d.fail(fmt.Errorf("%w at epoch %d TXID %d: %s", replica.ErrDiverged, v.Position.Epoch, v.Position.TXID, c))
+		return v, nil
+	}
+	d.log.Info("shadow verified", "epoch", v.Position.Epoch, "txid", v.Position.TXID, "pages", c.Pages, "elapsed", time.Since(start).Round(time.Millisecond))
+	return v, nil
+}
+
+// verifyEvery verifies the shadow every wal.verifyIntervalMs while it is
+// open and replicating.
+func (d *Daemon) verifyEvery(ctx context.Context) {
+	every := d.cfg.WAL.VerifyInterval()
+	if every == 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := d.Verify(); err != nil {
+			d.log.Debug("shadow not verified", "err", err)
+		}
+	}
+}
