@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -59,7 +60,9 @@ func (c *client) join(ctx context.Context, w io.Writer, force bool) (err error) 
 		return err
 	}
 	// What join writes belongs to ccm-walapply's user, whoever runs it
-	// (root, usually): the owner of the replica directory.
+	// (root, usually): the owner of the replica directory, with the data
+	// daemons' modes (the group writes too), not those of root's umask.
+	defer syscall.Umask(syscall.Umask(0o007))
 	defer func() {
 		if oerr := fsutil.OwnTree(c.cfg.WAL.ReplicaPath); oerr != nil && err == nil {
 			err = oerr

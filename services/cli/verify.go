@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -129,6 +130,9 @@ func (c *client) verify(ctx context.Context) (Verification, error) {
 			var got replica.Verification
 			if err := c.request(ctx, n.Node, service, schema.VerbVerify, nil, &got); err != nil {
 				nv.Verdict, nv.Detail = Unverified, err.Error()
+				if strings.Contains(err.Error(), replica.ErrDiverged.Error()) {
+					nv.Verdict = Diverged // found earlier (its ccm-walapply refuses to open the shadow)
+				}
 				return nil
 			}
 			nv.Checked = &got
@@ -172,13 +176,17 @@ func judge(ctx context.Context, stream jetstream.Stream, leader *replica.Verific
 		n.Verdict, n.Detail = Unverified, "the shadow is empty: nothing applied yet"
 		return
 	}
-	recorded, note := streamChecksum(ctx, stream, p)
+	recorded, agedOut, note := streamChecksum(ctx, stream, p)
 	if note == "" && recorded != p.Checksum {
 		n.Verdict, n.Detail = Diverged, fmt.Sprintf("at epoch %d TXID %d (sequence %d) the WAL stream records checksum %s, the node %s", p.Epoch, p.TXID, p.Seq, recorded, p.Checksum)
 		return
 	}
 	if leader != nil && leader.Position.Epoch == p.Epoch && leader.Position.TXID == p.TXID && leader.Actual != got.Actual {
 		n.Verdict, n.Detail = Diverged, fmt.Sprintf("at epoch %d TXID %d the leader's checksum is %s, the node's %s", p.Epoch, p.TXID, leader.Actual, got.Actual)
+		return
+	}
+	if note != "" && !agedOut {
+		n.Verdict, n.Detail = Unverified, note
 		return
 	}
 	n.Verdict = Consistent
@@ -194,25 +202,25 @@ func judge(ctx context.Context, stream jetstream.Stream, leader *replica.Verific
 // streamChecksum returns the database checksum the WAL stream records at
 // position p (the message at p.Seq: the last chunk of the file that
 // reached p.TXID, or the marker of an epoch that continued from it), or a
-// note saying why it cannot tell.
-func streamChecksum(ctx context.Context, stream jetstream.Stream, p replica.Position) (sum ltx.Checksum, note string) {
+// note saying why it cannot tell (agedOut: the stream no longer holds it).
+func streamChecksum(ctx context.Context, stream jetstream.Stream, p replica.Position) (sum ltx.Checksum, agedOut bool, note string) {
 	msg, err := stream.GetMsg(ctx, p.Seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return 0, fmt.Sprintf("the WAL stream no longer holds sequence %d: checked against the node's own record only", p.Seq)
+		return 0, true, fmt.Sprintf("the WAL stream no longer holds sequence %d: checked against the node's own record only", p.Seq)
 	}
 	if err != nil {
-		return 0, fmt.Sprintf("read sequence %d of the WAL stream: %v", p.Seq, err)
+		return 0, false, fmt.Sprintf("read sequence %d of the WAL stream: %v", p.Seq, err)
 	}
 	m, err := walstream.ParseMeta(msg.Header)
 	switch {
 	case err != nil:
-		return 0, fmt.Sprintf("sequence %d of the WAL stream: %v", p.Seq, err)
+		return 0, false, fmt.Sprintf("sequence %d of the WAL stream: %v", p.Seq, err)
 	case m.Kind == walstream.KindLTX && m.Last && m.MaxTXID == p.TXID:
-		return m.Post, ""
+		return m.Post, false, ""
 	case m.Kind == walstream.KindMarker && m.Base != nil && m.Base.TXID == p.TXID:
-		return m.Base.Checksum, ""
+		return m.Base.Checksum, false, ""
 	}
-	return 0, fmt.Sprintf("sequence %d of the WAL stream is not the end of TXID %d", p.Seq, p.TXID)
+	return 0, false, fmt.Sprintf("sequence %d of the WAL stream is not the end of TXID %d", p.Seq, p.TXID)
 }
 
 func printVerification(w io.Writer, v Verification) {

@@ -176,7 +176,7 @@ func (c *capturer) loop(ctx context.Context, n *notifier, ev *pending) error {
 		case reply := <-c.d.barriers:
 			c.marks++
 			name := fmt.Sprintf("%sbarrier-%d", filestore.TempPrefix, c.marks)
-			if err := os.WriteFile(filepath.Join(c.root, name), nil, 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(c.root, name), nil, fsutil.DataFile); err != nil {
 				reply <- fmt.Errorf("storage barrier: %w", err)
 				continue
 			}

@@ -61,12 +61,13 @@ type Daemon struct {
 	applyMu sync.Mutex
 
 	mu             sync.Mutex
-	shadow         *replica.Shadow  // set under applyMu and mu
-	applier        *replica.Applier // set under applyMu and mu
-	pos            replica.Position // the applier's position after its last message
-	consumed       uint64           // the applier's last stream sequence handled
-	failed         error            // apply refused or the shadow is unusable: resync needed
-	behind         error            // the next message aged out of the stream: re-bootstrap
+	shadow         *replica.Shadow       // set under applyMu and mu
+	applier        *replica.Applier      // set under applyMu and mu
+	pos            replica.Position      // the applier's position after its last message
+	consumed       uint64                // the applier's last stream sequence handled
+	failed         error                 // apply refused or the shadow is unusable: resync needed
+	diverged       *replica.Verification // the verification that found the shadow diverged (failed is set)
+	behind         error                 // the next message aged out of the stream: re-bootstrap
 	retryBootstrap time.Time
 	paused         bool   // drained, for promotion; resumed by the resume endpoint
 	drainTo        uint64 // pause once this stream sequence is consumed

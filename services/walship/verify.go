@@ -23,6 +23,7 @@ const verifyAttempts = 3
 // shipped position), and compares it with the page sums recorded for that
 // position. It fails with ErrBusy when every attempt saw a commit.
 func (s *Shipper) Verify(ctx context.Context) (replica.Verification, error) {
+	var readErr error
 	for range verifyAttempts {
 		before, err := s.Flush(ctx)
 		if err != nil {
@@ -43,14 +44,20 @@ func (s *Shipper) Verify(ctx context.Context) (replica.Verification, error) {
 		}
 		rec, err := replica.ReadSums(s.client.sumsPath)
 		if err != nil {
-			return replica.Verification{}, fmt.Errorf("page sums of the shipped position: %w", err)
+			readErr = fmt.Errorf("page sums of the shipped position: %w", err)
+			continue
 		}
-		if rec.Base.TXID != after {
+		// Nothing shipped in this epoch yet (after 0): the database is
+		// still at the base it continued or resumed from.
+		if after != 0 && rec.Base.TXID != after {
 			continue // recorded after the second flush returned: read again
 		}
 		b := rec.Base
 		pos := replica.Position{Epoch: b.Epoch, TXID: b.TXID, Seq: b.Seq, Checksum: b.Checksum, PageSize: rec.Pages.PageSize(), Bytes: b.End, Chain: b.Chain}
 		return replica.Verification{Position: pos, Check: replica.Compare(&rec.Pages, &got), ElapsedMs: took.Milliseconds()}, nil
+	}
+	if readErr != nil {
+		return replica.Verification{}, readErr
 	}
 	return replica.Verification{}, fmt.Errorf("%w (%d attempts): stop the writes to verify the leader", ErrBusy, verifyAttempts)
 }

@@ -4,6 +4,7 @@
 package fsutil
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -125,12 +126,16 @@ func WriteFileSync(path string, data []byte, perm fs.FileMode) error {
 
 // OwnTree gives everything under dir the owner and group of dir itself:
 // the CLI run as root (ccm join) writes where a daemon of another user
-// works. It does nothing for a process that is not root.
+// works. It does nothing for a process that is not root, or if dir does
+// not exist.
 func OwnTree(dir string) error {
 	if os.Geteuid() != 0 {
 		return nil
 	}
 	st, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,11 @@ type Applier struct {
 	captured time.Time      // capture time of the newest applied file
 }
 
+// Assembling reports whether a file's chunks are being assembled: the
+// shadow's page sums then already predict part of it, and Shadow.Check
+// must wait until it is applied.
+func (a *Applier) Assembling() bool { return a.jnext != 0 }
+
 // NewApplier returns an applier for shadow, first finishing an apply that
 // a crash interrupted.
 func NewApplier(shadow *Shadow) (*Applier, error) {
