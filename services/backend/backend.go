@@ -9,9 +9,12 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -243,7 +246,9 @@ func (d *Daemon) check(ctx context.Context, epoch uint64) {
 	d.log.Warn("backend health check failed", "failures", n, "err", err)
 	if n < d.cfg.Backend.MaxFailures || handed {
 		if n < d.cfg.Backend.MaxFailures {
-			d.unit.start(ctx) // systemd's Restart= may have given up
+			if err := d.startUnit(ctx); err != nil { // systemd's Restart= may have given up
+				d.log.Warn("backend not restarted", "err", err)
+			}
 		}
 		return
 	}
@@ -347,6 +352,21 @@ func (d *Daemon) Prepare(ctx context.Context, epoch uint64) error {
 	return nil
 }
 
+// startUnit starts the backend's unit, first creating an empty database
+// if there is none and no shadow to install: a backend that creates it
+// itself gives it SQLite's mode, 0644, and ccm-walship (another user, in
+// the backend's group) could not write it. (A promotion whose Prepare
+// found ccm-backend not yet running starts it this way.)
+func (d *Daemon) startUnit(ctx context.Context) error {
+	if _, err := os.Stat(d.cfg.Backend.DBPath()); errors.Is(err, fs.ErrNotExist) && !replica.Exists(d.cfg.ShadowPath()) {
+		if _, err := ensureDatabase(d.cfg.Backend.DBPath()); err != nil {
+			return err
+		}
+		d.log.Info("no database yet: created an empty one before starting the backend", "path", d.cfg.Backend.DBPath())
+	}
+	return d.unit.start(ctx)
+}
+
 // Start starts the unit for epoch and waits until the health check passes
 // (up to backend.startGraceMs). It refuses unless the node leads epoch.
 func (d *Daemon) Start(ctx context.Context, epoch uint64) error {
@@ -357,7 +377,7 @@ func (d *Daemon) Start(ctx context.Context, epoch uint64) error {
 	d.mu.Lock()
 	d.held = false
 	d.mu.Unlock()
-	if err := d.unit.start(ctx); err != nil {
+	if err := d.startUnit(ctx); err != nil {
 		d.opMu.Unlock()
 		return err
 	}

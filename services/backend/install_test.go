@@ -1,14 +1,19 @@
 package backend
 
 import (
+	"context"
 	"database/sql"
+	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	_ "modernc.org/sqlite"
 
+	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 )
 
@@ -107,4 +112,34 @@ func TestInstallRefusesHeldShadow(t *testing.T) {
 	_, err = install(shadow, data, filepath.Join(dir, "aside"))
 	require.NoError(t, err)
 	require.FileExists(t, data)
+}
+
+// TestStartCreatesTheDatabaseFirst: a backend started with no database
+// (a promotion whose Prepare found ccm-backend not yet running) finds one
+// ccm created, group-writable, not one it creates itself with SQLite's
+// 0644, which ccm-walship, another user, cannot write (found by the chaos
+// campaign: "attempt to write a readonly database"). With a shadow to
+// install, none is created: serving an empty database would go back in
+// time.
+func TestStartCreatesTheDatabaseFirst(t *testing.T) {
+	old := syscall.Umask(0o007)
+	defer syscall.Umask(old)
+	cfg := config.Default()
+	cfg.Backend.DataPath = filepath.Join(t.TempDir(), "data")
+	cfg.WAL.ReplicaPath = filepath.Join(t.TempDir(), "replica")
+	cfg.Backend.ServiceName = "ccm-test-no-such-unit"
+	d := &Daemon{cfg: cfg, log: slog.Default(), unit: newSystemctl("ccm-test-no-such-unit.service")}
+	d.startUnit(context.Background()) // no such unit: the start fails, the database stays
+	st, err := os.Stat(cfg.Backend.DBPath())
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o660), st.Mode().Perm())
+
+	cfg.Backend.DataPath = filepath.Join(t.TempDir(), "data")
+	require.NoError(t, os.MkdirAll(cfg.WAL.ReplicaPath, 0o750))
+	require.NoError(t, os.WriteFile(cfg.ShadowPath(), make([]byte, 4096), 0o640))
+	require.True(t, replica.Exists(cfg.ShadowPath()), "the test needs a shadow")
+	d.cfg = cfg
+	d.startUnit(context.Background())
+	_, err = os.Stat(cfg.Backend.DBPath())
+	require.ErrorIs(t, err, fs.ErrNotExist)
 }

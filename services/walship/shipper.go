@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/benbjohnson/litestream"
@@ -72,6 +73,11 @@ type ShipperOptions struct {
 func Open(ctx context.Context, js jetstream.JetStream, o ShipperOptions) (*Shipper, error) {
 	if _, err := os.Stat(o.DBPath); err != nil {
 		return nil, fmt.Errorf("database %s: %w", o.DBPath, err)
+	}
+	// Litestream writes to the database (its own tables, checkpoints):
+	// say so plainly rather than "attempt to write a readonly database".
+	if err := syscall.Access(o.DBPath, 2 /* W_OK */); err != nil {
+		return nil, fmt.Errorf("database %s is not writable by this user (%w): it must be writable by the backend's group (created by ccm-backend with mode 0660; a database the backend created itself: chmod g+w, see the runbook)", o.DBPath, err)
 	}
 	db := litestream.NewDB(o.DBPath)
 	db.MonitorInterval = 0 // capture (below) syncs only after commits
