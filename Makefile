@@ -7,7 +7,7 @@ BINARIES := $(notdir $(wildcard cmd/*))
 GOTEST_FLAGS ?= -count=1 -timeout 30m
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: help build test unit-test lint bench bench-failover bench-loss bench-scale bench-bigtx images demo demo-down clean
+.PHONY: help build test unit-test lint chaos bench bench-failover bench-loss bench-scale bench-bigtx images demo demo-down clean
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
@@ -29,6 +29,9 @@ lint: ## go vet (every build tag), a gofmt check, staticcheck
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) run $(STATICCHECK) ./...
 	$(GO) run $(STATICCHECK) -tags 'integration bench' ./itest/...
+
+chaos: images ## randomized faults on the three-node cluster, the history checked (CHAOS_RUNS, default 50; CHAOS_SEED replays); CHAOS lines and the per-fault report, full log in chaos.log
+	set -o pipefail; CHAOS_RUNS=$${CHAOS_RUNS:-50} CHAOS_SEED='$(CHAOS_SEED)' TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -count=1 -timeout 240m -tags integration -run TestChaos -v ./itest/ | tee chaos.log | grep -E '^(CHAOS|--- FAIL|FAIL|ok)'
 
 bench: build ## replication lag vs Litestream, ccm join throughput, storage mirroring (needs nats-server, litestream on PATH)
 	$(GO) run ./itest/bench/lag -bin bin $(BENCH_FLAGS)

@@ -71,6 +71,9 @@ func StartNode(t *testing.T, nw Net, name, ip string) *Node {
 		Name:     fmt.Sprintf("ccm-it-%s-%04x", name, rand.IntN(1<<16)),
 		Networks: []string{nw.Name},
 		Tmpfs:    map[string]string{"/run": "", "/run/lock": "", "/tmp": ""},
+		// The node's name as its host name: the stand-in names the node
+		// that answered with it.
+		ConfigModifier: func(cc *container.Config) { cc.Hostname = name },
 		HostConfigModifier: func(hc *container.HostConfig) {
 			// systemd as PID 1 without --privileged (not allowed here).
 			hc.CapAdd = []string{"SYS_ADMIN", "NET_ADMIN", "NET_RAW"}

@@ -81,6 +81,9 @@ func run(args []string, stderr io.Writer) error {
 	if _, err := exec(ctx, db, `CREATE TABLE IF NOT EXISTS writes (id INTEGER PRIMARY KEY, v TEXT, at INTEGER)`); err != nil {
 		return fmt.Errorf("open database: %w", err)
 	}
+	if _, err := exec(ctx, db, `CREATE INDEX IF NOT EXISTS writes_v ON writes (v)`); err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
 	if _, err := exec(ctx, db, `CREATE TABLE IF NOT EXISTS uploads (id INTEGER PRIMARY KEY, path TEXT, sha256 TEXT)`); err != nil {
 		return fmt.Errorf("open database: %w", err)
 	}
@@ -120,6 +123,15 @@ func run(args []string, stderr io.Writer) error {
 		}
 		id, _ := res.LastInsertId()
 		fmt.Fprint(w, id)
+	})
+	// has answers 1 if a row holds value v, else 0.
+	mux.HandleFunc("GET /has", func(w http.ResponseWriter, r *http.Request) {
+		var n int
+		if err := db.QueryRowContext(r.Context(), `SELECT count(*) FROM writes WHERE v = ?`, r.URL.Query().Get("v")).Scan(&n); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprint(w, min(n, 1))
 	})
 	mux.HandleFunc("GET /count", func(w http.ResponseWriter, r *http.Request) {
 		var n int
@@ -209,7 +221,14 @@ func run(args []string, stderr io.Writer) error {
 			fmt.Fprintln(w, m)
 		}
 	})
-	srv := &http.Server{Addr: *addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Every answer names the node that gave it (the chaos campaign checks
+	// that no node answers outside its term).
+	host, _ := os.Hostname()
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Node", host)
+		mux.ServeHTTP(w, r)
+	})
+	srv := &http.Server{Addr: *addr, Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	log.Info("serving", "addr", *addr)

@@ -128,6 +128,10 @@ func TestLeaderChangeContinuesTheChain(t *testing.T) {
 	}
 	assertSame(t, newDB, n3.shadow.Path())
 	assertSame(t, newDB, n1.shadow.Path())
+	// Page by page too: the new leader's database is what it shipped.
+	v, err := s.Verify(context.Background())
+	require.NoError(t, err)
+	require.Truef(t, v.Consistent(), "after the switchover: %s", v.Check)
 
 	// A walship restart within the epoch resumes.
 	require.NoError(t, s.Close(context.Background()))
@@ -146,6 +150,9 @@ func TestLeaderChangeContinuesTheChain(t *testing.T) {
 		t.Fatalf("the walship restart added %d bytes to the stream, want at most 1 MiB", grown)
 	}
 	assertSame(t, newDB, n3.shadow.Path())
+	v, err = s.Verify(context.Background())
+	require.NoError(t, err)
+	require.Truef(t, v.Consistent(), "after the restart: %s", v.Check)
 }
 
 // assertSame compares a leader database with a passive's shadow, row by
