@@ -1,45 +1,30 @@
 package walapply
 
 import (
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/convex-cluster-manager/ccm/shared/daemon"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
 type metrics struct {
 	messages prometheus.Counter
 	failures prometheus.Counter
-	// The last verification of the shadow (Verify).
-	verifyAt, verifyDiverged, verifySeconds prometheus.Gauge
-}
-
-// verified records a verification's outcome.
-func (m *metrics) verified(consistent bool, took time.Duration) {
-	m.verifyAt.SetToCurrentTime()
-	m.verifySeconds.Set(took.Seconds())
-	if consistent {
-		m.verifyDiverged.Set(0)
-	} else {
-		m.verifyDiverged.Set(1)
-	}
+	verify   *daemon.VerifyMetrics
 }
 
 // newMetrics creates walapply's metrics and registers them on reg (nil: unregistered).
 func newMetrics(reg prometheus.Registerer, d *Daemon) *metrics {
 	m := &metrics{
-		messages:       prometheus.NewCounter(prometheus.CounterOpts{Name: "ccm_walapply_messages_total", Help: "WAL stream messages handled."}),
-		failures:       prometheus.NewCounter(prometheus.CounterOpts{Name: "ccm_walapply_failures_total", Help: "Times replication stopped on a refused message or an unusable shadow."}),
-		verifyAt:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_walapply_verify_last_timestamp_seconds", Help: "When the shadow was last read whole and compared with its position (ccm verify, wal.verifyIntervalMs)."}),
-		verifyDiverged: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_walapply_verify_diverged", Help: "1 if the last verification found the shadow differing from its position."}),
-		verifySeconds:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_walapply_verify_duration_seconds", Help: "How long the last verification read the shadow (applying held off)."}),
+		messages: prometheus.NewCounter(prometheus.CounterOpts{Name: "ccm_walapply_messages_total", Help: "WAL stream messages handled."}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "ccm_walapply_failures_total", Help: "Times replication stopped on a refused message or an unusable shadow."}),
+		verify:   daemon.NewVerifyMetrics(reg, "walapply", "the shadow database"),
 	}
 	if reg == nil {
 		return m
 	}
 	status := func() schema.ApplyStatus { return d.Status().(schema.ApplyStatus) }
-	reg.MustRegister(m.messages, m.failures, m.verifyAt, m.verifyDiverged, m.verifySeconds,
+	reg.MustRegister(m.messages, m.failures,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ccm_walapply_applied_txid", Help: "Applied TXID in the current epoch."},
 			func() float64 { return float64(status().TXID) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ccm_walapply_applied_seq", Help: "Last WAL stream sequence handled."},

@@ -1,7 +1,6 @@
 package walapply
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -42,7 +41,7 @@ func (d *Daemon) Verify() (replica.Verification, error) {
 		return replica.Verification{}, err
 	}
 	v := replica.Verification{Position: shadow.Position(), Check: c, ElapsedMs: time.Since(start).Milliseconds()}
-	d.metrics.verified(c.Consistent(), time.Since(start))
+	d.metrics.verify.Record(v)
 	if !c.Consistent() {
 		d.mu.Lock()
 		d.diverged = &v
@@ -53,25 +52,4 @@ func (d *Daemon) Verify() (replica.Verification, error) {
 	}
 	d.log.Info("shadow verified", "epoch", v.Position.Epoch, "txid", v.Position.TXID, "pages", c.Pages, "elapsed", time.Since(start).Round(time.Millisecond))
 	return v, nil
-}
-
-// verifyEvery verifies the shadow every wal.verifyIntervalMs while it is
-// open and replicating.
-func (d *Daemon) verifyEvery(ctx context.Context) {
-	every := d.cfg.WAL.VerifyInterval()
-	if every == 0 {
-		return
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if _, err := d.Verify(); err != nil {
-			d.log.Debug("shadow not verified", "err", err)
-		}
-	}
 }

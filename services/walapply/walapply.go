@@ -124,7 +124,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.publish(ctx) })
 	g.Go(func() error { return d.control(ctx, roles) })
-	g.Go(func() error { d.verifyEvery(ctx); return nil })
+	g.Go(func() error {
+		daemon.Every(ctx, d.cfg.WAL.VerifyInterval(), func(context.Context) {
+			if _, err := d.Verify(); err != nil {
+				d.log.Debug("shadow not verified", "err", err)
+			}
+		})
+		return nil
+	})
 	return g.Wait()
 }
 

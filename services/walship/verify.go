@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/convex-cluster-manager/ccm/shared/replica"
 )
 
@@ -62,23 +60,6 @@ func (s *Shipper) Verify(ctx context.Context) (replica.Verification, error) {
 	return replica.Verification{}, fmt.Errorf("%w (%d attempts): stop the writes to verify the leader", ErrBusy, verifyAttempts)
 }
 
-// verifyMetrics record the last verification of the leader's database.
-type verifyMetrics struct {
-	at, diverged, seconds prometheus.Gauge
-}
-
-func newVerifyMetrics(reg prometheus.Registerer) verifyMetrics {
-	m := verifyMetrics{
-		at:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_walship_verify_last_timestamp_seconds", Help: "When the leader's database was last read whole and compared with what it shipped (ccm verify, wal.verifyIntervalMs)."}),
-		diverged: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_walship_verify_diverged", Help: "1 if the last verification found the leader's database differing from what it shipped."}),
-		seconds:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "ccm_walship_verify_duration_seconds", Help: "How long the last verification read the database."}),
-	}
-	if reg != nil {
-		reg.MustRegister(m.at, m.diverged, m.seconds)
-	}
-	return m
-}
-
 // verify verifies the database being shipped, logs and records the outcome.
 func (d *Daemon) verify(ctx context.Context) (replica.Verification, error) {
 	s := d.shipper()
@@ -89,35 +70,11 @@ func (d *Daemon) verify(ctx context.Context) (replica.Verification, error) {
 	if err != nil {
 		return v, err
 	}
-	d.verified.at.SetToCurrentTime()
-	d.verified.seconds.Set(float64(v.ElapsedMs) / 1000)
+	d.verified.Record(v)
 	if !v.Consistent() {
-		d.verified.diverged.Set(1)
 		d.log.Error("the leader's database differs from what it shipped", "epoch", v.Position.Epoch, "txid", v.Position.TXID, "check", v.Check.String())
 		return v, nil
 	}
-	d.verified.diverged.Set(0)
 	d.log.Info("database verified against what was shipped", "epoch", v.Position.Epoch, "txid", v.Position.TXID, "pages", v.Pages, "elapsed_ms", v.ElapsedMs)
 	return v, nil
-}
-
-// verifyEvery verifies the database being shipped every
-// wal.verifyIntervalMs.
-func (d *Daemon) verifyEvery(ctx context.Context) {
-	every := d.cfg.WAL.VerifyInterval()
-	if every == 0 {
-		return
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if _, err := d.verify(ctx); err != nil && !errors.Is(err, errNotShipping) {
-			d.log.Warn("database not verified", "err", err)
-		}
-	}
 }

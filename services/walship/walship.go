@@ -61,7 +61,7 @@ type Daemon struct {
 	barrierProbed time.Time
 	barrierDown   atomic.Bool
 
-	verified verifyMetrics
+	verified *daemon.VerifyMetrics
 
 	mu       sync.Mutex
 	ship     *Shipper
@@ -75,7 +75,7 @@ var _ daemon.Daemon = (*Daemon)(nil)
 // New returns the walship daemon for env.
 func New(env daemon.Env) (*Daemon, error) {
 	js := env.JS
-	d := &Daemon{cfg: env.Config, env: env, js: js, log: env.Log, ready: make(chan struct{}), verified: newVerifyMetrics(env.Metrics)}
+	d := &Daemon{cfg: env.Config, env: env, js: js, log: env.Log, ready: make(chan struct{}), verified: daemon.NewVerifyMetrics(env.Metrics, "walship", "the leader's database")}
 	if env.Metrics != nil {
 		env.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ccm_walship_shipped_txid", Help: "Highest TXID appended to the WAL stream in the current epoch.",
@@ -137,7 +137,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.loop(ctx, roles, g) })
-	g.Go(func() error { d.verifyEvery(ctx); return nil })
+	g.Go(func() error {
+		daemon.Every(ctx, d.cfg.WAL.VerifyInterval(), func(ctx context.Context) {
+			if _, err := d.verify(ctx); err != nil && !errors.Is(err, errNotShipping) {
+				d.log.Warn("database not verified", "err", err)
+			}
+		})
+		return nil
+	})
 	return g.Wait()
 }
 
