@@ -46,3 +46,38 @@ func TestShipRestartAfterWALResetShipsOnlyChanges(t *testing.T) {
 	r.stop()
 	assertSame(t, e.dbPath, r.shadow.Path())
 }
+
+// TestShipResumeAfterWALRestartLosesNothing: while walship is down, the
+// backend (its connection still open) changes a row, its checkpoint
+// copies the whole WAL into the database and its next write restarts the
+// WAL from the start with new salts: the WAL file keeps its old length
+// and the frame Litestream last captured is still in it, but what
+// followed it was overwritten. A resumed walship must ship the change
+// made while it was down.
+func TestShipResumeAfterWALRestartLosesNothing(t *testing.T) {
+	e := newEnv(t)
+	s := e.ship(t, 1)
+	r := e.follow(t, "passive")
+	w := openDB(t, writerDSN(e.dbPath))
+	defer w.Close()
+	workload(t, w, 300, 3)
+	txid, err := s.Flush(context.Background())
+	require.NoError(t, err)
+	r.waitTXID(t, 1, uint64(txid))
+	require.NoError(t, s.Close(context.Background()))
+
+	mustExec(t, w, `UPDATE docs SET body = 'changed while walship was down' WHERE id IN (SELECT id FROM docs ORDER BY id LIMIT 3)`)
+	mustExec(t, w, `PRAGMA wal_checkpoint(PASSIVE)`)
+	mustExec(t, w, `INSERT INTO docs (body) VALUES ('the first write of a restarted WAL')`)
+
+	s = e.ship(t, 1)
+	t.Logf("restart: %s", func() string { how, reason := s.Start(); return how + " " + reason }())
+	txid, err = s.Flush(context.Background())
+	require.NoError(t, err)
+	r.waitTXID(t, 1, uint64(txid))
+	v, err := s.Verify(context.Background())
+	require.NoError(t, err)
+	require.Truef(t, v.Consistent(), "the leader's database against what it shipped: %s", v.Check)
+	r.stop()
+	assertSame(t, e.dbPath, r.shadow.Path())
+}
