@@ -96,8 +96,18 @@ func planStart(ctx context.Context, js jetstream.JetStream, cluster string, epoc
 	if b.Epoch == epoch {
 		// Restarted within the epoch: Litestream's local files hold what
 		// was captured after the base, shipped or not.
-		if err := checkLocalLTX(db, b.TXID); err != nil {
+		newest, err := checkLocalLTX(db, b.TXID)
+		if err != nil {
 			return full("Litestream's local state cannot resume from TXID %d: %v", b.TXID, err)
+		}
+		if restarted, err := walRestartedInPlace(db, newest); err != nil {
+			return full("Litestream's local state cannot resume from TXID %d: %v", b.TXID, err)
+		} else if restarted {
+			// Litestream would skip what was checkpointed before the
+			// restart: make it capture the whole database instead.
+			if err := truncateWAL(ctx, db.Path()); err != nil {
+				return full("the WAL restarted while walship was down, and cannot be truncated (%v): changes checkpointed before the restart cannot be told apart", err)
+			}
 		}
 		p.how = startResume
 		return p, nil
@@ -147,11 +157,11 @@ func advance(db *litestream.DB, pages *replica.PageSums, after, to ltx.TXID) err
 }
 
 // checkLocalLTX checks that Litestream's L0 directory holds every file from
-// TXID from to its newest.
-func checkLocalLTX(db *litestream.DB, from ltx.TXID) error {
+// TXID from to its newest, and returns the newest.
+func checkLocalLTX(db *litestream.DB, from ltx.TXID) (ltx.TXID, error) {
 	entries, err := os.ReadDir(db.LTXLevelDir(0))
 	if err != nil {
-		return err
+		return 0, err
 	}
 	have := map[ltx.TXID]bool{}
 	newest := ltx.TXID(0)
@@ -164,14 +174,14 @@ func checkLocalLTX(db *litestream.DB, from ltx.TXID) error {
 		newest = max(newest, hi)
 	}
 	if newest < from {
-		return fmt.Errorf("its newest file is TXID %d", newest)
+		return 0, fmt.Errorf("its newest file is TXID %d", newest)
 	}
 	for txid := from; txid <= newest; txid++ {
 		if !have[txid] {
-			return fmt.Errorf("file of TXID %d is missing", txid)
+			return 0, fmt.Errorf("file of TXID %d is missing", txid)
 		}
 	}
-	return nil
+	return newest, nil
 }
 
 // checkDatabase checks that the database file is the one sums describes.
