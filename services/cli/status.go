@@ -76,9 +76,7 @@ func (c *client) printStatus(ctx context.Context, stdout io.Writer, asJSON bool,
 			fmt.Fprint(stdout, "\033[H\033[2J") // clear the terminal
 		}
 		if asJSON {
-			enc := json.NewEncoder(stdout)
-			enc.SetIndent("", "  ")
-			if err := enc.Encode(st); err != nil {
+			if err := printJSON(stdout, st); err != nil {
 				return err
 			}
 		} else {
@@ -134,6 +132,13 @@ func (c *client) status(ctx context.Context) (ClusterStatus, error) {
 		st.Nodes = append(st.Nodes, v)
 	}
 	return st, nil
+}
+
+// printJSON writes v as indented JSON (the CLI's --json output).
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func printStatus(w io.Writer, st ClusterStatus) {

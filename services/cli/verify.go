@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -70,9 +69,7 @@ unverified (with the reason). Exit code 6 if a node diverged, 1 if one could not
 					return err
 				}
 				if *asJSON {
-					enc := json.NewEncoder(stdout)
-					enc.SetIndent("", "  ")
-					if err := enc.Encode(v); err != nil {
+					if err := printJSON(stdout, v); err != nil {
 						return err
 					}
 				} else {
