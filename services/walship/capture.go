@@ -65,7 +65,11 @@ func (s *Shipper) capture(ctx context.Context, interval time.Duration, log *slog
 		if !w.changed() {
 			continue
 		}
-		err := s.db.Sync(ctx)
+		err := s.sync(ctx)
+		if s.Broken() != nil {
+			log.Error("capture stopped", "err", err)
+			return
+		}
 		if err == nil {
 			s.captureDone()
 			backoff = 0

@@ -36,6 +36,20 @@ type streamClient struct {
 	// fenced is set once an append was refused; read without mu, so that
 	// the daemon's loop never waits for a large file's append.
 	fenced atomic.Pointer[error]
+	// refusing, once set, refuses every file after a TXID (refuseAfter).
+	refusing atomic.Pointer[refusal]
+}
+
+// refusal is a TXID after which nothing is shipped, and why.
+type refusal struct {
+	after ltx.TXID
+	why   error
+}
+
+// refuseAfter makes every later append of a file past TXID after fail with
+// why: what Litestream captured after it cannot be trusted.
+func (c *streamClient) refuseAfter(after ltx.TXID, why error) {
+	c.refusing.Store(&refusal{after: after, why: why})
 }
 
 var _ litestream.ReplicaClient = (*streamClient)(nil)
@@ -74,6 +88,9 @@ func (c *streamClient) WriteLTXFile(ctx context.Context, level int, minTXID, max
 	defer c.mu.Unlock()
 	if err := c.Fenced(); err != nil {
 		return nil, err
+	}
+	if r := c.refusing.Load(); r != nil && maxTXID > r.after {
+		return nil, fmt.Errorf("LTX %d-%d not shipped: %w", minTXID, maxTXID, r.why)
 	}
 	if level != 0 {
 		return nil, fmt.Errorf("ccm ships level 0 only, got level %d", level)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -45,6 +46,13 @@ type Shipper struct {
 
 	stopCapture context.CancelFunc
 	capturing   errgroup.Group
+
+	// syncMu serializes Litestream's syncs (capture, flushes) with the
+	// check of its read lock after each (readlock.go).
+	syncMu   sync.Mutex
+	broken   atomic.Pointer[error]
+	trusted  ltx.TXID // the last TXID captured with the read lock held, once broken
+	onBroken func(error)
 }
 
 // ShipperOptions configure a Shipper.
@@ -62,6 +70,10 @@ type ShipperOptions struct {
 	// Yield, if set, holds a large file's chunks back while it waits
 	// (walstream.Appender.SetYield).
 	Yield func(context.Context) error
+	// Broken, if set, is called once if the shipper stops for good
+	// without being fenced (Shipper.Broken): it must be closed and opened
+	// again.
+	Broken func(error)
 }
 
 // Open opens epoch on the WAL stream (fenced) and starts capturing the
@@ -116,7 +128,7 @@ func Open(ctx context.Context, js jetstream.JetStream, o ShipperOptions) (*Shipp
 	if o.Yield != nil {
 		app.SetYield(o.Yield)
 	}
-	s := &Shipper{db: db, epoch: o.Epoch, how: p.how, reason: p.reason}
+	s := &Shipper{db: db, epoch: o.Epoch, how: p.how, reason: p.reason, onBroken: o.Broken}
 	s.client = newStreamClient(app, p.base.TXID, p.pages, replica.SumsPath(o.DBPath), s.wrote)
 	s.client.log = o.Log
 	s.client.barrier = o.Barrier
@@ -133,7 +145,7 @@ func Open(ctx context.Context, js jetstream.JetStream, o ShipperOptions) (*Shipp
 	}
 	// The first sync switches the database to WAL mode and captures it (whole,
 	// on a full copy), before the backend writes to it.
-	if err := db.Sync(ctx); err != nil {
+	if err := s.sync(ctx); err != nil {
 		s.close()
 		return nil, fmt.Errorf("first capture of %s: %w", o.DBPath, err)
 	}
@@ -233,7 +245,7 @@ func (s *Shipper) Flush(ctx context.Context) (ltx.TXID, error) {
 	if err := s.Fenced(); err != nil {
 		return 0, err
 	}
-	if err := s.db.Sync(ctx); err != nil {
+	if err := s.sync(ctx); err != nil {
 		return 0, fmt.Errorf("capture WAL: %w", err)
 	}
 	if err := s.replica.Sync(ctx); err != nil {
@@ -252,7 +264,10 @@ func (s *Shipper) Close(ctx context.Context) error {
 	s.replica.Stop(true)
 	err := s.db.Close(ctx)
 	s.client.close()
-	if errors.Is(err, walstream.ErrFenced) || s.Fenced() != nil {
+	if derr := s.dropUntrusted(); derr != nil {
+		return fmt.Errorf("remove Litestream's files captured without its read lock (the next start must not resume from them): %w", derr)
+	}
+	if errors.Is(err, walstream.ErrFenced) || s.Fenced() != nil || s.Broken() != nil {
 		return nil
 	}
 	return err

@@ -50,6 +50,8 @@ type Daemon struct {
 	log   *slog.Logger
 	ready chan struct{}
 	roles *rolewatch.Tracker
+	// restart wakes the loop to replace a broken shipper (Shipper.Broken).
+	restart chan struct{}
 	// noStorageUntil (unix ns): no ccm-storage on this node was found,
 	// and the barrier is skipped until then.
 	noStorageUntil atomic.Int64
@@ -75,7 +77,7 @@ var _ daemon.Daemon = (*Daemon)(nil)
 // New returns the walship daemon for env.
 func New(env daemon.Env) (*Daemon, error) {
 	js := env.JS
-	d := &Daemon{cfg: env.Config, env: env, js: js, log: env.Log, ready: make(chan struct{}), verified: daemon.NewVerifyMetrics(env.Metrics, "walship", "the leader's database")}
+	d := &Daemon{cfg: env.Config, env: env, js: js, log: env.Log, ready: make(chan struct{}), restart: make(chan struct{}, 1), verified: daemon.NewVerifyMetrics(env.Metrics, "walship", "the leader's database")}
 	if env.Metrics != nil {
 		env.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ccm_walship_shipped_txid", Help: "Highest TXID appended to the WAL stream in the current epoch.",
@@ -172,6 +174,7 @@ func (d *Daemon) loop(ctx context.Context, roles *rolewatch.Tracker, g *errgroup
 		case <-changed:
 		case <-time.After(wait):
 		case <-retry.C:
+		case <-d.restart:
 		}
 	}
 }
@@ -192,8 +195,11 @@ func (d *Daemon) resign(ctx context.Context, epoch uint64, cause error) {
 // this node's appends for the epoch it still leads.
 func (d *Daemon) reconcile(ctx context.Context, epoch uint64, leading bool, retry *time.Timer) (fenced error) {
 	cur := d.shipper()
-	if cur != nil && (!leading || cur.Epoch() != epoch || cur.Fenced() != nil) {
+	if cur != nil && (!leading || cur.Epoch() != epoch || cur.Fenced() != nil || cur.Broken() != nil) {
 		reason := "no longer leader"
+		if err := cur.Broken(); err != nil {
+			reason = err.Error() // and it opens again below, resuming
+		}
 		if err := cur.Fenced(); err != nil {
 			reason = err.Error()
 			d.mu.Lock()
@@ -218,6 +224,13 @@ func (d *Daemon) reconcile(ctx context.Context, epoch uint64, leading bool, retr
 	s, err := Open(ctx, d.js, ShipperOptions{
 		DBPath: d.cfg.Backend.DBPath(), Cluster: d.cfg.ClusterID, Node: d.cfg.NodeID, Epoch: epoch,
 		Interval: d.cfg.WAL.CaptureInterval(), Log: d.log, Barrier: d.storageBarrier, Yield: d.yieldToLease,
+		Broken: func(err error) {
+			d.log.Error("shipping broke: restarting it", "epoch", epoch, "err", err)
+			select {
+			case d.restart <- struct{}{}:
+			default:
+			}
+		},
 	})
 	d.mu.Lock()
 	defer d.mu.Unlock()
