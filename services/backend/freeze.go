@@ -45,7 +45,8 @@ func (d *Daemon) guard(ctx context.Context) {
 			continue // not serving: a frozen backend is killed or stopped by reconcile or Stop
 		}
 		asked := time.Now()
-		if current.IsZero() {
+		first := current.IsZero()
+		if first {
 			current = asked // serving just began: the bound counts from here
 		}
 		// Before a freeze, a request that goes unanswered (NATS cut off)
@@ -56,7 +57,11 @@ func (d *Daemon) guard(ctx context.Context) {
 			wait = min(wait, max(limit-asked.Sub(current), 10*time.Millisecond))
 		}
 		shipped, why := d.askShipped(ctx, epoch, asked, wait)
-		if shipped.After(current) {
+		// The first answer counts even if older: a ccm-backend restarted
+		// under a serving backend must count the wait that passed while it
+		// was down (a kill -9 of it let a cut-off leader acknowledge 7 s of
+		// writes that were then lost).
+		if shipped.After(current) || first && !shipped.IsZero() {
 			current = shipped
 		}
 		behind := time.Since(current)

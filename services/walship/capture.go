@@ -42,6 +42,10 @@ func (w *commitWatch) changed() bool {
 	return true
 }
 
+// slowStep is how long a capture or an append may take before it is
+// logged: either holds back every later change.
+const slowStep = time.Second
+
 // capture runs Litestream's sync every interval when the database
 // committed since the last one. Litestream's own monitor syncs on every
 // tick, and a sync reads the WAL from the last captured frame to its end:
@@ -65,7 +69,11 @@ func (s *Shipper) capture(ctx context.Context, interval time.Duration, log *slog
 		if !w.changed() {
 			continue
 		}
+		start := time.Now()
 		err := s.sync(ctx)
+		if took := time.Since(start); took > slowStep {
+			log.Warn("capturing the WAL was slow: nothing was shipped meanwhile", "took", took.Round(time.Millisecond), "err", err)
+		}
 		if s.Broken() != nil {
 			log.Error("capture stopped", "err", err)
 			return

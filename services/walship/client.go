@@ -119,7 +119,12 @@ func (c *streamClient) WriteLTXFile(ctx context.Context, level int, minTXID, max
 	// it: once the files written before the capture are published, the
 	// rows may follow.
 	if c.barrier != nil {
-		if err := c.barrier(ctx, time.UnixMilli(hdr.Timestamp)); err != nil {
+		start := time.Now()
+		err := c.barrier(ctx, time.UnixMilli(hdr.Timestamp))
+		if took := time.Since(start); took > slowStep {
+			c.log.Warn("waiting for ccm-storage's barrier was slow: nothing later was shipped meanwhile", "txid", minTXID, "took", took.Round(time.Millisecond), "err", err)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("LTX %d-%d waits for the storage files written before it: %w", minTXID, maxTXID, err)
 		}
 	}
@@ -163,7 +168,12 @@ func (c *streamClient) WriteLTXFile(ctx context.Context, level int, minTXID, max
 		}
 		return c.pages.Checksum(), nil
 	}
+	start, resolved := time.Now(), c.app.Resolved()
 	err = c.app.AppendLTX(ctx, meta, io.NewSectionReader(send, 0, sendSize), sendSize, post)
+	if took := time.Since(start); took > slowStep {
+		c.log.Warn("appending to the WAL stream was slow: nothing later was shipped meanwhile", "txid", minTXID, "bytes", sendSize,
+			"took", took.Round(time.Millisecond), "unknown_outcomes", c.app.Resolved()-resolved, "err", err)
+	}
 	if serr := g.Wait(); err == nil && serr != nil {
 		err = fmt.Errorf("checksum LTX %d-%d: %w", minTXID, maxTXID, serr)
 	}
