@@ -39,10 +39,11 @@ type Shipper struct {
 	shipped atomic.Uint64 // max TXID appended
 	bytes   atomic.Int64
 	files   atomic.Int64
-	// captured is the max TXID Litestream captured from the WAL; behind
-	// (unix ns, 0: none) is since when some captured TXID is unshipped.
+	// captured is the max TXID Litestream captured from the WAL; marks
+	// say when each unshipped TXID was captured (by ranges).
 	captured atomic.Uint64
-	behind   atomic.Int64
+	marksMu  sync.Mutex
+	marks    []captureMark
 
 	stopCapture context.CancelFunc
 	capturing   errgroup.Group
@@ -171,6 +172,12 @@ func (s *Shipper) close() {
 	s.client.close()
 }
 
+// captureMark says that every TXID up to txid was captured by at.
+type captureMark struct {
+	txid uint64
+	at   time.Time
+}
+
 // captureDone records the TXID Litestream captured up to, from the names
 // of its L0 files (db.Pos would read and verify the newest file whole: a
 // second pass over a large transaction).
@@ -179,9 +186,16 @@ func (s *Shipper) captureDone() {
 	if err != nil || txid == 0 {
 		return
 	}
-	s.captured.Store(uint64(txid))
-	if uint64(txid) > s.shipped.Load() {
-		s.behind.CompareAndSwap(0, time.Now().UnixNano())
+	s.noteCaptured(uint64(txid), time.Now())
+}
+
+// noteCaptured records that every TXID up to txid was captured by at.
+func (s *Shipper) noteCaptured(txid uint64, at time.Time) {
+	s.marksMu.Lock()
+	defer s.marksMu.Unlock()
+	s.captured.Store(txid)
+	if n := len(s.marks); txid > s.shipped.Load() && (n == 0 || s.marks[n-1].txid < txid) {
+		s.marks = append(s.marks, captureMark{txid: txid, at: at})
 	}
 }
 
@@ -189,24 +203,30 @@ func (s *Shipper) captureDone() {
 // to the stream, and for how long the oldest of them has waited: the
 // writes a failover now would lose.
 func (s *Shipper) Unshipped() (txids uint64, waited time.Duration) {
+	s.marksMu.Lock()
+	defer s.marksMu.Unlock()
 	shipped, captured := s.shipped.Load(), s.captured.Load()
 	if captured <= shipped {
 		return 0, 0
 	}
-	if at := s.behind.Load(); at != 0 {
-		waited = time.Since(time.Unix(0, at))
+	for _, m := range s.marks {
+		if m.txid > shipped {
+			return captured - shipped, time.Since(m.at)
+		}
 	}
-	return captured - shipped, waited
+	return captured - shipped, 0
 }
 
 // wrote records an append and prunes old local L0 files.
 func (s *Shipper) wrote(txid ltx.TXID, n int64) {
+	s.marksMu.Lock()
 	s.shipped.Store(uint64(txid))
-	if uint64(txid) >= s.captured.Load() {
-		s.behind.Store(0)
-	} else {
-		s.behind.Store(time.Now().UnixNano()) // the rest waits from now
+	i := 0
+	for i < len(s.marks) && s.marks[i].txid <= uint64(txid) {
+		i++
 	}
+	s.marks = s.marks[i:]
+	s.marksMu.Unlock()
 	s.bytes.Add(n)
 	s.files.Add(1)
 	if txid <= keepL0 {
