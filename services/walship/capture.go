@@ -46,6 +46,10 @@ func (w *commitWatch) changed() bool {
 // logged: either holds back every later change.
 const slowStep = time.Second
 
+// capturedAhead is how many captured files may wait to be shipped before
+// capturing pauses.
+const capturedAhead = 2
+
 // capture runs Litestream's sync every interval when the database
 // committed since the last one. Litestream's own monitor syncs on every
 // tick, and a sync reads the WAL from the last captured frame to its end:
@@ -63,6 +67,13 @@ func (s *Shipper) capture(ctx context.Context, interval time.Duration, log *slog
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		}
+		// While shipping is behind, the commits wait in the WAL and the
+		// next capture takes them as one file: one file per tick, each
+		// appended on its own (behind ccm-storage's barrier), once let a
+		// backlog grow without end under steady writes.
+		if s.captured.Load() > s.chainHead()+capturedAhead {
+			continue
 		}
 		// The header is read before the sync: a commit after it changes
 		// it again, and the next tick catches that.

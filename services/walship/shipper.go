@@ -36,6 +36,7 @@ type Shipper struct {
 	client  *streamClient
 	epoch   uint64
 
+	base    uint64        // the TXID the epoch continued or resumed from (0: a full copy)
 	shipped atomic.Uint64 // max TXID appended
 	bytes   atomic.Int64
 	files   atomic.Int64
@@ -129,7 +130,7 @@ func Open(ctx context.Context, js jetstream.JetStream, o ShipperOptions) (*Shipp
 	if o.Yield != nil {
 		app.SetYield(o.Yield)
 	}
-	s := &Shipper{db: db, epoch: o.Epoch, how: p.how, reason: p.reason, onBroken: o.Broken}
+	s := &Shipper{db: db, epoch: o.Epoch, how: p.how, reason: p.reason, base: uint64(p.base.TXID), onBroken: o.Broken}
 	s.client = newStreamClient(app, p.base.TXID, p.pages, replica.SumsPath(o.DBPath), s.wrote)
 	s.client.log = o.Log
 	s.client.barrier = o.Barrier
@@ -194,7 +195,7 @@ func (s *Shipper) noteCaptured(txid uint64, at time.Time) {
 	s.marksMu.Lock()
 	defer s.marksMu.Unlock()
 	s.captured.Store(txid)
-	if n := len(s.marks); txid > s.shipped.Load() && (n == 0 || s.marks[n-1].txid < txid) {
+	if n := len(s.marks); txid > s.chainHead() && (n == 0 || s.marks[n-1].txid < txid) {
 		s.marks = append(s.marks, captureMark{txid: txid, at: at})
 	}
 }
@@ -205,7 +206,7 @@ func (s *Shipper) noteCaptured(txid uint64, at time.Time) {
 func (s *Shipper) Unshipped() (txids uint64, waited time.Duration) {
 	s.marksMu.Lock()
 	defer s.marksMu.Unlock()
-	shipped, captured := s.shipped.Load(), s.captured.Load()
+	shipped, captured := s.chainHead(), s.captured.Load()
 	if captured <= shipped {
 		return 0, 0
 	}
@@ -252,6 +253,10 @@ func (s *Shipper) Start() (how, reason string) { return s.how, s.reason }
 
 // Epoch is the epoch being shipped.
 func (s *Shipper) Epoch() uint64 { return s.epoch }
+
+// chainHead is the last TXID in the stream's chain from this shipper's
+// view: the highest it appended, or the one it continued from.
+func (s *Shipper) chainHead() uint64 { return max(s.shipped.Load(), s.base) }
 
 // Shipped is the highest TXID appended to the stream.
 func (s *Shipper) Shipped() ltx.TXID { return ltx.TXID(s.shipped.Load()) }
