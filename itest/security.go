@@ -70,6 +70,13 @@ func (c *Cluster) install(t *testing.T, n *Node) {
 	n.Must(t, "sh", "-c", "chgrp ccm "+seed+" && chmod 0640 "+seed)
 	n.Must(t, "cp", filepath.Join(natsauth.DefaultInstallDir, natsauth.ServerConfFile), "/etc/nats/nats.conf")
 	n.Must(t, "systemctl", "restart", "nats-server")
+	// CCM_ITEST_LOG_LEVEL (debug, …) sets every ccm daemon's log level
+	// (Litestream's syncs and checkpoints are logged at debug), through a
+	// drop-in for every unit named ccm-*.
+	if lv := os.Getenv("CCM_ITEST_LOG_LEVEL"); lv != "" {
+		n.Must(t, "sh", "-c", "mkdir -p /etc/systemd/system/ccm-.service.d && printf '[Service]\\nEnvironment=CCM_LOG_LEVEL=%s\\n' "+lv+
+			" > /etc/systemd/system/ccm-.service.d/log-level.conf && systemctl daemon-reload")
+	}
 }
 
 // UserEnv is the environment in which the ccm CLI on a node acts as user

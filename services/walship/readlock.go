@@ -58,7 +58,7 @@ func (s *Shipper) sync(ctx context.Context) error {
 	if merr != nil {
 		txid = 0
 	}
-	broken := fmt.Errorf("Litestream lost its read lock on the database after TXID %d (sync: %v): walship must restart from there", txid, err)
+	broken := fmt.Errorf("lost Litestream's read lock on the database after TXID %d (sync: %v): walship must restart from there", txid, err)
 	s.trusted = txid
 	s.client.refuseAfter(txid, broken)
 	s.broken.Store(&broken)
