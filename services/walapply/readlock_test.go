@@ -1,8 +1,12 @@
 package walapply_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
+	"os"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -103,6 +107,74 @@ func TestShipAfterFlushCanceledInCheckpointLosesNothing(t *testing.T) {
 	how, reason := s.Start()
 	t.Logf("restart: %s %s", how, reason)
 	txid, err := s.Flush(context.Background())
+	require.NoError(t, err)
+	r.waitTXID(t, 1, uint64(txid))
+	v, err := s.Verify(context.Background())
+	require.NoError(t, err)
+	require.Truef(t, v.Consistent(), "the leader's database against what it shipped: %s", v.Check)
+	r.stop()
+	assertSame(t, e.dbPath, r.shadow.Path())
+}
+
+// TestBackendWriterProcess is the backend of
+// TestShipWithABackendProcessLosesNothing, run in a process of its own
+// (SQLite's locks between processes are POSIX locks, not those between
+// connections of one process). Step "fill" grows the WAL; step "commit"
+// makes a small commit, checkpoints the whole WAL and makes a larger
+// commit, which restarts the WAL over the small one's frames if the
+// checkpoint copied them (the WAL's far end, which Litestream captured
+// last, stays in place).
+func TestBackendWriterProcess(t *testing.T) {
+	path := os.Getenv("CCM_TEST_BACKEND_DB")
+	if path == "" {
+		t.Skip("run by TestShipWithABackendProcessLosesNothing")
+	}
+	w := openDB(t, writerDSN(path))
+	defer w.Close()
+	switch step := os.Getenv("CCM_TEST_BACKEND_STEP"); step {
+	case "fill":
+		for range 100 {
+			mustExec(t, w, `INSERT INTO other (body) VALUES (?)`, make([]byte, 4000))
+		}
+	case "commit":
+		mustExec(t, w, `UPDATE docs SET body = ? WHERE id = 1`, "changed by the backend process")
+		var busy, frames, done int
+		require.NoError(t, w.QueryRow(`PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &frames, &done))
+		fmt.Printf("the backend checkpointed %d of %d frames\n", done, frames)
+		mustExec(t, w, `INSERT INTO other (body) VALUES (?)`, make([]byte, 6*4096))
+	default:
+		t.Fatalf("CCM_TEST_BACKEND_STEP %q", step)
+	}
+}
+
+// TestShipWithABackendProcessLosesNothing: the backend is another
+// process. Litestream's read transaction must keep it from checkpointing
+// what was not captured yet; walship once dropped that lock without
+// knowing, every capture tick, by closing the -shm file it had read
+// (closing any descriptor of a file drops every POSIX lock the process
+// holds on it): the backend's checkpoint and its next write restarted
+// the WAL over a commit never captured.
+func TestShipWithABackendProcessLosesNothing(t *testing.T) {
+	e := newEnv(t)
+	s := e.ship(t, 1)
+	r := e.follow(t, "passive")
+	w := openDB(t, writerDSN(e.dbPath))
+	mustExec(t, w, `CREATE TABLE other (id INTEGER PRIMARY KEY, body BLOB)`)
+	mustExec(t, w, `INSERT INTO docs (body) VALUES ('first')`)
+	w.Close()
+	backend := func(step string) {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestBackendWriterProcess$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "CCM_TEST_BACKEND_DB="+e.dbPath, "CCM_TEST_BACKEND_STEP="+step)
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "backend process: %s", out)
+		t.Logf("backend %s: %s", step, bytes.TrimSpace(out))
+	}
+	backend("fill")
+	txid, err := s.Flush(context.Background())
+	require.NoError(t, err)
+	time.Sleep(100 * time.Millisecond) // capture ticks
+	backend("commit")
+	txid, err = s.Flush(context.Background())
 	require.NoError(t, err)
 	r.waitTXID(t, 1, uint64(txid))
 	v, err := s.Verify(context.Background())

@@ -3,9 +3,9 @@ package walship
 import (
 	"bytes"
 	"context"
-	"io"
 	"log/slog"
 	"os"
+	"syscall"
 	"time"
 )
 
@@ -16,22 +16,31 @@ const walIndexHeader = 48
 
 // commitWatch tells whether a database may have committed since it last
 // looked, from its WAL-index header.
+//
+// It keeps every -shm file it opened open until close, which runs after
+// Litestream has closed: closing any descriptor of a file drops every
+// POSIX lock this process holds on it, and SQLite's locks on the -shm file
+// are POSIX locks. Reading the header with a fresh descriptor each tick
+// once dropped Litestream's read lock every 20 ms: the backend, another
+// process, then checkpointed frames Litestream had not captured and
+// restarted the WAL over them (TestShipWithABackendProcessLosesNothing).
 type commitWatch struct {
-	shm  string
-	last []byte // nil: sync on the next look
+	shm   string
+	f     *os.File   // the -shm file now at shm
+	ino   uint64     // f's inode
+	stale []*os.File // earlier -shm files (replaced at shm), kept open too
+	last  []byte     // nil: sync on the next look
 }
 
 // changed reads the header and reports whether it differs from the last
 // one seen (or cannot be read: no -shm yet, a database not in WAL mode).
 func (w *commitWatch) changed() bool {
-	f, err := os.Open(w.shm)
-	if err != nil {
+	h := make([]byte, walIndexHeader)
+	if err := w.open(); err != nil {
 		w.last = nil
 		return true
 	}
-	defer f.Close()
-	h := make([]byte, walIndexHeader)
-	if _, err := io.ReadFull(f, h); err != nil {
+	if _, err := w.f.ReadAt(h, 0); err != nil {
 		w.last = nil
 		return true
 	}
@@ -40,6 +49,38 @@ func (w *commitWatch) changed() bool {
 	}
 	w.last = h
 	return true
+}
+
+// open opens the -shm file at shm unless the one open is still there.
+func (w *commitWatch) open() error {
+	st, err := os.Stat(w.shm)
+	if err != nil {
+		return err
+	}
+	ino := st.Sys().(*syscall.Stat_t).Ino
+	if w.f != nil && ino == w.ino {
+		return nil
+	}
+	f, err := os.Open(w.shm)
+	if err != nil {
+		return err
+	}
+	if w.f != nil {
+		w.stale = append(w.stale, w.f)
+	}
+	w.f, w.ino = f, ino
+	return nil
+}
+
+// close closes the -shm files: only once no SQLite connection of this
+// process may hold a lock on them.
+func (w *commitWatch) close() {
+	for _, f := range append(w.stale, w.f) {
+		if f != nil {
+			f.Close()
+		}
+	}
+	w.f, w.stale = nil, nil
 }
 
 // slowStep is how long a capture or an append may take before it is
@@ -57,7 +98,7 @@ const capturedAhead = 2
 // is a read of the whole uncommitted tail every tick — quadratic in the
 // transaction's size, enough to starve the node's other daemons.
 func (s *Shipper) capture(ctx context.Context, interval time.Duration, log *slog.Logger) {
-	w := commitWatch{shm: s.db.Path() + "-shm"}
+	w := s.watch
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	var backoff time.Duration

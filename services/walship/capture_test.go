@@ -23,6 +23,7 @@ func TestCommitWatchIgnoresUncommittedFrames(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := commitWatch{shm: path + "-shm"}
+	defer w.close()
 	if !w.changed() {
 		t.Fatal("first look: want changed")
 	}

@@ -48,6 +48,7 @@ type Shipper struct {
 
 	stopCapture context.CancelFunc
 	capturing   errgroup.Group
+	watch       *commitWatch // closed after Litestream (see commitWatch)
 
 	// syncMu serializes Litestream's syncs (capture, flushes) with the
 	// check of its read lock after each (readlock.go).
@@ -130,7 +131,8 @@ func Open(ctx context.Context, js jetstream.JetStream, o ShipperOptions) (*Shipp
 	if o.Yield != nil {
 		app.SetYield(o.Yield)
 	}
-	s := &Shipper{db: db, epoch: o.Epoch, how: p.how, reason: p.reason, base: uint64(p.base.TXID), onBroken: o.Broken}
+	s := &Shipper{db: db, epoch: o.Epoch, how: p.how, reason: p.reason, base: uint64(p.base.TXID), onBroken: o.Broken,
+		watch: &commitWatch{shm: o.DBPath + "-shm"}}
 	s.client = newStreamClient(app, p.base.TXID, p.pages, replica.SumsPath(o.DBPath), s.wrote)
 	s.client.log = o.Log
 	s.client.barrier = o.Barrier
@@ -170,6 +172,7 @@ func Open(ctx context.Context, js jetstream.JetStream, o ShipperOptions) (*Shipp
 // close stops Litestream after a failed start.
 func (s *Shipper) close() {
 	s.db.Close(context.Background())
+	s.watch.close()
 	s.client.close()
 }
 
@@ -288,6 +291,7 @@ func (s *Shipper) Close(ctx context.Context) error {
 	s.capturing.Wait()
 	s.replica.Stop(true)
 	err := s.db.Close(ctx)
+	s.watch.close()
 	s.client.close()
 	if derr := s.dropUntrusted(); derr != nil {
 		return fmt.Errorf("remove Litestream's files captured without its read lock (the next start must not resume from them): %w", derr)
