@@ -54,7 +54,7 @@ func TestChaos(t *testing.T) {
 	require.NoError(t, err, "CHAOS_RUNS")
 	seed, err := strconv.ParseUint(cmp.Or(os.Getenv("CHAOS_SEED"), strconv.FormatInt(time.Now().UnixNano()%1e9, 10)), 10, 64)
 	require.NoError(t, err, "CHAOS_SEED")
-	c := StartCluster(t, ClusterOptions{TTLMs: int(chaosTTL / time.Millisecond), HeartbeatMs: 1000, MarginMs: 500})
+	c := StartCluster(t, ClusterOptions{TTLMs: int(chaosTTL / time.Millisecond), HeartbeatMs: 1000, MarginMs: 500, DataMiB: chaosDataMiB})
 	began := time.Now()
 	rep := newChaosReport()
 	for i := range runs {
@@ -82,8 +82,12 @@ var faultKinds = []struct {
 	weight int
 }{
 	{"kill -9 daemon", 4}, {"SIGSTOP daemon", 2}, {"pause node", 2}, {"partition node", 2},
-	{"cut link", 1}, {"stop NATS server", 1}, {"promote", 2}, {"demote", 1},
+	{"cut link", 1}, {"stop NATS server", 1}, {"promote", 2}, {"demote", 1}, {"full disk", 2},
 }
+
+// chaosDataMiB is the size of each node's data file system (a tmpfs, so
+// that the full-disk fault can fill it).
+const chaosDataMiB = 256
 
 var daemons = []string{"ccm-elector", "ccm-walship", "ccm-walapply", "ccm-snapshot", "ccm-vip", "ccm-backend", "ccm-storage"}
 
@@ -150,6 +154,16 @@ func (c *Cluster) drawFault(t *testing.T, rng *rand.Rand) *fault {
 			n.Must(t, "systemctl", "stop", "nats-server")
 			time.Sleep(hold)
 			n.Must(t, "systemctl", "start", "nats-server")
+		}
+	case "full disk":
+		// A passive's data file system (its replica and data paths) full:
+		// applying, checkpoints and storage mirroring fail meanwhile.
+		p := c.others(l)[rng.IntN(2)]
+		f.desc = fmt.Sprintf("full disk on %s for %s", p.Name, 2*hold)
+		f.do = func(t *testing.T) {
+			p.Must(t, "sh", "-c", "dd if=/dev/zero of=/var/lib/convex/ballast bs=64k 2>/dev/null; df -h /var/lib/convex | tail -1")
+			time.Sleep(2 * hold)
+			p.Must(t, "rm", "-f", "/var/lib/convex/ballast")
 		}
 	case "promote":
 		target := c.others(l)[rng.IntN(2)]

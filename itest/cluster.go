@@ -41,6 +41,9 @@ type Cluster struct {
 // ClusterOptions tune StartCluster.
 type ClusterOptions struct {
 	TTLMs, HeartbeatMs, MarginMs int
+	// DataMiB, if set, gives each node's /var/lib/convex a tmpfs of
+	// that size (NodeOptions.DataMiB).
+	DataMiB int
 }
 
 // StartCluster brings up a three-node cluster: n1 with `ccm init`, n2 and
@@ -58,7 +61,7 @@ func StartCluster(t *testing.T, o ClusterOptions) *Cluster {
 	}
 	c.natsDir = secure(t, c.Name, ips)
 	for i, ip := range ips {
-		n := StartNode(t, nw, fmt.Sprintf("n%d", i+1), ip)
+		n := StartNodeWith(t, nw, fmt.Sprintf("n%d", i+1), ip, NodeOptions{DataMiB: o.DataMiB})
 		c.install(t, n)
 		c.Nodes = append(c.Nodes, n)
 	}

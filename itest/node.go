@@ -65,6 +65,19 @@ type Node struct {
 // StartNode starts a node container at ip on nw and waits for systemd.
 func StartNode(t *testing.T, nw Net, name, ip string) *Node {
 	t.Helper()
+	return StartNodeWith(t, nw, name, ip, NodeOptions{})
+}
+
+// NodeOptions change how a node container is made.
+type NodeOptions struct {
+	// DataMiB, if set, makes /var/lib/convex (data and replica) a tmpfs
+	// of that size instead of a volume, so that a test can fill it.
+	DataMiB int
+}
+
+// StartNodeWith starts a node container as o says.
+func StartNodeWith(t *testing.T, nw Net, name, ip string, o NodeOptions) *Node {
+	t.Helper()
 	ctx := context.Background()
 	req := testcontainers.ContainerRequest{
 		Image:    Image,
@@ -85,6 +98,11 @@ func StartNode(t *testing.T, nw Net, name, ip string) *Node {
 			// data and replica directories, as it must (adopt and install
 			// rename files between them).
 			for _, dir := range []string{"/var/lib/convex", "/var/lib/nats"} {
+				if dir == "/var/lib/convex" && o.DataMiB > 0 {
+					hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeTmpfs, Target: dir,
+						TmpfsOptions: &mount.TmpfsOptions{SizeBytes: int64(o.DataMiB) << 20, Mode: 0o750}})
+					continue
+				}
 				hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeVolume, Target: dir})
 			}
 		},
@@ -100,6 +118,10 @@ func StartNode(t *testing.T, nw Net, name, ip string) *Node {
 		t.Fatalf("start %s: %v", name, err)
 	}
 	n := &Node{C: c, Name: name, IP: ip}
+	if o.DataMiB > 0 {
+		// A tmpfs starts empty: the image's directories, as it has them.
+		n.Must(t, "sh", "-c", "install -d -o ccm -g convex -m 0750 /var/lib/convex /var/lib/convex/replica && install -d -o ccm -g convex -m 0770 /var/lib/convex/data")
+	}
 	t.Cleanup(func() {
 		// CCM_ITEST_JOURNALS=1 keeps the journals of a passing test too.
 		if t.Failed() || os.Getenv("CCM_ITEST_JOURNALS") != "" {
