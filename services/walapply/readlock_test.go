@@ -106,14 +106,7 @@ func TestShipAfterFlushCanceledInCheckpointLosesNothing(t *testing.T) {
 	s = e.ship(t, 1)
 	how, reason := s.Start()
 	t.Logf("restart: %s %s", how, reason)
-	txid, err := s.Flush(context.Background())
-	require.NoError(t, err)
-	r.waitTXID(t, 1, uint64(txid))
-	v, err := s.Verify(context.Background())
-	require.NoError(t, err)
-	require.Truef(t, v.Consistent(), "the leader's database against what it shipped: %s", v.Check)
-	r.stop()
-	assertSame(t, e.dbPath, r.shadow.Path())
+	assertAllShipped(t, e, s, r)
 }
 
 // TestBackendWriterProcess is the backend of
@@ -170,11 +163,19 @@ func TestShipWithABackendProcessLosesNothing(t *testing.T) {
 		t.Logf("backend %s: %s", step, bytes.TrimSpace(out))
 	}
 	backend("fill")
-	txid, err := s.Flush(context.Background())
+	_, err := s.Flush(context.Background())
 	require.NoError(t, err)
 	time.Sleep(100 * time.Millisecond) // capture ticks
 	backend("commit")
-	txid, err = s.Flush(context.Background())
+	assertAllShipped(t, e, s, r)
+}
+
+// assertAllShipped flushes s (epoch 1), waits until r applied it, and
+// checks the leader's database against what it shipped and against r's
+// shadow.
+func assertAllShipped(t *testing.T, e *env, s *walship.Shipper, r *follower) {
+	t.Helper()
+	txid, err := s.Flush(context.Background())
 	require.NoError(t, err)
 	r.waitTXID(t, 1, uint64(txid))
 	v, err := s.Verify(context.Background())

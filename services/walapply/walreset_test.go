@@ -72,12 +72,5 @@ func TestShipResumeAfterWALRestartLosesNothing(t *testing.T) {
 
 	s = e.ship(t, 1)
 	t.Logf("restart: %s", func() string { how, reason := s.Start(); return how + " " + reason }())
-	txid, err = s.Flush(context.Background())
-	require.NoError(t, err)
-	r.waitTXID(t, 1, uint64(txid))
-	v, err := s.Verify(context.Background())
-	require.NoError(t, err)
-	require.Truef(t, v.Consistent(), "the leader's database against what it shipped: %s", v.Check)
-	r.stop()
-	assertSame(t, e.dbPath, r.shadow.Path())
+	assertAllShipped(t, e, s, r)
 }
