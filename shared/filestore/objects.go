@@ -154,7 +154,16 @@ func (s *Store) Upload(ctx context.Context, path, sum string) error {
 	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	meta.Data, _ = json.Marshal(info)
 	if _, err := s.js.PublishMsg(ctx, meta); err != nil {
-		return fmt.Errorf("upload %s: store object metadata: %w", path, err)
+		// The metadata may be stored even so (its acknowledgement was
+		// lost, the request timed out after the server took it): purging
+		// the chunks then would leave an object that names chunks it no
+		// longer has, and HasObject says it is stored, so it is never
+		// uploaded again (seen: a leader's NATS server stopped mid-upload;
+		// a passive failed to mirror the file for good). The chunks stay;
+		// if the metadata is not there, the next capture uploads the file
+		// again under a new name and these chunks are left unreferenced.
+		ok = true
+		return fmt.Errorf("upload %s: store object metadata (its chunks are kept, as it may be stored): %w", path, err)
 	}
 	ok = true
 	return nil
