@@ -174,6 +174,9 @@ func (s *Shipper) close() {
 	s.db.Close(context.Background())
 	s.watch.close()
 	s.client.close()
+	if err := s.dropUntrusted(); err != nil {
+		s.client.log.Error("remove Litestream's files captured without its read lock", "err", err)
+	}
 }
 
 // captureMark says that every TXID up to txid was captured by at.
