@@ -274,3 +274,35 @@ func TestRestartedElectorResumesLeadership(t *testing.T) {
 		t.Fatalf("after restart leader %s epoch %d, want n1 resuming epoch %d", l.ID, l.El.State().Epoch, epoch)
 	}
 }
+
+// A renewal that times out in a short cut is still delivered when the cut
+// heals and moves the key's revision; the next renewal must not read its
+// own write as another node's and give the lease up (a 3 s SIGSTOP of the
+// leader's nats-server did that in TestClusterLeaderCutFromNATS).
+func TestRenewalDeliveredAfterItsTimeoutKeepsTheLease(t *testing.T) {
+	srv := natstest.Server(t)
+	proxy := natstest.NewProxy(t, srv.Addr().String())
+	n1 := startNode(t, testConfig("test", "n1", proxy.URL()))
+	l := waitLeader(t, []*node{n1}, testTTL)
+	epoch := l.El.State().Epoch
+	renewed := l.El.State().Deadline
+	waitfor.Poll(t, testTTL, time.Millisecond, func() error {
+		if !l.El.State().Deadline.After(renewed) {
+			return fmt.Errorf("no renewal since %s", renewed)
+		}
+		return nil
+	}) // a renewal just succeeded: the lease runs from it
+
+	// Held past the next renewal's timeout (a heartbeat after it starts),
+	// within the lease.
+	proxy.Cut()
+	t.Logf("cut at %s", time.Now().Format("15:04:05.000"))
+	time.Sleep(2*testHeartbeat + testHeartbeat/2)
+	proxy.Heal()
+	t.Logf("healed at %s", time.Now().Format("15:04:05.000"))
+
+	time.Sleep(2 * testTTL)
+	if s := n1.El.State(); s.Role != schema.RoleLeader || s.Epoch != epoch {
+		t.Fatalf("after a cut within the lease: %+v, want leader of epoch %d still", s, epoch)
+	}
+}

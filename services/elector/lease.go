@@ -226,6 +226,9 @@ func (e *Elector) renewAt(ctx context.Context, epoch uint64, since time.Time) er
 		rec.Ready = e.resumeReady
 	}
 	rev, err := e.kv.Update(octx, schema.KeyLeader, encode(rec), e.rev)
+	if isConflict(err) && e.adoptOwnWrite(octx, epoch, since) {
+		rev, err = e.kv.Update(octx, schema.KeyLeader, encode(rec), e.rev)
+	}
 	if err != nil {
 		e.metrics.renewFailures.Inc()
 		if isConflict(err) {
@@ -247,4 +250,23 @@ func (e *Elector) renewAt(ctx context.Context, epoch uint64, since time.Time) er
 	e.mu.Unlock()
 	e.publish(e.State())
 	return nil
+}
+
+// adoptOwnWrite handles a renewal refused for a stale revision: when the
+// key still holds this node's serving record of epoch, it was this node's
+// own earlier write that timed out and was delivered later (a short cut
+// holds requests back, it does not drop them), so nobody else took the
+// key; its revision becomes the one to renew. Anything else is a lost lease.
+func (e *Elector) adoptOwnWrite(ctx context.Context, epoch uint64, since time.Time) bool {
+	ent, err := e.kv.Get(ctx, schema.KeyLeader)
+	if err != nil || ent.Revision() <= e.rev {
+		return false
+	}
+	rec, err := decodeLeader(ent)
+	if err != nil || rec.Node != e.node || !rec.Serving() || rec.Epoch != epoch || !rec.Since.Equal(since) {
+		return false
+	}
+	e.log.Info("renewal found its own delayed write at a newer revision: renewing from it", "epoch", epoch, "was", e.rev, "revision", ent.Revision())
+	e.rev = ent.Revision()
+	return true
 }
