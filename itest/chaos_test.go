@@ -67,10 +67,11 @@ func TestChaos(t *testing.T) {
 // fault is one scheduled fault: do applies it and heals it before it
 // returns.
 type fault struct {
-	kind string
-	desc string
-	at   time.Time // when it began
-	do   func(t *testing.T)
+	kind  string
+	desc  string
+	at    time.Time // when it began
+	do    func(t *testing.T)
+	check func(t *testing.T) []string // violations found after the run, if the fault has its own check
 }
 
 // faultKinds are the kinds the schedule draws from, with their weights.
@@ -80,11 +81,13 @@ var faultKinds = []struct {
 }{
 	{"kill -9 daemon", 4}, {"SIGSTOP daemon", 2}, {"pause node", 2}, {"partition node", 2},
 	{"cut link", 1}, {"stop NATS server", 1}, {"promote", 2}, {"demote", 1}, {"full disk", 2},
+	{"large transaction in a switchover", 1},
 }
 
 // chaosDataMiB is the size of each node's data file system (a tmpfs, so
-// that the full-disk fault can fill it).
-const chaosDataMiB = 256
+// that the full-disk fault can fill it): room for the database, its WAL
+// and its shadow after a large transaction.
+const chaosDataMiB = 1024
 
 var daemons = []string{"ccm-elector", "ccm-walship", "ccm-walapply", "ccm-snapshot", "ccm-vip", "ccm-backend", "ccm-storage"}
 
@@ -161,6 +164,48 @@ func (c *Cluster) drawFault(t *testing.T, rng *rand.Rand) *fault {
 			p.Must(t, "sh", "-c", "dd if=/dev/zero of=/var/lib/convex/ballast bs=64k 2>/dev/null; df -h /var/lib/convex | tail -1")
 			time.Sleep(2 * hold)
 			p.Must(t, "rm", "-f", "/var/lib/convex/ballast")
+		}
+	case "large transaction in a switchover":
+		// One transaction of hundreds of MiB committed on the leader
+		// (beside its backend, as a migration would), then, while it is
+		// still being shipped, storage uploads and a switchover.
+		target := c.others(l)[rng.IntN(2)]
+		mib := 128 + 32*rng.IntN(4)
+		f.desc = fmt.Sprintf("%d MiB transaction on %s, uploads and ccm promote --node %s", mib, l.Name, target.Name)
+		var sizes [4]int
+		for i := range sizes {
+			sizes[i] = (1 + rng.IntN(8)) << 20
+		}
+		uploaded := map[string]string{} // path: SHA-256, of the uploads acknowledged
+		f.do = func(t *testing.T) {
+			l.Must(t, "sqlite3", "-cmd", ".timeout 60000", "/var/lib/convex/data/db.sqlite3", fmt.Sprintf(`CREATE TABLE IF NOT EXISTS chaos_big (b BLOB);
+DELETE FROM chaos_big;
+WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < %d) INSERT INTO chaos_big SELECT randomblob(65536) FROM c;`, mib*16))
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for i, size := range sizes {
+					path := fmt.Sprintf("chaos/big-%s-%d", f.at.Format("150405.000"), i)
+					code, out := c.Client.Exec(t, "sh", "-c", fmt.Sprintf("head -c %d /dev/urandom > /tmp/up-%d && curl -sf -m 10 -XPOST --data-binary @/tmp/up-%d 'http://%s:3210/storage?f=%s' >/dev/null && sha256sum /tmp/up-%d", size, i, i, c.VIP, path, i))
+					if code == 0 {
+						uploaded[path] = strings.Fields(out)[0]
+					}
+				}
+			}()
+			if code, out := target.Exec(t, "ccm", "promote", "--node", target.Name); code != 0 {
+				t.Logf("%s: exit %d: %s", f.desc, code, strings.TrimSpace(out))
+			}
+			<-done
+		}
+		f.check = func(t *testing.T) []string {
+			var bad []string
+			for path, want := range uploaded {
+				code, out := c.Client.Exec(t, "sh", "-c", fmt.Sprintf("curl -sf -m 10 'http://%s:3210/storage?f=%s' | sha256sum", c.VIP, path))
+				if got := strings.Fields(out + " -")[0]; code != 0 || got != want {
+					bad = append(bad, fmt.Sprintf("upload %s, acknowledged during the switchover: served %s (exit %d), uploaded %s", path, got, code, want))
+				}
+			}
+			return bad
 		}
 	case "promote":
 		target := c.others(l)[rng.IntN(2)]
@@ -247,6 +292,16 @@ func (c *Cluster) chaosRun(t *testing.T, seed uint64, began time.Time, rep *chao
 	}
 	if diff != "" {
 		violations = append(violations, "storage differs: "+diff)
+	}
+	// Every committed upload row names a file the leader serves as uploaded.
+	missing := strings.TrimSpace(c.Client.Must(t, "curl", "-sf", "-m", "30", "http://"+c.VIP+":3210/uploads/missing"))
+	if first, _, _ := strings.Cut(missing, "\n"); !strings.HasSuffix(first, " 0 missing") {
+		violations = append(violations, "upload rows without their file: "+missing)
+	}
+	for _, f := range faults {
+		if f.check != nil {
+			violations = append(violations, f.check(t)...)
+		}
 	}
 	unavail := longestGap(ops)
 	var descs []string

@@ -118,6 +118,22 @@ func TestSingleNodeCluster(t *testing.T) {
 	if _, out := n.Exec(t, "journalctl", "--no-pager", "-u", "ccm-elector", "-g", "promotion failed"); strings.Contains(out, "promotion failed") {
 		t.Errorf("a promotion failed:\n%s", out)
 	}
+	// Every binary tells its version; a daemon with a broken configuration
+	// exits 78 and systemd does not restart it (RestartPreventExitStatus).
+	for _, d := range []string{"ccm", "ccm-elector", "ccm-walship", "ccm-walapply", "ccm-snapshot", "ccm-vip", "ccm-backend", "ccm-storage"} {
+		if out := n.Must(t, d, "--version"); !strings.HasPrefix(out, d+" ") {
+			t.Errorf("%s --version: %q", d, out)
+		}
+	}
+	n.Must(t, "sh", "-c", "cp /etc/convex/cluster.json /tmp/good.json && sed -i 's/\"clusterId\"/\"clusterID\"/' /etc/convex/cluster.json && systemctl restart ccm-snapshot || true")
+	time.Sleep(3 * time.Second)
+	got := strings.Fields(n.Must(t, "systemctl", "show", "ccm-snapshot", "-p", "ActiveState,ExecMainStatus,NRestarts"))
+	slices.Sort(got) // systemctl's order, not the order asked
+	n.Must(t, "sh", "-c", "cp /tmp/good.json /etc/convex/cluster.json && systemctl restart ccm-snapshot")
+	if want := []string{"ActiveState=failed", "ExecMainStatus=78", "NRestarts=0"}; !slices.Equal(got, want) {
+		_, log := n.Exec(t, "journalctl", "--no-pager", "-n", "5", "-u", "ccm-snapshot")
+		t.Errorf("ccm-snapshot with a misspelt field in its configuration: %v, want %v; journal:\n%s", got, want, log)
+	}
 }
 
 func TestBackendControlWithSystemd(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"github.com/peterbourgon/ff/v3/ffcli"
 
 	"github.com/convex-cluster-manager/ccm/shared/config"
+	"github.com/convex-cluster-manager/ccm/shared/daemon"
 	"github.com/convex-cluster-manager/ccm/shared/natsauth"
 	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 )
@@ -76,11 +77,13 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // New builds the ccm command tree.
 func New(stdout, stderr io.Writer) *ffcli.Command {
+	fs := newFlagSet("ccm", stderr)
+	version := fs.Bool("version", false, "print the version and exit")
 	root := &ffcli.Command{
 		Name:       "ccm",
 		ShortUsage: "ccm <command> [flags]",
 		ShortHelp:  "operate a convex-cluster-manager cluster",
-		FlagSet:    newFlagSet("ccm", stderr),
+		FlagSet:    fs,
 		Subcommands: []*ffcli.Command{
 			newInit(stdout, stderr),
 			newStatus(stdout, stderr),
@@ -90,10 +93,43 @@ func New(stdout, stderr io.Writer) *ffcli.Command {
 			newLeave(stdout, stderr),
 			newVerify(stdout, stderr),
 			newNATSSetup(stdout, stderr),
+			newVersion(stdout, stderr),
 		},
-		Exec: func(context.Context, []string) error { return flag.ErrHelp },
+		Exec: func(_ context.Context, args []string) error {
+			switch {
+			case *version:
+				return printVersion(stdout)
+			case len(args) > 0:
+				return fmt.Errorf("%w: unknown command %q (ccm -h lists them)", ErrUsage, args[0])
+			}
+			return flag.ErrHelp
+		},
+	}
+	for _, c := range append([]*ffcli.Command{root}, root.Subcommands...) {
+		c.UsageFunc = usage
 	}
 	return root
+}
+
+// newVersion is ccm version.
+func newVersion(stdout, stderr io.Writer) *ffcli.Command {
+	return &ffcli.Command{
+		Name:       "version",
+		ShortUsage: "ccm version",
+		ShortHelp:  "print the version of ccm",
+		FlagSet:    newFlagSet("ccm version", stderr),
+		Exec: func(_ context.Context, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
+			return printVersion(stdout)
+		},
+	}
+}
+
+func printVersion(stdout io.Writer) error {
+	_, err := fmt.Fprintf(stdout, "ccm %s\n", daemon.Version())
+	return err
 }
 
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {

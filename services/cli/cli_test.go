@@ -186,6 +186,7 @@ func TestErrors(t *testing.T) {
 		{"bad flag", []string{"status", "--nope"}, cli.ExitUsage, "nope"},
 		{"stray argument", []string{"status", "--config", f.conf["n1"], "extra"}, cli.ExitUsage, `unexpected argument "extra"`},
 		{"missing config", []string{"status", "--config", "/nonexistent/cluster.json"}, cli.ExitUsage, "/nonexistent/cluster.json"},
+		{"unknown command", []string{"stauts"}, cli.ExitUsage, `unknown command "stauts"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -223,5 +224,19 @@ func TestNATSSetup(t *testing.T) {
 		got, code := ccm(t, append([]string{"nats-setup"}, tc.args...)...)
 		require.Equal(t, cli.ExitUsage, code, got)
 		require.Contains(t, got, tc.want)
+	}
+}
+
+func TestVersionAndHelp(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		if out, code := ccm(t, args...); code != cli.ExitOK || !strings.HasPrefix(out, "ccm ") || strings.Count(out, "\n") != 1 {
+			t.Errorf("ccm %v: exit %d, %q; want one line naming ccm's version", args, code, out)
+		}
+	}
+	// A command's own flags come before the cluster settings.
+	out, code := ccm(t, "status", "-h")
+	own, settings := strings.Index(out, "-watch"), strings.Index(out, "CLUSTER SETTINGS")
+	if code != cli.ExitOK || own < 0 || settings < own || !strings.Contains(out[settings:], "-nats-servers") || strings.Contains(out[:settings], "-nats-servers") {
+		t.Errorf("ccm status -h: exit %d; want its flags (-watch), then the cluster settings (-nats-servers):\n%s", code, out)
 	}
 }

@@ -252,3 +252,18 @@ func (l *listValue) Set(s string) error {
 	}
 	return nil
 }
+
+// IsSetting reports whether name is the flag of a configuration setting
+// (or -config) that Bind registers, as opposed to a command's own flag.
+func IsSetting(name string) bool {
+	if name == "config" {
+		return true
+	}
+	var c Config
+	for _, fd := range c.fields() {
+		if fd.flagName() == name {
+			return true
+		}
+	}
+	return false
+}

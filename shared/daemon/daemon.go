@@ -74,14 +74,17 @@ type Spec struct {
 }
 
 // Main runs the daemon described by spec with command-line args until ctx is
-// cancelled. It returns flag.ErrHelp for -h.
-func Main(ctx context.Context, spec Spec, args []string, stderr io.Writer) error {
+// cancelled. It returns flag.ErrHelp for -h, prints the version to stdout
+// for -version, and wraps errors in the flags, environment or
+// configuration file in ErrConfig.
+func Main(ctx context.Context, spec Spec, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(spec.Name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
 		logLevel    = fs.String("log-level", "info", "log level: debug, info, warn, error")
 		logFormat   = fs.String("log-format", "text", "log format: text or json")
 		metricsAddr = fs.String("metrics-addr", spec.MetricsAddr, "listen address for /metrics and /healthz (empty: off)")
+		version     = fs.Bool("version", false, "print the version and exit")
 	)
 	var cleanup *bool
 	if spec.Cleanup != nil {
@@ -89,12 +92,20 @@ func Main(ctx context.Context, spec Spec, args []string, stderr io.Writer) error
 	}
 	flags := config.Bind(fs)
 	cfg, err := flags.Parse(args)
+	if *version && (err == nil || !errors.Is(err, flag.ErrHelp)) {
+		// Before the configuration is checked: a node without one has a version too.
+		_, werr := fmt.Fprintf(stdout, "%s %s\n", spec.Name, Version())
+		return werr
+	}
 	if err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	log, err := NewLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	log = log.With("service", spec.Name, "cluster", cfg.ClusterID, "node", cfg.NodeID)
 	if cleanup != nil && *cleanup {
