@@ -165,6 +165,8 @@ func printStatus(w io.Writer, st ClusterStatus) {
 			switch {
 			case a.State == schema.ApplyBehindRetention:
 				repl = "BEHIND RETENTION (re-bootstrapping)"
+			case a.State == schema.ApplyOpening:
+				repl = "OPENING (retrying): " + a.Error
 			case a.Error != "":
 				repl = "FAILED: " + a.Error
 			case !a.Complete && a.StreamSeq > 0:

@@ -77,6 +77,8 @@ func lagEligible(st schema.ApplyStatus, maxTXIDs, maxBytes int, heartbeat time.D
 	switch {
 	case st.State == schema.ApplyBehindRetention:
 		return 0, fmt.Errorf("behind the WAL stream's retention: %s", st.Error)
+	case st.State == schema.ApplyOpening:
+		return 0, fmt.Errorf("the shadow database is not open yet: %s", st.Error)
 	case st.Error != "":
 		return 0, fmt.Errorf("replication failed: %s", st.Error)
 	case st.StreamSeq == 0:

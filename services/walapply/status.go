@@ -27,6 +27,8 @@ func (d *Daemon) Status() any {
 		st.State, st.Error = schema.ApplyBehindRetention, d.behind.Error()
 	case d.failed != nil:
 		st.State, st.Error = schema.ApplyFailed, d.failed.Error()
+	case d.unopened != nil:
+		st.State, st.Error = schema.ApplyOpening, d.unopened.Error()
 	case d.paused:
 		st.State = schema.ApplyPaused
 	case d.following:

@@ -69,6 +69,8 @@ type Daemon struct {
 	diverged       *replica.Verification // the verification that found the shadow diverged (failed is set)
 	behind         error                 // the next message aged out of the stream: re-bootstrap
 	retryBootstrap time.Time
+	unopened       error // the shadow could not be opened yet, for a reason a retry may not meet
+	retryOpen      time.Time
 	paused         bool   // drained, for promotion; resumed by the resume endpoint
 	drainTo        uint64 // pause once this stream sequence is consumed
 	following      bool
@@ -110,9 +112,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if err := d.open(ctx, nil); err != nil {
-		d.fail(err)
-	}
+	d.openOrRetry(ctx, nil)
 	defer d.close()
 	roles, err := d.env.Roles()
 	if err != nil {
@@ -231,6 +231,25 @@ func (d *Daemon) close() {
 	}
 }
 
+// openOrRetry opens the shadow (sh, or the one at the shadow path,
+// bootstrapped if missing). Only a shadow or snapshot found unusable stops
+// replication; anything else (NATS away or slow, a full disk) is retried
+// by the control loop.
+func (d *Daemon) openOrRetry(ctx context.Context, sh *replica.Shadow) {
+	err := d.open(ctx, sh)
+	if errors.Is(err, replica.ErrCorrupt) || errors.Is(err, replica.ErrChecksum) || errors.Is(err, replica.ErrDiverged) {
+		d.fail(err)
+		err = nil
+	}
+	const retry = 5 * time.Second
+	d.mu.Lock()
+	d.unopened, d.retryOpen = err, time.Now().Add(retry)
+	d.mu.Unlock()
+	if err != nil {
+		d.log.Warn("shadow database not open yet: retrying", "err", err, "retry_in", retry)
+	}
+}
+
 func (d *Daemon) fail(err error) {
 	d.mu.Lock()
 	d.failed = err
@@ -260,16 +279,18 @@ func (d *Daemon) control(ctx context.Context, roles *rolewatch.Tracker) error {
 		reopen := demoted && d.released
 		d.mu.Unlock()
 		if reopen {
-			if err := d.open(ctx, d.adopt(ctx)); err != nil {
-				d.fail(err)
-			}
+			d.openOrRetry(ctx, d.adopt(ctx))
 			d.mu.Lock()
 			d.released = false
 			d.mu.Unlock()
 		}
 		d.mu.Lock()
 		behind := d.behind != nil && !leading && !d.left && !d.released && time.Now().After(d.retryBootstrap)
+		again := d.unopened != nil && d.applier == nil && !leading && !d.left && !d.released && time.Now().After(d.retryOpen)
 		d.mu.Unlock()
+		if again {
+			d.openOrRetry(ctx, nil)
+		}
 		if behind {
 			if f != nil {
 				f.stop()

@@ -112,6 +112,7 @@ const (
 	ApplyReleased        = "released"         // the shadow became the leader's database
 	ApplyFailed          = "failed"           // a message was refused (Error says why)
 	ApplyBehindRetention = "behind retention" // the next message aged out of the stream: re-bootstrapping
+	ApplyOpening         = "opening"          // the shadow could not be opened or bootstrapped yet (Error says why): retrying
 	ApplyLeft            = "left"
 	ApplyIdle            = "idle"
 )
