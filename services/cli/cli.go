@@ -92,6 +92,7 @@ func New(stdout, stderr io.Writer) *ffcli.Command {
 			newJoin(stdout, stderr),
 			newLeave(stdout, stderr),
 			newVerify(stdout, stderr),
+			newHistory(stdout, stderr),
 			newNATSSetup(stdout, stderr),
 			newVersion(stdout, stderr),
 		},

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,8 +16,10 @@ import (
 
 	"github.com/convex-cluster-manager/ccm/services/cli"
 	et "github.com/convex-cluster-manager/ccm/services/elector/electortest"
+	"github.com/convex-cluster-manager/ccm/shared/epochlog"
 	"github.com/convex-cluster-manager/ccm/shared/natstest"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 )
 
 // ccm runs the CLI in-process and returns its output and exit code.
@@ -165,6 +168,34 @@ func TestPromoteAndDemote(t *testing.T) {
 	out, code = ccm(t, "promote", "--node", target.ID, "--config", f.conf["n3"])
 	if code != 0 || !strings.Contains(out, "already the leader") {
 		t.Fatalf("promote of the leader: %d %s", code, out)
+	}
+
+	// ccm history lists the four terms, each switchover with its reason.
+	var terms []epochlog.Term
+	waitfor.Cond(t, 5*time.Second, func() error {
+		out, code := ccm(t, "history", "--json", "--config", f.conf["n2"])
+		if code != 0 {
+			return fmt.Errorf("exit %d: %s", code, out)
+		}
+		terms = nil
+		if err := json.Unmarshal([]byte(out), &terms); err != nil {
+			return err
+		}
+		if len(terms) != 4 || terms[3].Served.IsZero() {
+			return fmt.Errorf("%d terms, want 4, the last serving: %+v", len(terms), terms)
+		}
+		return nil
+	})
+	for i, want := range []string{old.ID, target.ID, "", target.ID} {
+		if want != "" && terms[i].Node != want {
+			t.Errorf("term %d led by %s, want %s", i, terms[i].Node, want)
+		}
+		if i < 3 && !strings.HasPrefix(terms[i].HowEnded, "switchover: ") {
+			t.Errorf("term %d ended %q, want a switchover", i, terms[i].HowEnded)
+		}
+	}
+	if out, code := ccm(t, "history", "--last", "1", "--config", f.conf["n2"]); code != 0 || strings.Count(out, "\n") != 2 || !strings.Contains(out, "leading") {
+		t.Errorf("ccm history --last 1: exit %d:\n%s", code, out)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
+	"github.com/convex-cluster-manager/ccm/shared/epochlog"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
 
@@ -76,6 +77,7 @@ type Elector struct {
 	dirty   bool                 // role changed since the node status was last written
 	left    bool                 // ccm leave: no campaigning, no status until restarted
 	gate    schema.EpochGate
+	history *epochlog.Recorder // ccm history: this node's terms
 }
 
 var _ daemon.Daemon = (*Elector)(nil)
@@ -110,6 +112,7 @@ func New(env daemon.Env) (*Elector, error) {
 		current:      map[string]map[string]time.Time{},
 		checked:      map[string]time.Time{},
 	}
+	e.history = epochlog.NewRecorder(js, c.ClusterID, c.NodeID, c.NATS.Replicas, env.Log)
 	e.metrics = newMetrics(env.Metrics, e)
 	return e, nil
 }
@@ -155,6 +158,11 @@ func (e *Elector) Run(ctx context.Context) error {
 	defer e.wg.Wait()
 	defer cancel()
 	e.runCtx = ctx
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.history.Run(ctx)
+	}()
 	kv, err := e.connect(ctx)
 	if err != nil {
 		return err

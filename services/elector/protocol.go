@@ -354,9 +354,9 @@ func (e *Elector) Demote(ctx context.Context, to string) error {
 	if _, err := e.callStorage(dctx, schema.VerbFlush, nil, e.ttl); err != nil && !errors.Is(err, errSkipped) {
 		return e.undrain(epoch, "the final storage flush", err)
 	}
-	reason := "demoted"
+	reason := "switchover: stepped down, the key released to the others"
 	if to != "" {
-		reason = "handing over to " + to
+		reason = "switchover: handed over to " + to
 	}
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), e.ttl)
 	defer rcancel()

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/convex-cluster-manager/ccm/shared/epochlog"
 	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 )
@@ -248,6 +249,7 @@ func (e *Elector) apply(ev Event) {
 		}
 		e.servingBy = time.Now().Add(bound)
 	}
+	e.record(old, next)
 	if next.Role == old.Role {
 		return
 	}
@@ -265,6 +267,21 @@ func (e *Elector) apply(ev Event) {
 	case next.Role == schema.RoleLeader:
 		// Also after a restart of the elector mid-promotion: every step is idempotent.
 		e.startPromotion(next.Epoch)
+	}
+}
+
+// record adds a role change to the cluster's history: an epoch this node
+// began or stopped leading, or whose backend began to serve.
+func (e *Elector) record(old, next State) {
+	leads := func(s State) bool { return s.Role == schema.RoleLeader }
+	if leads(old) && (!leads(next) || next.Epoch != old.Epoch) {
+		e.history.Add(old.Epoch, epochlog.Ended, next.Reason)
+	}
+	if leads(next) && (!leads(old) || next.Epoch != old.Epoch) {
+		e.history.Add(next.Epoch, epochlog.Began, next.Reason)
+	}
+	if leads(next) && next.Ready && !(leads(old) && old.Ready && old.Epoch == next.Epoch) {
+		e.history.Add(next.Epoch, epochlog.Serving, "")
 	}
 }
 

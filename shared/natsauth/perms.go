@@ -1,6 +1,7 @@
 package natsauth
 
 import (
+	"github.com/convex-cluster-manager/ccm/shared/epochlog"
 	"github.com/convex-cluster-manager/ccm/shared/filestore"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/snapstore"
@@ -53,7 +54,7 @@ func kvKey(bucket, key string) string { return "$KV." + bucket + "." + key }
 
 // NodePermissions are those of node's daemons: the JetStream API (they
 // create and run the cluster's streams, buckets and consumers), the WAL
-// stream, the storage manifest and objects, the snapshots, the leader
+// stream, their history records, the storage manifest and objects, the snapshots, the leader
 // key, the snapshot lock and their own status keys; their own role
 // events and endpoints; and of other nodes' endpoints only what the
 // protocol calls (a handover's demote and the position of its target) and
@@ -64,6 +65,7 @@ func NodePermissions(cluster, node string) Permissions {
 		Publish: []string{
 			"$JS.API.>", "$JS.ACK.>", "$JS.FC.>",
 			walstream.Subject(cluster),
+			epochlog.Subject(cluster, node),
 			schema.RoleSubject(cluster, node),
 			kvKey(b, schema.KeyLeader), kvKey(b, schema.KeySnapshotLock),
 			kvKey(b, schema.NodeKey(node)), kvKey(b, schema.NodeKey(node)) + ".>",
@@ -92,7 +94,8 @@ func NodePermissions(cluster, node string) Permissions {
 func OperatorPermissions(cluster string) Permissions {
 	b := schema.Bucket(cluster)
 	pub := jetStreamReads(kvStream(b), kvStream(filestore.FilesBucket(cluster)),
-		objStream(filestore.BlobsBucket(cluster)), objStream(snapstore.Bucket(cluster)), walstream.Stream(cluster))
+		objStream(filestore.BlobsBucket(cluster)), objStream(snapstore.Bucket(cluster)), walstream.Stream(cluster),
+		epochlog.Stream(cluster))
 	pub = append(pub,
 		"$SRV.>",
 		schema.Endpoint(cluster, "*", "*", schema.VerbStatus),
@@ -109,10 +112,11 @@ func OperatorPermissions(cluster string) Permissions {
 }
 
 // MonitorPermissions are read-only: the cluster's KV state (ccm status),
+// its leadership history (ccm history),
 // every daemon's status endpoint, micro discovery (nats micro ls/info) and
 // the role events.
 func MonitorPermissions(cluster string) Permissions {
-	pub := append(jetStreamReads(kvStream(schema.Bucket(cluster))),
+	pub := append(jetStreamReads(kvStream(schema.Bucket(cluster)), epochlog.Stream(cluster)),
 		"$SRV.>",
 		schema.Endpoint(cluster, "*", "*", schema.VerbStatus),
 	)
