@@ -286,9 +286,13 @@ func (d *Daemon) control(ctx context.Context, roles *rolewatch.Tracker) error {
 		}
 		d.mu.Lock()
 		behind := d.behind != nil && !leading && !d.left && !d.released && time.Now().After(d.retryBootstrap)
-		again := d.unopened != nil && d.applier == nil && !leading && !d.left && !d.released && time.Now().After(d.retryOpen)
+		again := d.unopened != nil && !leading && !d.left && !d.released && time.Now().After(d.retryOpen)
 		d.mu.Unlock()
+		if again && f != nil && !f.ended() {
+			again = false // the follower that found the apply interrupted is still ending
+		}
 		if again {
+			d.close()
 			d.openOrRetry(ctx, nil)
 		}
 		if behind {
@@ -302,7 +306,7 @@ func (d *Daemon) control(ctx context.Context, roles *rolewatch.Tracker) error {
 		// A leader-elect follows until its promotion's drain is done: the
 		// drain's target may be beyond what arrived when it won (a lost
 		// leader's last append), and nothing else brings it.
-		want := roles.Settled(time.Now()) && (!leading || d.drainTo > 0) && !d.paused && !d.left && !d.released && d.failed == nil && d.behind == nil && d.applier != nil
+		want := roles.Settled(time.Now()) && (!leading || d.drainTo > 0) && !d.paused && !d.left && !d.released && d.failed == nil && d.behind == nil && d.unopened == nil && d.applier != nil
 		d.live.Beat()
 		d.mu.Unlock()
 		if f != nil && f.ended() {
@@ -382,6 +386,14 @@ func (d *Daemon) follow(ctx context.Context) {
 	case err == nil, errors.Is(err, errPaused), ctx.Err() != nil:
 	case errors.Is(err, replica.ErrGap) && d.agedOut(ctx):
 		// refreshLag recorded it: the control loop re-bootstraps.
+	case errors.Is(err, replica.ErrInterrupted):
+		// A full disk or an I/O error while pages were written: the
+		// control loop reopens the shadow, which finishes the apply from
+		// its journal (retried while the disk refuses).
+		d.log.Warn("an apply did not finish: reopening the shadow to finish it", "err", err)
+		d.mu.Lock()
+		d.unopened, d.retryOpen = err, time.Now().Add(time.Second)
+		d.mu.Unlock()
 	case errors.Is(err, replica.ErrCorrupt), errors.Is(err, replica.ErrGap), errors.Is(err, replica.ErrChecksum),
 		errors.Is(err, replica.ErrStaleEpoch), errors.Is(err, replica.ErrDiverged):
 		d.fail(err)

@@ -25,6 +25,12 @@ var (
 	ErrStaleEpoch = errors.New("WAL message from an older epoch")
 )
 
+// ErrInterrupted means an apply failed after its first page could be
+// written (a full disk, an I/O error): the applier refuses everything
+// until it is replaced; a new one (NewApplier, when the disk allows)
+// finishes the apply from its journal.
+var ErrInterrupted = errors.New("an apply did not finish: reopen the shadow to finish it")
+
 // Applier applies WAL stream messages, in stream order, to a Shadow. LTX
 // chunks are assembled in a journal file; a complete file is verified
 // (file checksum, TXID chain, pre-apply checksum) before any page is written.
@@ -35,9 +41,11 @@ type Applier struct {
 	jwb      *fsutil.Writeback
 	jmeta    walstream.Meta // first chunk's header of the file being assembled
 	jnext    int            // next chunk index expected; 0 = none in progress
+	jstart   uint64         // stream sequence of its first chunk
 	pred     *prediction    // of the file being assembled
 	consumed uint64         // last stream sequence handled
 	captured time.Time      // capture time of the newest applied file
+	broken   error          // an apply that did not finish (ErrInterrupted)
 }
 
 // Assembling reports whether a file's chunks are being assembled: the
@@ -99,7 +107,16 @@ func (a *Applier) Position() Position { return a.shadow.Position() }
 func (a *Applier) Consumed() uint64 { return a.consumed }
 
 // Handle processes the message at stream sequence seq.
+//
+// An error that is not a refusal (ErrCorrupt, ErrGap, ErrChecksum,
+// ErrStaleEpoch) leaves the applier as it was before the file being
+// assembled (Consumed goes back before its first chunk), so that the
+// stream can be followed again from there once the cause is gone; or, if
+// the file's pages were being written, is ErrInterrupted.
 func (a *Applier) Handle(seq uint64, h nats.Header, data []byte) error {
+	if a.broken != nil {
+		return fmt.Errorf("%w: %w", ErrInterrupted, a.broken)
+	}
 	pos := a.shadow.Position()
 	if seq <= a.consumed {
 		return nil // redelivered
@@ -139,13 +156,28 @@ func (a *Applier) Handle(seq uint64, h nats.Header, data []byte) error {
 		return fmt.Errorf("%w: sequence %d is from epoch %d but its marker was not seen (shadow at epoch %d)", ErrGap, seq, m.Epoch, pos.Epoch)
 	}
 	if err := a.addChunk(seq, m, data); err != nil {
+		a.rewind()
 		return err
 	}
 	a.consumed = seq
 	if !m.Last {
 		return nil
 	}
-	return a.applyJournal(seq, m)
+	start := a.jstart
+	err = a.applyJournal(seq, m)
+	if err != nil && a.broken == nil {
+		a.consumed = start - 1 // nothing of the file was written: it is needed again
+	}
+	return err
+}
+
+// rewind drops the file being assembled and moves Consumed back before its
+// first chunk.
+func (a *Applier) rewind() {
+	if a.jnext != 0 {
+		a.consumed = a.jstart - 1
+	}
+	a.resetJournal()
 }
 
 // resetJournal drops the file being assembled, and its prediction.
@@ -168,7 +200,7 @@ func (a *Applier) addChunk(seq uint64, m walstream.Meta, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("open journal: %w", err)
 		}
-		a.journal, a.jmeta, a.jwb = f, m, fsutil.NewWriteback(f)
+		a.journal, a.jmeta, a.jwb, a.jstart, a.jnext = f, m, fsutil.NewWriteback(f), seq, 0
 		a.pred = predict(a.shadow)
 	} else if a.jnext == 0 {
 		return fmt.Errorf("%w: sequence %d is chunk %d of TXID %d-%d, but no file is being assembled", ErrGap, seq, m.Chunk, m.MinTXID, m.MaxTXID)
@@ -177,7 +209,6 @@ func (a *Applier) addChunk(seq uint64, m walstream.Meta, data []byte) error {
 			ErrGap, seq, m.Chunk, m.MinTXID, m.MaxTXID, a.jnext, a.jmeta.MinTXID, a.jmeta.MaxTXID)
 	}
 	if _, err := a.journal.Write(data); err != nil {
-		a.resetJournal()
 		return fmt.Errorf("write journal: %w", err)
 	}
 	a.jwb.Wrote(len(data))
@@ -240,10 +271,17 @@ func (a *Applier) applyJournal(seq uint64, m walstream.Meta) error {
 	}
 	applying = true
 	if err := a.shadow.Apply(f, next); err != nil {
-		return err
+		a.broken = err
+		return fmt.Errorf("%w: %w", ErrInterrupted, err)
 	}
 	a.captured = m.Captured
-	return a.removeRecord()
+	if err := a.removeRecord(); err != nil {
+		// Applied and recorded; the next file's journal must not be
+		// written under a record that still points at this one.
+		a.broken = err
+		return fmt.Errorf("%w: %w", ErrInterrupted, err)
+	}
+	return nil
 }
 
 // removeRecord removes the interrupted-apply record durably: one that
