@@ -263,7 +263,7 @@ func (d *Daemon) check(ctx context.Context, epoch uint64) {
 		defer d.wg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		if _, err := natsconn.Call(ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceElector, schema.VerbDemote, nil, 2*time.Minute); err != nil {
+		if _, err := natsconn.Call(ctx, d.nc, d.cfg.ClusterID, d.cfg.NodeID, schema.ServiceElector, schema.VerbDemote, schema.DemoteRequest{Automatic: true}, 2*time.Minute); err != nil {
 			d.log.Error("hand over", "err", err)
 		}
 	}()

@@ -93,6 +93,8 @@ func New(stdout, stderr io.Writer) *ffcli.Command {
 			newLeave(stdout, stderr),
 			newVerify(stdout, stderr),
 			newHistory(stdout, stderr),
+			newPause(stdout, stderr),
+			newResume(stdout, stderr),
 			newNATSSetup(stdout, stderr),
 			newVersion(stdout, stderr),
 		},

@@ -271,3 +271,37 @@ func TestVersionAndHelp(t *testing.T) {
 		t.Errorf("ccm status -h: exit %d; want its flags (-watch), then the cluster settings (-nats-servers):\n%s", code, out)
 	}
 }
+
+func TestPauseAndResume(t *testing.T) {
+	f := startCluster(t)
+	out, code := ccm(t, "pause", "--reason", "kernel upgrade", "--config", f.conf["n1"])
+	if code != cli.ExitOK || !strings.HasPrefix(out, "paused") {
+		t.Fatalf("ccm pause: exit %d: %s", code, out)
+	}
+	if out, _ := ccm(t, "status", "--config", f.conf["n2"]); !strings.Contains(out, "PAUSED (maintenance mode)") || !strings.Contains(out, "kernel upgrade") {
+		t.Errorf("ccm status of a paused cluster:\n%s", out)
+	}
+	if st := status(t, f.conf["n3"]); st.Paused == nil || st.Paused.Reason != "kernel upgrade" {
+		t.Errorf("ccm status --json of a paused cluster: paused %+v", st.Paused)
+	}
+	out, code = ccm(t, "resume", "--config", f.conf["n1"])
+	if code != cli.ExitOK || !strings.HasPrefix(out, "resumed") {
+		t.Fatalf("ccm resume: exit %d: %s", code, out)
+	}
+	if st := status(t, f.conf["n3"]); st.Paused != nil {
+		t.Errorf("ccm status --json after resume: paused %+v", st.Paused)
+	}
+	// The leader's term in the history notes both.
+	waitfor.Cond(t, 5*time.Second, func() error {
+		out, _ := ccm(t, "history", "--json", "--config", f.conf["n1"])
+		var terms []epochlog.Term
+		if err := json.Unmarshal([]byte(out), &terms); err != nil || len(terms) == 0 {
+			return fmt.Errorf("history: %v %s", err, out)
+		}
+		n := terms[len(terms)-1].Notes
+		if len(n) != 2 || !strings.HasPrefix(n[0].What, "paused (by ") || !strings.HasSuffix(n[0].What, " kernel upgrade)") || !strings.HasPrefix(n[1].What, "resumed (by ") {
+			return fmt.Errorf("notes of the current term: %+v", n)
+		}
+		return nil
+	})
+}

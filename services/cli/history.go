@@ -87,6 +87,9 @@ func printHistory(w io.Writer, terms []epochlog.Term) {
 			ended, how = "leading", ""
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Epoch, t.Node, stamp(t.Began), served, ended, led, t.HowBegan, how)
+		for _, n := range t.Notes {
+			fmt.Fprintf(tw, "\t\t%s\t%s\t\t\t\t\n", stamp(n.At), n.What)
+		}
 	}
 	tw.Flush()
 }

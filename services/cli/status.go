@@ -19,6 +19,8 @@ type ClusterStatus struct {
 	Cluster string      `json:"cluster"`
 	Leader  *LeaderView `json:"leader"`
 	Nodes   []NodeView  `json:"nodes"`
+	// Paused is the maintenance mode (ccm pause), nil when not paused.
+	Paused *schema.PauseRecord `json:"paused,omitempty"`
 }
 
 // LeaderView is the leader key as shown by status.
@@ -104,6 +106,11 @@ func (c *client) status(ctx context.Context) (ClusterStatus, error) {
 		st.Leader = &LeaderView{Node: l.Node, Epoch: l.Epoch, Since: l.Since, HandoverTo: l.HandoverTo,
 			LeaseRemainingMs: max(0, l.Written.Add(c.ttl).Sub(now).Milliseconds())}
 	}
+	if p, err := c.pause(ctx); err != nil {
+		return st, err
+	} else if p.Paused {
+		st.Paused = &p
+	}
 	nodes, err := c.nodes(ctx)
 	if err != nil {
 		return st, err
@@ -150,6 +157,13 @@ func printStatus(w io.Writer, st ClusterStatus) {
 	default:
 		fmt.Fprintf(w, "cluster %s: leader %s, epoch %d, lease %.1fs remaining, leading since %s\n\n",
 			st.Cluster, l.Node, l.Epoch, float64(l.LeaseRemainingMs)/1000, l.Since.Local().Format(time.RFC3339))
+	}
+	if p := st.Paused; p != nil {
+		fmt.Fprintf(w, "PAUSED (maintenance mode) since %s by %s: no automatic failover until ccm resume", p.At.Local().Format(time.RFC3339), p.By)
+		if p.Reason != "" {
+			fmt.Fprintf(w, " (%s)", p.Reason)
+		}
+		fmt.Fprint(w, "\n\n")
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tROLE\tEPOCH\tAPPLIED TXID\tLAG\tREPLICATION\tSTORAGE\tLAST SEEN\tVERSION")

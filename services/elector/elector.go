@@ -78,6 +78,10 @@ type Elector struct {
 	left    bool                 // ccm leave: no campaigning, no status until restarted
 	gate    schema.EpochGate
 	history *epochlog.Recorder // ccm history: this node's terms
+	// settings holds the maintenance mode (pause.go); pause is its last
+	// value read (under mu).
+	settings jetstream.KeyValue
+	pause    schema.PauseRecord
 }
 
 var _ daemon.Daemon = (*Elector)(nil)
@@ -252,8 +256,15 @@ func (e *Elector) connect(ctx context.Context) (jetstream.KeyValue, error) {
 		if errors.Is(err, ErrBucketMismatch) {
 			return fmt.Errorf("%w: %w", daemon.ErrPermanent, err)
 		}
+		if err != nil {
+			return err
+		}
+		e.settings, err = openSettings(ctx, e.js, e.cluster, e.replicas)
 		return err
 	})
+	if err == nil {
+		e.refreshPause(ctx) // before the first campaign
+	}
 	return kv, err
 }
 
@@ -325,6 +336,9 @@ func (e *Elector) markReady() {
 // key (in case a watch update was missed) and writes the node's status.
 func (e *Elector) tick(ctx context.Context, retry *time.Timer) {
 	s := e.State()
+	if s.Role != schema.RoleLeader {
+		e.refreshPause(ctx) // a leader's heartbeat is its lease's: read it after renewing
+	}
 	switch s.Role {
 	case schema.RoleStarting:
 		e.sync(ctx)
@@ -333,6 +347,7 @@ func (e *Elector) tick(ctx context.Context, retry *time.Timer) {
 			retry.Reset(e.heartbeat / 4)
 			return // do not spend the lease on status writes
 		}
+		e.refreshPause(ctx)
 		e.placeStreams(false)
 	default:
 		e.placeStreams(false)
@@ -377,7 +392,7 @@ func (e *Elector) writeStatus(ctx context.Context) {
 	defer cancel()
 	st := schema.NodeStatus{
 		Node: e.node, Role: s.Role, Epoch: s.Epoch, Leader: s.Leader,
-		Version: e.version, StartedAt: e.started, UpdatedAt: time.Now(),
+		Version: e.version, StartedAt: e.started, UpdatedAt: time.Now(), Paused: e.paused(),
 	}
 	if _, err := e.kv.Put(octx, schema.NodeKey(e.node), encode(st)); err != nil {
 		e.log.Debug("write node status", "err", err)
@@ -393,6 +408,9 @@ func (e *Elector) enforceServing(ctx context.Context) {
 	s := e.State()
 	if s.Role != schema.RoleLeader || s.Ready || e.servingBy.IsZero() || time.Now().Before(e.servingBy) {
 		return
+	}
+	if e.paused() {
+		return // maintenance: the operator decides (its promotion may still finish)
 	}
 	e.log.Error("held the leader key without serving past its bound: giving up leadership", "epoch", s.Epoch, "bound", e.servingBy)
 	if err := e.resign(ctx, "", "held the key without serving past its bound"); err != nil {

@@ -33,6 +33,7 @@ type Status struct {
 	LastRenewal      time.Time   `json:"lastRenewal,omitzero"`
 	Reason           string      `json:"reason,omitempty"`
 	Ineligible       string      `json:"ineligible,omitempty"`
+	Paused           bool        `json:"paused,omitempty"` // maintenance mode (ccm pause)
 	Version          string      `json:"version"`
 	StartedAt        time.Time   `json:"startedAt"`
 }
@@ -44,7 +45,7 @@ func (e *Elector) Status() any {
 	renewed, inel := e.renewed, e.ineligible
 	e.mu.Unlock()
 	st := Status{Node: e.node, Cluster: e.cluster, Role: s.Role, Epoch: s.Epoch, Leader: s.Leader,
-		Reason: s.Reason, Version: e.version, StartedAt: e.started}
+		Reason: s.Reason, Version: e.version, StartedAt: e.started, Paused: e.paused()}
 	if inel != nil {
 		st.Ineligible = inel.Error()
 	}
@@ -62,6 +63,7 @@ func (e *Elector) AddEndpoints(g micro.Group) error {
 		ErrUnknownNode: natsconn.CodeNotFound,
 		ErrNotReady:    natsconn.CodeNotReady,
 		ErrNotEligible: natsconn.CodeNotReady,
+		ErrPaused:      natsconn.CodeRefused,
 	}
 	if err := g.AddEndpoint(schema.VerbPromote, natsconn.Handle(handoverTimeout+e.ttl, codes, func(ctx context.Context, _ micro.Request) (any, error) {
 		return e.roleReply(e.Promote(ctx))
@@ -72,6 +74,10 @@ func (e *Elector) AddEndpoints(g micro.Group) error {
 		var r schema.DemoteRequest
 		if err := natsconn.Decode(req, &r); err != nil {
 			return nil, err
+		}
+		if r.Automatic && e.paused() {
+			e.log.Warn("refused an automatic demotion: the cluster is paused")
+			return nil, ErrPaused
 		}
 		return e.roleReply(e.Demote(ctx, r.To))
 	})); err != nil {

@@ -145,10 +145,19 @@ func (e *Elector) verify(ctx context.Context) {
 	}
 }
 
-// campaign tries to create the leader key if this node may lead: it must be
-// passive, not holding off after a demotion, and caught up (eligible); the
-// more it lags, the longer it waits before trying.
+// campaign tries to create the leader key if this node may lead: the
+// cluster is not paused, and the node is passive, not holding off after a
+// demotion, and caught up (eligible); the more it lags, the longer it
+// waits before trying.
 func (e *Elector) campaign(ctx context.Context) {
+	if e.paused() {
+		return
+	}
+	e.contest(ctx)
+}
+
+// contest is a campaign, also while the cluster is paused (ccm promote).
+func (e *Elector) contest(ctx context.Context) {
 	if e.State().Role != schema.RolePassive || time.Now().Before(e.holdOff) || e.left {
 		return
 	}

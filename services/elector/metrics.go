@@ -37,6 +37,9 @@ func newMetrics(reg prometheus.Registerer, e *Elector) *metrics {
 			}
 			return 0
 		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ccm_elector_paused_seconds", Help: "How long the cluster has been paused (maintenance mode, ccm pause); 0 when not paused."}, func() float64 {
+			return e.pausedFor().Seconds()
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ccm_elector_epoch", Help: "Epoch led by this node, or the newest seen."}, func() float64 {
 			return float64(e.State().Epoch)
 		}),

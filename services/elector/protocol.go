@@ -240,7 +240,7 @@ func (e *Elector) Promote(ctx context.Context) error {
 				return fmt.Errorf("%w: %w", ErrNotEligible, err)
 			}
 			e.holdOff = time.Time{}
-			e.campaign(ctx)
+			e.contest(ctx)
 			if e.State().Role != schema.RoleLeader {
 				return fmt.Errorf("campaign lost: another node took the vacant leader key")
 			}

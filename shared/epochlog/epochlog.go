@@ -30,6 +30,8 @@ const (
 	Began   = "began"   // the node took the leader key for the epoch
 	Serving = "serving" // its promotion finished: the backend serves
 	Ended   = "ended"   // it no longer leads the epoch
+	Paused  = "paused"  // the cluster was paused (maintenance mode) during the epoch
+	Resumed = "resumed" // and resumed
 )
 
 // Event is one record of the history.

@@ -16,6 +16,14 @@ type Term struct {
 	Ended     time.Time `json:"ended,omitzero"`  // zero: it still leads (or its end is not known yet)
 	HowEnded  string    `json:"howEnded,omitempty"`
 	Recovered bool      `json:"recovered,omitempty"` // its end was not recorded: inferred from the next epoch
+	// Notes are what else happened during the term: "paused (reason)", "resumed", with their times.
+	Notes []Note `json:"notes,omitempty"`
+}
+
+// Note is an event during a term.
+type Note struct {
+	At   time.Time `json:"at"`
+	What string    `json:"what"`
 }
 
 // NoEnd is the reason given to an epoch whose leader recorded no end
@@ -44,6 +52,12 @@ func Terms(events []Event) []Term {
 			}
 		case Ended:
 			t.Ended, t.HowEnded = ev.At, ev.Reason
+		case Paused, Resumed:
+			what := ev.Kind
+			if ev.Reason != "" {
+				what += " (" + ev.Reason + ")"
+			}
+			t.Notes = append(t.Notes, Note{At: ev.At, What: what})
 		}
 	}
 	var out []Term

@@ -87,15 +87,16 @@ func NodePermissions(cluster, node string) Permissions {
 }
 
 // OperatorPermissions are those of the operator's ccm CLI: read the
-// cluster's state (status, join's downloads), call every daemon's status
-// and the operator's verbs (promote, demote, leave, snapshot now, verify), and
-// remove a leaving node's status keys. It cannot write the WAL stream,
-// storage, snapshots or the leader key, nor publish role events.
+// cluster's state (status, history, join's downloads), call every daemon's
+// status and the operator's verbs (promote, demote, leave, snapshot now,
+// verify), remove a leaving node's status keys, and pause and resume the
+// cluster. It cannot write the WAL stream, storage, snapshots or the
+// leader key, nor publish role events.
 func OperatorPermissions(cluster string) Permissions {
 	b := schema.Bucket(cluster)
 	pub := jetStreamReads(kvStream(b), kvStream(filestore.FilesBucket(cluster)),
 		objStream(filestore.BlobsBucket(cluster)), objStream(snapstore.Bucket(cluster)), walstream.Stream(cluster),
-		epochlog.Stream(cluster))
+		epochlog.Stream(cluster), kvStream(schema.SettingsBucket(cluster)))
 	pub = append(pub,
 		"$SRV.>",
 		schema.Endpoint(cluster, "*", "*", schema.VerbStatus),
@@ -107,6 +108,7 @@ func OperatorPermissions(cluster string) Permissions {
 		schema.Endpoint(cluster, "*", schema.ServiceSnapshot, schema.VerbNow),
 		schema.Endpoint(cluster, "*", "*", schema.VerbVerify),
 		kvKey(b, schema.ApplyKey("*")), kvKey(b, schema.StorageKey("*")),
+		kvKey(schema.SettingsBucket(cluster), schema.KeyPause),
 	)
 	return Permissions{Publish: pub, Subscribe: []string{InboxPrefix(OperatorUser) + ".>", schema.RoleSubjects(cluster)}}
 }
@@ -116,7 +118,7 @@ func OperatorPermissions(cluster string) Permissions {
 // every daemon's status endpoint, micro discovery (nats micro ls/info) and
 // the role events.
 func MonitorPermissions(cluster string) Permissions {
-	pub := append(jetStreamReads(kvStream(schema.Bucket(cluster)), epochlog.Stream(cluster)),
+	pub := append(jetStreamReads(kvStream(schema.Bucket(cluster)), epochlog.Stream(cluster), kvStream(schema.SettingsBucket(cluster))),
 		"$SRV.>",
 		schema.Endpoint(cluster, "*", "*", schema.VerbStatus),
 	)

@@ -25,6 +25,14 @@ const nodeKeyPrefix = "nodes."
 // Bucket is the KV bucket of a cluster (leader key and node status).
 func Bucket(cluster string) string { return "ccm_" + cluster }
 
+// SettingsBucket is the KV bucket of a cluster's operator settings that
+// outlive every lease (Bucket's keys expire with the lease TTL): the
+// maintenance mode.
+func SettingsBucket(cluster string) string { return "ccm_" + cluster + "_settings" }
+
+// KeyPause is the SettingsBucket key holding the PauseRecord.
+const KeyPause = "pause"
+
 // NodeKey is the KV key of a node's status.
 func NodeKey(node string) string { return nodeKeyPrefix + node }
 

@@ -49,6 +49,18 @@ type NodeStatus struct {
 	Version   string    `json:"version"`
 	StartedAt time.Time `json:"startedAt"`
 	UpdatedAt time.Time `json:"updatedAt"`
+	// Paused says the node's elector follows the maintenance mode.
+	Paused bool `json:"paused,omitempty"`
+}
+
+// PauseRecord is the maintenance mode (ccm pause / ccm resume): while
+// Paused, no elector campaigns or hands over by itself; the leader keeps
+// its lease and serves, and the operator's promote and demote still work.
+type PauseRecord struct {
+	Paused bool      `json:"paused"`
+	At     time.Time `json:"at"`
+	By     string    `json:"by,omitempty"` // where ccm pause ran (host name)
+	Reason string    `json:"reason,omitempty"`
 }
 
 // RoleEvent is published on RoleSubject on every role change and renewal.
@@ -190,6 +202,9 @@ type BackendStatus struct {
 type DemoteRequest struct {
 	// To names the node to hand over to; "" lets the cluster elect one.
 	To string `json:"to,omitempty"`
+	// Automatic marks a demotion no operator asked for (ccm-backend's,
+	// after failed health checks): refused while the cluster is paused.
+	Automatic bool `json:"automatic,omitempty"`
 }
 
 // RoleReply is the reply of ccm-elector's promote and demote requests.
