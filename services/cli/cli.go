@@ -26,6 +26,7 @@ const (
 	ExitUnknownNode = 4 // a named node is not a live member of the cluster
 	ExitTimeout     = 5 // the cluster did not reach the requested state in time
 	ExitDiverged    = 6 // ccm verify: a node's database diverged
+	ExitNoLeader    = 7 // ccm status: no leader serves (none, promoting, or handing over)
 )
 
 // Errors that select an exit code.
@@ -34,6 +35,7 @@ var (
 	ErrNoCluster   = errors.New("cluster not found")
 	ErrUnknownNode = errors.New("unknown node")
 	ErrTimeout     = errors.New("timed out")
+	ErrNoLeader    = errors.New("no leader serves")
 )
 
 // ExitCode maps an error returned by Run to the process exit code.
@@ -53,6 +55,8 @@ func ExitCode(err error) int {
 		return ExitTimeout
 	case errors.Is(err, ErrDiverged):
 		return ExitDiverged
+	case errors.Is(err, ErrNoLeader):
+		return ExitNoLeader
 	}
 	var ne *ffNoExec
 	if errors.As(err, &ne) {

@@ -67,11 +67,11 @@ func startCluster(t *testing.T) *fixture {
 func status(t *testing.T, conf string) cli.ClusterStatus {
 	t.Helper()
 	out, code := ccm(t, "status", "--json", "--config", conf)
-	if code != 0 {
+	if code != cli.ExitOK && code != cli.ExitNoLeader { // 7 (no leader serves yet) prints the status too
 		t.Fatalf("status exit %d: %s", code, out)
 	}
 	var st cli.ClusterStatus
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
+	if err := json.NewDecoder(strings.NewReader(out)).Decode(&st); err != nil {
 		t.Fatalf("status --json is not JSON: %v\n%s", err, out)
 	}
 	return st
@@ -218,6 +218,7 @@ func TestErrors(t *testing.T) {
 		{"stray argument", []string{"status", "--config", f.conf["n1"], "extra"}, cli.ExitUsage, `unexpected argument "extra"`},
 		{"missing config", []string{"status", "--config", "/nonexistent/cluster.json"}, cli.ExitUsage, "/nonexistent/cluster.json"},
 		{"unknown command", []string{"stauts"}, cli.ExitUsage, `unknown command "stauts"`},
+		{"watch too short", []string{"status", "--watch", "1ms", "--config", f.conf["n1"]}, cli.ExitUsage, "--watch 1ms: at least 250ms"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -301,6 +302,25 @@ func TestPauseAndResume(t *testing.T) {
 		n := terms[len(terms)-1].Notes
 		if len(n) != 2 || !strings.HasPrefix(n[0].What, "paused (by ") || !strings.HasSuffix(n[0].What, " kernel upgrade)") || !strings.HasPrefix(n[1].What, "resumed (by ") {
 			return fmt.Errorf("notes of the current term: %+v", n)
+		}
+		return nil
+	})
+}
+
+// TestStatusExitsNonZeroWithoutAServingLeader: ccm status exits 7 (after
+// printing) while no leader serves.
+func TestStatusExitsNonZeroWithoutAServingLeader(t *testing.T) {
+	f := startCluster(t)
+	if out, code := ccm(t, "status", "--config", f.conf["n1"]); code != cli.ExitOK {
+		t.Fatalf("ccm status with a serving leader: exit %d:\n%s", code, out)
+	}
+	for _, n := range f.nodes {
+		n.Stop()
+	}
+	waitfor.Cond(t, 2*et.TTL, func() error {
+		out, code := ccm(t, "status", "--config", f.conf["n1"])
+		if code != cli.ExitNoLeader || !strings.Contains(out, "no leader") {
+			return fmt.Errorf("exit %d, want %d:\n%s", code, cli.ExitNoLeader, out)
 		}
 		return nil
 	})

@@ -20,13 +20,17 @@ type progress struct {
 }
 
 func newProgress(w io.Writer, label string, total int64) *progress {
-	tty := false
-	if f, ok := w.(*os.File); ok {
-		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-			tty = true
-		}
+	return &progress{w: w, tty: isTerminal(w), label: label, total: total, start: time.Now()}
+}
+
+// isTerminal reports whether w is a terminal (not a pipe or a file).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
 	}
-	return &progress{w: w, tty: tty, label: label, total: total, start: time.Now()}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 func (p *progress) update(done int64) {

@@ -30,6 +30,9 @@ type LeaderView struct {
 	Since            time.Time `json:"since"`
 	LeaseRemainingMs int64     `json:"leaseRemainingMs"`
 	HandoverTo       string    `json:"handoverTo,omitempty"`
+	// Serving says its promotion finished (its backend served) and it is
+	// not handing over.
+	Serving bool `json:"serving"`
 }
 
 // NodeView is one node as shown by status.
@@ -51,7 +54,7 @@ type NodeView struct {
 func newStatus(stdout, stderr io.Writer) *ffcli.Command {
 	fs := newFlagSet("ccm status", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
-	watch := fs.Duration("watch", 0, "refresh at this interval (e.g. 1s) until interrupted")
+	watch := fs.Duration("watch", 0, "refresh at this interval (at least 250ms, e.g. 1s) until interrupted; with --json, one JSON document per line")
 	flags := config.Bind(fs)
 	return &ffcli.Command{
 		Name:       "status",
@@ -59,7 +62,12 @@ func newStatus(stdout, stderr io.Writer) *ffcli.Command {
 		ShortHelp:  "show the leader, its lease, every node's role and replication position",
 		FlagSet:    fs,
 		Options:    config.ParseOptions(),
+		LongHelp: "Exits 7 when no leader serves (the key is vacant, its holder is still promoting,\n" +
+			"or it is handing over), after printing the status.",
 		Exec: func(ctx context.Context, args []string) error {
+			if *watch != 0 && *watch < minWatch {
+				return fmt.Errorf("%w: --watch %s: at least %s", ErrUsage, *watch, minWatch)
+			}
 			return withClient(ctx, args, flags, func(c *client) error {
 				return c.printStatus(ctx, stdout, *asJSON, *watch)
 			})
@@ -67,24 +75,39 @@ func newStatus(stdout, stderr io.Writer) *ffcli.Command {
 	}
 }
 
-// printStatus prints the status once, or every watch interval until ctx ends.
+// minWatch is the shortest --watch interval: each refresh reads every
+// node's keys.
+const minWatch = 250 * time.Millisecond
+
+// printStatus prints the status once, or every watch interval until ctx
+// ends. Printed once, it fails with ErrNoLeader when no leader serves.
 func (c *client) printStatus(ctx context.Context, stdout io.Writer, asJSON bool, watch time.Duration) error {
+	redraw := watch > 0 && !asJSON && isTerminal(stdout)
 	for {
 		st, err := c.status(ctx)
 		if err != nil {
 			return err
 		}
-		if watch > 0 && !asJSON {
-			fmt.Fprint(stdout, "\033[H\033[2J") // clear the terminal
-		}
-		if asJSON {
+		switch {
+		case asJSON && watch > 0:
+			b, _ := json.Marshal(st) // one document per line
+			fmt.Fprintf(stdout, "%s\n", b)
+		case asJSON:
 			if err := printJSON(stdout, st); err != nil {
 				return err
 			}
-		} else {
+		default:
+			if redraw {
+				fmt.Fprint(stdout, "\033[H\033[2J") // clear the terminal
+			} else if watch > 0 {
+				fmt.Fprintf(stdout, "--- %s\n", time.Now().Format(time.RFC3339))
+			}
 			printStatus(stdout, st)
 		}
 		if watch <= 0 {
+			if st.Leader == nil || !st.Leader.Serving {
+				return ErrNoLeader
+			}
 			return nil
 		}
 		select {
@@ -104,7 +127,7 @@ func (c *client) status(ctx context.Context) (ClusterStatus, error) {
 	}
 	if l != nil {
 		st.Leader = &LeaderView{Node: l.Node, Epoch: l.Epoch, Since: l.Since, HandoverTo: l.HandoverTo,
-			LeaseRemainingMs: max(0, l.Written.Add(c.ttl).Sub(now).Milliseconds())}
+			LeaseRemainingMs: max(0, l.Written.Add(c.ttl).Sub(now).Milliseconds()), Serving: l.Ready && l.HandoverTo == ""}
 	}
 	if p, err := c.pause(ctx); err != nil {
 		return st, err
@@ -154,6 +177,9 @@ func printStatus(w io.Writer, st ClusterStatus) {
 		fmt.Fprintf(w, "cluster %s: no leader\n\n", st.Cluster)
 	case l.HandoverTo != "":
 		fmt.Fprintf(w, "cluster %s: %s is handing over to %s (epoch %d)\n\n", st.Cluster, l.Node, l.HandoverTo, l.Epoch)
+	case !l.Serving:
+		fmt.Fprintf(w, "cluster %s: leader %s, epoch %d, PROMOTING (not serving yet), lease %.1fs remaining, since %s\n\n",
+			st.Cluster, l.Node, l.Epoch, float64(l.LeaseRemainingMs)/1000, l.Since.Local().Format(time.RFC3339))
 	default:
 		fmt.Fprintf(w, "cluster %s: leader %s, epoch %d, lease %.1fs remaining, leading since %s\n\n",
 			st.Cluster, l.Node, l.Epoch, float64(l.LeaseRemainingMs)/1000, l.Since.Local().Format(time.RFC3339))

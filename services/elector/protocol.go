@@ -214,6 +214,10 @@ func (e *Elector) onPromotion(ctx context.Context, s promotionStep) {
 	e.apply(Event{Kind: s.kind, Epoch: s.epoch})
 	e.publish(e.State())
 	if s.kind == Ready {
+		// The key says so at once (ccm status: serving), not at the next heartbeat.
+		if err := e.renewAt(ctx, s.epoch, e.since); err != nil {
+			e.log.Debug("renewal after serving", "err", err)
+		}
 		e.placeStreams(true)
 	}
 }
