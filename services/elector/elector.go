@@ -78,6 +78,7 @@ type Elector struct {
 	left    bool                 // ccm leave: no campaigning, no status until restarted
 	gate    schema.EpochGate
 	history *epochlog.Recorder // ccm history: this node's terms
+	hooks   *hooks             // hooks.*: the operator's executables
 	// settings holds the maintenance mode (pause.go); pause is its last
 	// value read (under mu).
 	settings jetstream.KeyValue
@@ -117,6 +118,7 @@ func New(env daemon.Env) (*Elector, error) {
 		checked:      map[string]time.Time{},
 	}
 	e.history = epochlog.NewRecorder(js, c.ClusterID, c.NodeID, c.NATS.Replicas, env.Log)
+	e.hooks = newHooks(c.Hooks, c.ClusterID, c.NodeID, env.Log)
 	e.metrics = newMetrics(env.Metrics, e)
 	return e, nil
 }
@@ -159,13 +161,18 @@ func (e *Elector) StatusLine() string {
 // release the key on exit, so a restarted elector resumes its leadership.
 func (e *Elector) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
+	defer func() { e.hooks.stop(string(e.State().Role)) }() // last, after the hooks queued
 	defer e.wg.Wait()
 	defer cancel()
 	e.runCtx = ctx
-	e.wg.Add(1)
+	e.wg.Add(2)
 	go func() {
 		defer e.wg.Done()
 		e.history.Run(ctx)
+	}()
+	go func() {
+		defer e.wg.Done()
+		e.hooks.run(ctx)
 	}()
 	kv, err := e.connect(ctx)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -255,6 +256,12 @@ func (e *Elector) apply(ev Event) {
 	}
 	e.metrics.roleChanges.WithLabelValues(string(next.Role)).Inc()
 	e.log.Info("role changed", "from", old.Role, "to", next.Role, "epoch", next.Epoch, "reason", next.Reason)
+	action := actionRoleChange
+	if old.Role == schema.RoleStarting {
+		action = actionStart // the elector knows its role now
+	}
+	e.hooks.add(action, string(next.Role), map[string]string{"CCM_PREVIOUS_ROLE": string(old.Role),
+		"CCM_EPOCH": strconv.FormatUint(next.Epoch, 10), "CCM_LEADER": next.Leader, "CCM_REASON": next.Reason})
 	e.publish(next)
 	e.markReady()
 	switch {

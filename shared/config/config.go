@@ -26,6 +26,7 @@ type Config struct {
 	WAL       WAL      `json:"wal"`
 	Backend   Backend  `json:"backend"`
 	Storage   Storage  `json:"storage"`
+	Hooks     Hooks    `json:"hooks"`
 }
 
 // NATS says how to reach the NATS cluster that carries all coordination.
@@ -143,6 +144,20 @@ type Storage struct {
 	SyncTimeoutMs int `json:"syncTimeoutMs"`
 }
 
+// Hooks are executables ccm-elector runs on its own events, like
+// Patroni's callbacks: with the action, the role and the cluster as
+// arguments and the details in CCM_* variables, one at a time, each
+// killed after TimeoutMs. They never hold up the election.
+type Hooks struct {
+	OnStart      string `json:"onStart,omitempty"`      // the elector started and knows its role
+	OnStop       string `json:"onStop,omitempty"`       // the elector is stopping
+	OnRoleChange string `json:"onRoleChange,omitempty"` // the node's role changed
+	TimeoutMs    int    `json:"timeoutMs"`
+}
+
+// Timeout bounds one hook run.
+func (h Hooks) Timeout() time.Duration { return ms(h.TimeoutMs) }
+
 // Default returns the configuration with every default filled in.
 func Default() Config {
 	return Config{
@@ -159,6 +174,7 @@ func Default() Config {
 			MaxFailures:    5,
 		},
 		Storage: Storage{ReconcileIntervalMs: 60000, SyncTimeoutMs: 300000},
+		Hooks:   Hooks{TimeoutMs: 30000},
 	}
 }
 

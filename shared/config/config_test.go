@@ -62,6 +62,8 @@ func TestValidate(t *testing.T) {
 		{"snapshot keep 0", func(c *Config) { c.WAL.SnapshotKeep = 0 }, "wal.snapshotKeep"},
 		{"storage reconcile 10ms", func(c *Config) { c.Storage.ReconcileIntervalMs = 10 }, "storage.reconcileIntervalMs"},
 		{"storage sync timeout 0", func(c *Config) { c.Storage.SyncTimeoutMs = 0 }, "storage.syncTimeoutMs"},
+		{"hook relative", func(c *Config) { c.Hooks.OnRoleChange = "notify.sh" }, "hooks.onRoleChange"},
+		{"hook timeout 0", func(c *Config) { c.Hooks.TimeoutMs = 0 }, "hooks.timeoutMs"},
 		{"replica relative", func(c *Config) { c.WAL.ReplicaPath = "replica" }, "wal.replicaPath"},
 		{"replica equals data", func(c *Config) { c.WAL.ReplicaPath = "/var/lib/convex/data/" }, "wal.replicaPath"},
 		{"service name", func(c *Config) { c.Backend.ServiceName = "convex backend" }, "backend.serviceName"},

@@ -79,5 +79,9 @@ func (c *Config) fields() []field {
 		{path: "backend.maxFailures", num: &c.Backend.MaxFailures, usage: "failed health checks in a row before the leader hands over"},
 		{path: "storage.reconcileIntervalMs", num: &c.Storage.ReconcileIntervalMs, usage: "how often the leader compares its whole storage tree with the manifest, in ms"},
 		{path: "storage.syncTimeoutMs", num: &c.Storage.SyncTimeoutMs, usage: "how long a promotion waits for the storage mirror, in ms"},
+		{path: "hooks.onStart", str: &c.Hooks.OnStart, usage: "executable run when ccm-elector has started (empty: none)"},
+		{path: "hooks.onStop", str: &c.Hooks.OnStop, usage: "executable run when ccm-elector stops (empty: none)"},
+		{path: "hooks.onRoleChange", str: &c.Hooks.OnRoleChange, usage: "executable run when the node's role changes (empty: none)"},
+		{path: "hooks.timeoutMs", num: &c.Hooks.TimeoutMs, usage: "a hook still running after this many ms is killed (100-600000)"},
 	}
 }

@@ -151,6 +151,14 @@ func (c Config) Validate() error {
 	if c.Storage.SyncTimeoutMs < 1000 {
 		bad("storage.syncTimeoutMs", c.Storage.SyncTimeoutMs, "must be at least 1000")
 	}
+	for _, h := range []struct{ path, exe string }{{"hooks.onStart", c.Hooks.OnStart}, {"hooks.onStop", c.Hooks.OnStop}, {"hooks.onRoleChange", c.Hooks.OnRoleChange}} {
+		if h.exe != "" && !filepath.IsAbs(h.exe) {
+			bad(h.path, h.exe, "must be an absolute path (or empty)")
+		}
+	}
+	if c.Hooks.TimeoutMs < 100 || c.Hooks.TimeoutMs > 600000 {
+		bad("hooks.timeoutMs", c.Hooks.TimeoutMs, "must be 100-600000")
+	}
 	if !filepath.IsAbs(c.Backend.DataPath) {
 		bad("backend.dataPath", c.Backend.DataPath, "must be an absolute path")
 	}
