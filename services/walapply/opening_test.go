@@ -2,7 +2,11 @@ package walapply_test
 
 import (
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,8 +41,21 @@ func TestShadowThatCannotBeOpenedYetIsRetried(t *testing.T) {
 	if err := os.WriteFile(c2.WAL.ReplicaPath, []byte("not a directory"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	et.Start(t, c2)
+	n2 := et.Start(t, c2)
 	ap := daemontest.Start[*walapply.Daemon](t, walapply.Spec(), c2)
+	mux := http.NewServeMux()
+	n2.El.AddHTTP(mux)
+	lb := httptest.NewServer(mux)
+	defer lb.Close()
+	replicaCheck := func(query string) (int, string) {
+		resp, err := http.Get(lb.URL + "/replica" + query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
 	waitfor.Cond(t, 10*time.Second, func() error {
 		if st := ap.D.Status().(schema.ApplyStatus); st.State != schema.ApplyOpening || st.Error == "" {
 			return fmt.Errorf("status %+v, want %q with the reason", st, schema.ApplyOpening)
@@ -46,6 +63,13 @@ func TestShadowThatCannotBeOpenedYetIsRetried(t *testing.T) {
 		return nil
 	})
 	t.Logf("blocked: %s", ap.D.Status().(schema.ApplyStatus).Error)
+	// A load balancer sends no reads to it.
+	waitfor.Cond(t, 5*time.Second, func() error {
+		if code, body := replicaCheck(""); code != http.StatusServiceUnavailable || !strings.Contains(body, "replication opening") {
+			return fmt.Errorf("GET /replica while opening: %d %s", code, body)
+		}
+		return nil
+	})
 
 	if err := os.Remove(c2.WAL.ReplicaPath); err != nil {
 		t.Fatal(err)
@@ -58,6 +82,15 @@ func TestShadowThatCannotBeOpenedYetIsRetried(t *testing.T) {
 		}
 		return nil
 	})
+	waitfor.Cond(t, 5*time.Second, func() error {
+		if code, body := replicaCheck("?max_lag_ms=60000"); code != http.StatusOK || !strings.Contains(body, `"lagMs"`) {
+			return fmt.Errorf("GET /replica once following: %d %s", code, body)
+		}
+		return nil
+	})
+	if code, body := replicaCheck("?max_lag_ms=soon"); code != http.StatusBadRequest {
+		t.Errorf("GET /replica?max_lag_ms=soon: %d %s", code, body)
+	}
 	wantCheck, want := digest(t, c1.Backend.DBPath())
 	gotCheck, got := digest(t, snapshotCopy(t, c2.ShadowPath()))
 	if wantCheck != "ok" || gotCheck != "ok" || got != want {

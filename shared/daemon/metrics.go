@@ -26,7 +26,14 @@ func registerProcessMetrics(reg *prometheus.Registry, name, version string) {
 	)
 }
 
-// serveMetrics serves /metrics and /healthz on addr until ctx is done.
+// HTTPEndpoints is a daemon that serves more than /metrics and /healthz
+// on its metrics address (ccm-elector's load-balancer checks).
+type HTTPEndpoints interface {
+	AddHTTP(mux *http.ServeMux)
+}
+
+// serveMetrics serves /metrics and /healthz, and the daemon's own
+// endpoints, on addr until ctx is done.
 func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, d Daemon, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -37,6 +44,9 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, d 
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	if h, ok := d.(HTTPEndpoints); ok {
+		h.AddHTTP(mux)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics listen %s: %w", addr, err)
