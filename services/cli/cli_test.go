@@ -324,4 +324,18 @@ func TestStatusExitsNonZeroWithoutAServingLeader(t *testing.T) {
 		}
 		return nil
 	})
+	// The members whose status expired are shown missing, not forgotten.
+	waitfor.Cond(t, 2*et.TTL, func() error {
+		st := status(t, f.conf["n1"])
+		var missing []string
+		for _, n := range st.Nodes {
+			if n.Role == cli.RoleMissing {
+				missing = append(missing, n.ID)
+			}
+		}
+		if strings.Join(missing, ",") != "n1,n2,n3" {
+			return fmt.Errorf("missing %v, want n1, n2 and n3: %+v", missing, st.Nodes)
+		}
+		return nil
+	})
 }

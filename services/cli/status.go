@@ -3,11 +3,15 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/peterbourgon/ff/v3/ffcli"
 
 	"github.com/convex-cluster-manager/ccm/shared/config"
@@ -161,7 +165,52 @@ func (c *client) status(ctx context.Context) (ClusterStatus, error) {
 		}
 		st.Nodes = append(st.Nodes, v)
 	}
+	missing, err := c.missing(ctx, nodes)
+	if err != nil {
+		return st, err
+	}
+	for _, m := range missing {
+		st.Nodes = append(st.Nodes, NodeView{ID: m.Node, Role: RoleMissing, LastSeenMs: max(0, now.Sub(m.LastSeen).Milliseconds()), Version: m.Version})
+	}
 	return st, nil
+}
+
+// RoleMissing is the role ccm status gives a member whose status key
+// expired: its elector is down (or cut off) and it has not left.
+const RoleMissing schema.Role = "missing"
+
+// missing returns the members (their records in the settings bucket) that
+// have no live status key.
+func (c *client) missing(ctx context.Context, live []nodeEntry) ([]schema.MemberRecord, error) {
+	kv, err := c.settings(ctx)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("settings bucket: %w", err)
+	}
+	lister, err := kv.ListKeysFiltered(ctx, schema.MemberKeys)
+	if err != nil {
+		return nil, fmt.Errorf("list members: %w", err)
+	}
+	seen := map[string]bool{}
+	for _, n := range live {
+		seen[n.Node] = true
+	}
+	var out []schema.MemberRecord
+	for key := range lister.Keys() {
+		ent, err := kv.Get(ctx, key)
+		if err != nil {
+			continue // removed between list and get
+		}
+		var m schema.MemberRecord
+		if json.Unmarshal(ent.Value(), &m) != nil || m.Node == "" || seen[m.Node] {
+			continue
+		}
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b schema.MemberRecord) int { return strings.Compare(a.Node, b.Node) })
+	return out, nil
 }
 
 // printJSON writes v as indented JSON (the CLI's --json output).
@@ -194,6 +243,10 @@ func printStatus(w io.Writer, st ClusterStatus) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tROLE\tEPOCH\tAPPLIED TXID\tLAG\tREPLICATION\tSTORAGE\tLAST SEEN\tVERSION")
 	for _, n := range st.Nodes {
+		if n.Role == RoleMissing {
+			fmt.Fprintf(tw, "%s\tMISSING\t-\t-\t-\t-\t-\t%.0fs ago\t%s\n", n.ID, float64(n.LastSeenMs)/1000, n.Version)
+			continue
+		}
 		txid, lag, repl := "-", "-", "-"
 		if a := n.Apply; a != nil && n.Role != schema.RoleLeader {
 			txid = fmt.Sprintf("%d/%d", a.Epoch, a.TXID)

@@ -83,6 +83,7 @@ type Elector struct {
 	// value read (under mu).
 	settings jetstream.KeyValue
 	pause    schema.PauseRecord
+	memberAt time.Time // member record last written (loop-owned)
 }
 
 var _ daemon.Daemon = (*Elector)(nil)
@@ -406,7 +407,19 @@ func (e *Elector) writeStatus(ctx context.Context) {
 		return
 	}
 	e.dirty = false
+	if e.settings != nil && time.Since(e.memberAt) > memberEvery {
+		m := schema.MemberRecord{Node: e.node, LastSeen: time.Now(), Version: e.version}
+		if _, err := e.settings.Put(octx, schema.MemberKey(e.node), encode(m)); err != nil {
+			e.log.Debug("write member record", "err", err)
+			return
+		}
+		e.memberAt = time.Now()
+	}
 }
+
+// memberEvery is how often a running elector rewrites its member record
+// (its last-seen time, for a node that went missing).
+const memberEvery = 30 * time.Second
 
 // enforceServing resigns a leader that has held the key without serving
 // past the bound of what it was doing (its promotion, or a demotion's drain

@@ -110,6 +110,11 @@ func (e *Elector) Leave(ctx context.Context) error {
 		if err := e.kv.Delete(ctx, schema.NodeKey(e.node)); err != nil {
 			return fmt.Errorf("remove status key: %w", err)
 		}
+		if e.settings != nil {
+			if err := e.settings.Delete(ctx, schema.MemberKey(e.node)); err != nil {
+				return fmt.Errorf("remove member key: %w", err)
+			}
+		}
 		e.log.Info("left the cluster: not campaigning until restarted")
 		return nil
 	})

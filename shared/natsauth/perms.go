@@ -69,6 +69,7 @@ func NodePermissions(cluster, node string) Permissions {
 			schema.RoleSubject(cluster, node),
 			kvKey(b, schema.KeyLeader), kvKey(b, schema.KeySnapshotLock),
 			kvKey(b, schema.NodeKey(node)), kvKey(b, schema.NodeKey(node)) + ".>",
+			kvKey(schema.SettingsBucket(cluster), schema.MemberKey(node)),
 			"$KV." + filestore.FilesBucket(cluster) + ".>",
 			"$O." + filestore.BlobsBucket(cluster) + ".>",
 			"$O." + snapstore.Bucket(cluster) + ".>",

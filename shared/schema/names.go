@@ -33,6 +33,17 @@ func SettingsBucket(cluster string) string { return "ccm_" + cluster + "_setting
 // KeyPause is the SettingsBucket key holding the PauseRecord.
 const KeyPause = "pause"
 
+// memberKeyPrefix prefixes the SettingsBucket keys of the cluster's
+// members (MemberRecord): unlike the status keys they do not expire, so
+// that a node that died is shown missing rather than forgotten.
+const memberKeyPrefix = "members."
+
+// MemberKey is the SettingsBucket key of a member.
+func MemberKey(node string) string { return memberKeyPrefix + node }
+
+// MemberKeys matches every member key.
+const MemberKeys = memberKeyPrefix + "*"
+
 // NodeKey is the KV key of a node's status.
 func NodeKey(node string) string { return nodeKeyPrefix + node }
 

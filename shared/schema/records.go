@@ -53,6 +53,14 @@ type NodeStatus struct {
 	Paused bool `json:"paused,omitempty"`
 }
 
+// MemberRecord says a node is a member of the cluster, until it leaves
+// (ccm leave); its elector rewrites it now and then while it runs.
+type MemberRecord struct {
+	Node     string    `json:"node"`
+	LastSeen time.Time `json:"lastSeen"`
+	Version  string    `json:"version,omitempty"`
+}
+
 // PauseRecord is the maintenance mode (ccm pause / ccm resume): while
 // Paused, no elector campaigns or hands over by itself; the leader keeps
 // its lease and serves, and the operator's promote and demote still work.
