@@ -51,7 +51,11 @@ func TestChaos(t *testing.T) {
 	require.NoError(t, err, "CHAOS_RUNS")
 	seed, err := strconv.ParseUint(cmp.Or(os.Getenv("CHAOS_SEED"), strconv.FormatInt(time.Now().UnixNano()%1e9, 10)), 10, 64)
 	require.NoError(t, err, "CHAOS_SEED")
-	c := StartCluster(t, ClusterOptions{TTLMs: int(chaosTTL / time.Millisecond), HeartbeatMs: 1000, MarginMs: 500, DataMiB: chaosDataMiB})
+	// Snapshots every 2 minutes, not hourly: a node that must re-bootstrap
+	// (a deposed leader whose database holds an unshipped tail) replays
+	// the stream from the newest snapshot, which would otherwise be the
+	// campaign's first (2.5 min of replay once, past the caught-up wait).
+	c := StartCluster(t, ClusterOptions{TTLMs: int(chaosTTL / time.Millisecond), HeartbeatMs: 1000, MarginMs: 500, DataMiB: chaosDataMiB, SnapshotMs: 120000})
 	began := time.Now()
 	rep := newChaosReport()
 	for i := range runs {

@@ -3,6 +3,7 @@
 package itest
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/convex-cluster-manager/ccm/services/elector"
+	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/natsauth"
 	"github.com/convex-cluster-manager/ccm/shared/schema"
 	"github.com/convex-cluster-manager/ccm/shared/walstream"
@@ -29,8 +31,11 @@ type Cluster struct {
 	Nodes  []*Node
 	Client *Node
 	VIP    string
-	Name   string
-	syncN  int // settle markers written (bench)
+	// Front is where the writer and Lost reach the backend: the VIP, or
+	// a load balancer in the client container.
+	Front string
+	Name  string
+	syncN int // settle markers written (bench)
 	// Every write acknowledged so far and not lost in its own failover:
 	// it must be in the database at every later check.
 	acked   map[string]time.Time
@@ -44,6 +49,8 @@ type ClusterOptions struct {
 	// DataMiB, if set, gives each node's /var/lib/convex a tmpfs of
 	// that size (NodeOptions.DataMiB).
 	DataMiB int
+	// SnapshotMs, if set, is wal.snapshotIntervalMs (default: hourly).
+	SnapshotMs int
 }
 
 // StartCluster brings up a three-node cluster: n1 with `ccm init`, n2 and
@@ -55,6 +62,7 @@ func StartCluster(t *testing.T, o ClusterOptions) *Cluster {
 	t.Helper()
 	nw := NewNet(t)
 	c := &Cluster{Net: nw, VIP: nw.Prefix + ".100", Name: "three"}
+	c.Front = c.VIP
 	var ips []string
 	for i := 1; i <= 3; i++ {
 		ips = append(ips, fmt.Sprintf("%s.%d", nw.Prefix, 10+i))
@@ -73,7 +81,8 @@ func StartCluster(t *testing.T, o ClusterOptions) *Cluster {
 		n.Must(t, "sh", "-c", `set -a; . /etc/convex/nats/ccm.env; set +a; exec ccm init --force "$@"`, "ccm-init",
 			"--vip-address", c.VIP, "--vip-interface", "eth0",
 			"--election-leader-ttl-ms", strconv.Itoa(o.TTLMs), "--election-heartbeat-interval-ms", strconv.Itoa(o.HeartbeatMs),
-			"--election-safety-margin-ms", strconv.Itoa(o.MarginMs), "--backend-start-grace-ms", "30000")
+			"--election-safety-margin-ms", strconv.Itoa(o.MarginMs), "--backend-start-grace-ms", "30000",
+			"--wal-snapshot-interval-ms", strconv.Itoa(cmp.Or(o.SnapshotMs, config.Default().WAL.SnapshotIntervalMs)))
 	}
 	// JetStream needs its meta leader before ccm can create anything.
 	Eventually(t, 60*time.Second, "NATS JetStream cluster up", func() bool {
@@ -203,7 +212,7 @@ func (c *Cluster) WaitNATSRoutes(t *testing.T, within time.Duration) {
 	})
 }
 
-// Writer writes through the VIP from the client container, recording
+// Writer writes through the VIP (Front) from the client container, recording
 // every acknowledged value.
 type Writer struct {
 	c     *Cluster
@@ -216,7 +225,7 @@ func (c *Cluster) StartWriter(t *testing.T) *Writer {
 	t.Helper()
 	c.writers++
 	w := fmt.Sprintf("w%d-", c.writers)
-	c.Client.Must(t, "sh", "-c", `rm -f /tmp/acks /tmp/writer.stop; nohup sh -c 'i=0; while [ ! -e /tmp/writer.stop ]; do i=$((i+1)); if curl -sf -m 0.5 -XPOST "http://`+c.VIP+`:3210/write?v=`+w+`$i" >/dev/null; then echo "`+w+`$i $(date +%s%N)" >> /tmp/acks; fi; if [ $((i % 5)) = 0 ]; then curl -sf -m 0.5 -XPOST --data-binary "`+w+`$i" "http://`+c.VIP+`:3210/storage?f=writer/`+w+`$i" >/dev/null; fi; sleep 0.02; done' >/dev/null 2>&1 &`)
+	c.Client.Must(t, "sh", "-c", `rm -f /tmp/acks /tmp/writer.stop; nohup sh -c 'i=0; while [ ! -e /tmp/writer.stop ]; do i=$((i+1)); if curl -sf -m 0.5 -XPOST "http://`+c.Front+`:3210/write?v=`+w+`$i" >/dev/null; then echo "`+w+`$i $(date +%s%N)" >> /tmp/acks; fi; if [ $((i % 5)) = 0 ]; then curl -sf -m 0.5 -XPOST --data-binary "`+w+`$i" "http://`+c.Front+`:3210/storage?f=writer/`+w+`$i" >/dev/null; fi; sleep 0.02; done' >/dev/null 2>&1 &`)
 	return &Writer{c: c}
 }
 
@@ -274,7 +283,7 @@ func (w *Writer) Stop(t *testing.T) map[string]time.Time {
 func (c *Cluster) Lost(t *testing.T, acks map[string]time.Time) ([]string, time.Duration) {
 	t.Helper()
 	have := map[string]bool{}
-	for _, v := range strings.Split(c.Client.Must(t, "curl", "-sf", "-m", "5", "http://"+c.VIP+":3210/values"), "\n") {
+	for _, v := range strings.Split(c.Client.Must(t, "curl", "-sf", "-m", "5", "http://"+c.Front+":3210/values"), "\n") {
 		have[strings.TrimSpace(v)] = true
 	}
 	var lost, later []string

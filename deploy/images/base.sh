@@ -4,7 +4,7 @@
 # exists (bump the tag's revision when the package list changes). Needs root,
 # debootstrap and a reachable Debian mirror.
 set -euo pipefail
-IMAGE=${IMAGE:-ccm-base:bookworm-2}
+IMAGE=${IMAGE:-ccm-base:bookworm-3}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 if docker image inspect "$IMAGE" >/dev/null 2>&1; then
   echo "$IMAGE exists"
@@ -20,6 +20,9 @@ debootstrap --variant=minbase \
 # configure inside debootstrap's first stage; apt in the finished root
 # installs it (its postinst only warns that no system bus runs).
 chroot "$root" apt-get install -y -q --no-install-recommends polkitd
+# HAProxy: the client container's load balancer in the cluster test
+# without a VIP (disabled on every node unless a test configures it).
+chroot "$root" apt-get install -y -q --no-install-recommends haproxy
 chroot "$root" apt-get clean
 # A container has no consoles to log in on, and must not try to fix its clock.
 rm -f "$root"/etc/systemd/system/getty.target.wants/* \

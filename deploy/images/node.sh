@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the node image ccm-node:dev from ccm-base:bookworm-2: static ccm
+# Builds the node image ccm-node:dev from ccm-base:bookworm-3: static ccm
 # binaries, the stand-in backend, nats-server and the nats CLI (built from
 # their Go modules) and the systemd units. Run from the repository root (make images).
 set -euo pipefail
