@@ -3,6 +3,7 @@ package elector_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,9 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/convex-cluster-manager/ccm/shared/schema"
+	"github.com/convex-cluster-manager/ccm/shared/waitfor"
 )
 
 // serveChecks serves n's load-balancer endpoints and returns GET's status
@@ -37,6 +41,16 @@ func TestLoadBalancerChecks(t *testing.T) {
 	c := startCluster(t, 2)
 	l := waitLeader(t, c.nodes, testTTL)
 	p := others(c.nodes, l)[0]
+	serving := func(n *node) {
+		t.Helper()
+		waitfor.Cond(t, testTTL, func() error {
+			if s := n.El.State(); s.Role != schema.RoleLeader || !s.Ready {
+				return fmt.Errorf("%s not serving: %+v", n.ID, s)
+			}
+			return nil
+		})
+	}
+	serving(l)
 	onL, onP := serveChecks(t, l), serveChecks(t, p)
 	for _, tc := range []struct {
 		get  func(string) (int, map[string]any)
@@ -55,7 +69,7 @@ func TestLoadBalancerChecks(t *testing.T) {
 		}
 	}
 	require.NoError(t, l.El.Demote(context.Background(), p.ID))
-	waitLeader(t, c.nodes, testTTL)
+	serving(p)
 	if code, body := onL("/leader"); code != 503 {
 		t.Errorf("GET /leader on the demoted %s: %d %v", l.ID, code, body)
 	}
