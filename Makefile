@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 GO ?= go
 VERSION ?= 0.1.0-dev
-LDFLAGS := -s -w -X github.com/convex-cluster-manager/ccm/shared/daemon.version=$(VERSION)
+LDFLAGS := -s -w -X github.com/convex-cluster-manager/ccm/shared/buildinfo.version=$(VERSION)
 BINARIES := $(notdir $(wildcard cmd/*))
 GOTEST_FLAGS ?= -count=1 -timeout 30m
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2

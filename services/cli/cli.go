@@ -11,8 +11,8 @@ import (
 
 	"github.com/peterbourgon/ff/v3/ffcli"
 
+	"github.com/convex-cluster-manager/ccm/shared/buildinfo"
 	"github.com/convex-cluster-manager/ccm/shared/config"
-	"github.com/convex-cluster-manager/ccm/shared/daemon"
 	"github.com/convex-cluster-manager/ccm/shared/natsauth"
 	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 )
@@ -135,7 +135,7 @@ func newVersion(stdout, stderr io.Writer) *ffcli.Command {
 }
 
 func printVersion(stdout io.Writer) error {
-	_, err := fmt.Fprintf(stdout, "ccm %s\n", daemon.Version())
+	_, err := fmt.Fprintf(stdout, "ccm %s\n", buildinfo.Version())
 	return err
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/convex-cluster-manager/ccm/shared/buildinfo"
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/natsconn"
 	"github.com/convex-cluster-manager/ccm/shared/rolewatch"
@@ -94,7 +95,7 @@ func Main(ctx context.Context, spec Spec, args []string, stdout, stderr io.Write
 	cfg, err := flags.Parse(args)
 	if *version && (err == nil || !errors.Is(err, flag.ErrHelp)) {
 		// Before the configuration is checked: a node without one has a version too.
-		_, werr := fmt.Fprintf(stdout, "%s %s\n", spec.Name, Version())
+		_, werr := fmt.Fprintf(stdout, "%s %s\n", spec.Name, buildinfo.Version())
 		return werr
 	}
 	if err != nil {
@@ -109,7 +110,7 @@ func Main(ctx context.Context, spec Spec, args []string, stdout, stderr io.Write
 	}
 	log = log.With("service", spec.Name, "cluster", cfg.ClusterID, "node", cfg.NodeID)
 	if cleanup != nil && *cleanup {
-		return spec.Cleanup(ctx, Env{Name: spec.Name, Version: Version(), Config: cfg, Log: log})
+		return spec.Cleanup(ctx, Env{Name: spec.Name, Version: buildinfo.Version(), Config: cfg, Log: log})
 	}
 	return Run(ctx, spec, cfg, log, *metricsAddr)
 }
@@ -117,7 +118,7 @@ func Main(ctx context.Context, spec Spec, args []string, stdout, stderr io.Write
 // Run runs the daemon with an already parsed configuration; tests call it
 // in-process and stop it by cancelling ctx.
 func Run(ctx context.Context, spec Spec, cfg config.Config, log *slog.Logger, metricsAddr string) (err error) {
-	version := Version()
+	version := buildinfo.Version()
 	nc, err := natsconn.Daemon(cfg.NATS, fmt.Sprintf("%s@%s", spec.Name, cfg.NodeID), log)
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/convex-cluster-manager/ccm/shared/buildinfo"
 	"github.com/convex-cluster-manager/ccm/shared/daemon"
 )
 
@@ -22,7 +23,7 @@ func TestVersionNeedsNoConfiguration(t *testing.T) {
 	if err != nil {
 		t.Fatalf("-version: %v (stderr %q)", err, errs.String())
 	}
-	if got, want := out.String(), "ccm-test "+daemon.Version()+"\n"; got != want {
+	if got, want := out.String(), "ccm-test "+buildinfo.Version()+"\n"; got != want {
 		t.Fatalf("-version printed %q, want %q", got, want)
 	}
 }

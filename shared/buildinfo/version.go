@@ -1,4 +1,6 @@
-package daemon
+// Package buildinfo is the build's version, shared by the daemons and the
+// ccm CLI (which must not link the daemon runtime).
+package buildinfo
 
 import (
 	"regexp"
@@ -6,7 +8,7 @@ import (
 	"strings"
 )
 
-// version is set at link time by the Makefile (-X ...daemon.version=1.2.3).
+// version is set at link time by the Makefile (-X ...buildinfo.version=1.2.3).
 var version = ""
 
 var semver = regexp.MustCompile(`^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$`)
