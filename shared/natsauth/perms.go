@@ -110,6 +110,7 @@ func OperatorPermissions(cluster string) Permissions {
 		schema.Endpoint(cluster, "*", "*", schema.VerbVerify),
 		kvKey(b, schema.ApplyKey("*")), kvKey(b, schema.StorageKey("*")),
 		kvKey(schema.SettingsBucket(cluster), schema.KeyPause),
+		kvKey(schema.SettingsBucket(cluster), schema.MemberKeys), // remove a dead node's membership
 	)
 	return Permissions{Publish: pub, Subscribe: []string{InboxPrefix(OperatorUser) + ".>", schema.RoleSubjects(cluster)}}
 }
