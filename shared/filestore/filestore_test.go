@@ -120,8 +120,8 @@ func TestFetchReadsObjectStorePut(t *testing.T) {
 	}
 	missing := e
 	missing.Path, missing.SHA256 = "sub/missing", sum([]byte("never stored"))
-	if err := st.Fetch(ctx, missing, filepath.Join(dir, "sub", "missing"), nil); !errors.Is(err, filestore.ErrCorrupt) {
-		t.Fatalf("fetch of a missing object: %v, want ErrCorrupt", err)
+	if err := st.Fetch(ctx, missing, filepath.Join(dir, "sub", "missing"), nil); !errors.Is(err, filestore.ErrMissing) {
+		t.Fatalf("fetch of a missing object: %v, want ErrMissing", err)
 	}
 	entries, _ := os.ReadDir(filepath.Join(dir, "sub"))
 	var names []string

@@ -25,6 +25,11 @@ import (
 // ErrCorrupt means downloaded contents do not match their entry.
 var ErrCorrupt = errors.New("storage object corrupt")
 
+// ErrMissing means the Object Store has no object for an entry: not yet,
+// when the NATS server answering is a replica behind the leader's (mirrors
+// retry), or never, if its upload was lost.
+var ErrMissing = errors.New("storage object not in the Object Store (yet)")
+
 // ErrChanged means a file changed while it was uploaded; capture it again.
 var ErrChanged = errors.New("file changed while uploading")
 
@@ -174,7 +179,7 @@ func (s *Store) Upload(ctx context.Context, path, sum string) error {
 func (s *Store) Fetch(ctx context.Context, e Entry, dst string, progress func(int64)) error {
 	obj, err := s.openObject(ctx, e.SHA256)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return fmt.Errorf("%s: object %s is missing: %w", e.Path, e.SHA256, ErrCorrupt)
+		return fmt.Errorf("%s: object %s: %w", e.Path, e.SHA256, ErrMissing)
 	}
 	if err != nil {
 		return fmt.Errorf("%s: get object %s: %w", e.Path, e.SHA256, err)
