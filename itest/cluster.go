@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/convex-cluster-manager/ccm/services/cli"
 	"github.com/convex-cluster-manager/ccm/services/elector"
 	"github.com/convex-cluster-manager/ccm/shared/config"
 	"github.com/convex-cluster-manager/ccm/shared/natsauth"
@@ -177,11 +178,17 @@ func WaitCaughtUp(t *testing.T, n *Node, nodes int, within time.Duration) {
 	t.Helper()
 	Eventually(t, within, "passives caught up", func() bool {
 		st := n.Status(t)
-		if st.Leader == nil || len(st.Nodes) != nodes {
+		live := 0
+		for _, v := range st.Nodes {
+			if v.Role != cli.RoleMissing { // a member that is down (docker kill) is listed as missing
+				live++
+			}
+		}
+		if st.Leader == nil || live != nodes {
 			return false
 		}
 		for _, v := range st.Nodes {
-			if v.ID == st.Leader.Node {
+			if v.ID == st.Leader.Node || v.Role == cli.RoleMissing {
 				continue
 			}
 			if v.Apply == nil || v.Apply.State != schema.ApplyFollowing || v.Apply.LagTXIDs != 0 || v.Apply.LagBytes != 0 || v.Apply.Epoch != st.Leader.Epoch {
