@@ -51,20 +51,16 @@ func newHooks(cfg config.Hooks, cluster, node string, log *slog.Logger) *hooks {
 
 // add queues a run of the hook for action (none configured: nothing).
 func (h *hooks) add(action, role string, vars map[string]string) {
-	exe := map[string]string{actionStart: h.cfg.OnStart, actionStop: h.cfg.OnStop, actionRoleChange: h.cfg.OnRoleChange}[action]
-	if exe == "" {
+	c, ok := h.call(action, role, vars)
+	if !ok {
 		return
-	}
-	env := append(os.Environ(), "CCM_ACTION="+action, "CCM_ROLE="+role, "CCM_CLUSTER="+h.cluster, "CCM_NODE="+h.node)
-	for k, v := range vars {
-		env = append(env, k+"="+v)
 	}
 	h.mu.Lock()
 	if len(h.queue) >= maxHooksQueued {
 		h.log.Warn("hooks: too many runs waiting behind a slow hook, dropping the oldest", "action", h.queue[0].action)
 		h.queue = h.queue[1:]
 	}
-	h.queue = append(h.queue, hookCall{action: action, exe: exe, args: []string{action, role, h.cluster}, env: env})
+	h.queue = append(h.queue, c)
 	h.mu.Unlock()
 	select {
 	case h.wake <- struct{}{}:
@@ -125,12 +121,25 @@ func (h *hooks) exec(ctx context.Context, c hookCall) {
 // stop runs the on_stop hook, if any, after those queued, within the
 // timeout: the elector is stopping.
 func (h *hooks) stop(role string) {
-	if h.cfg.OnStop == "" {
+	c, ok := h.call(actionStop, role, nil)
+	if !ok {
 		return
 	}
 	h.mu.Lock()
 	h.queue = nil // the stop is what matters now
 	h.mu.Unlock()
-	h.exec(context.Background(), hookCall{action: actionStop, exe: h.cfg.OnStop, args: []string{actionStop, role, h.cluster},
-		env: append(os.Environ(), "CCM_ACTION="+actionStop, "CCM_ROLE="+role, "CCM_CLUSTER="+h.cluster, "CCM_NODE="+h.node)})
+	h.exec(context.Background(), c)
+}
+
+// call is the run of action's hook, if one is configured.
+func (h *hooks) call(action, role string, vars map[string]string) (hookCall, bool) {
+	exe := map[string]string{actionStart: h.cfg.OnStart, actionStop: h.cfg.OnStop, actionRoleChange: h.cfg.OnRoleChange}[action]
+	if exe == "" {
+		return hookCall{}, false
+	}
+	env := append(os.Environ(), "CCM_ACTION="+action, "CCM_ROLE="+role, "CCM_CLUSTER="+h.cluster, "CCM_NODE="+h.node)
+	for k, v := range vars {
+		env = append(env, k+"="+v)
+	}
+	return hookCall{action: action, exe: exe, args: []string{action, role, h.cluster}, env: env}, true
 }
